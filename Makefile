@@ -1,0 +1,50 @@
+# Two commands a newcomer needs: `make run` and `make test`. Everything they need is
+# installed from this repository's own files into .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DJANGO_SETTINGS_MODULE ?= project.settings
+
+.PHONY: run test lint serve worker bench browser clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Debian's Chromium for the browser tests (Playwright's own browser download cannot
+# work on these machines). Installed when missing and we may use apt-get.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+run: $(STAMP)
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py run_workflow demo --input who=newcomer
+	@echo "Open the admin: make serve  (then http://127.0.0.1:8000/admin/)"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check wfstate tests project bench
+	$(VENV)/bin/ruff format --check wfstate tests project bench
+	$(VENV)/bin/mypy
+
+test: $(STAMP) browser lint
+	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+serve: $(STAMP)
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py ensure_demo_admin
+	$(PY) manage.py db_worker --interval 0.2 & \
+	WORKER=$$!; trap "kill $$WORKER" EXIT INT TERM; \
+	$(PY) manage.py runserver 127.0.0.1:8000
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

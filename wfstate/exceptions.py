@@ -1,0 +1,140 @@
+"""One hierarchy of errors, rooted at :class:`WFStateError`.
+
+Each class has a stable ``code`` (like DRF's ``default_code``) that the API returns and
+scripts can rely on, and an ``exit_code`` that management commands exit with (SPEC §8).
+Each also inherits the builtin it resembles, so ``except LookupError`` keeps working.
+HTTP statuses are mapped in one place, ``wfstate.api.exceptions``.
+
+Errors are picklable (they cross process boundaries in spawned workers): extra
+attributes travel through ``__reduce__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WFStateError(Exception):
+    code = "wfstate_error"
+    exit_code = 4
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for key, value in details.items():
+            setattr(self, key, value)
+        self._details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self._details))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[WFStateError], message: str, details: dict[str, Any]) -> WFStateError:
+    return cls(message, **details)
+
+
+class ConfigurationError(WFStateError):
+    code = "configuration_error"
+
+
+# --- user errors (exit 1) -------------------------------------------------------------
+
+
+class RunNotFound(WFStateError, LookupError):
+    code = "run_not_found"
+    exit_code = 1
+
+
+class InvalidRunId(RunNotFound, ValueError):
+    """A run id that is not a UUID4 string: refused before any path is built."""
+
+    code = "invalid_run_id"
+
+
+class WorkflowNotFound(WFStateError, LookupError):
+    code = "workflow_not_found"
+    exit_code = 1
+
+
+class InvalidInputs(WFStateError, ValueError):
+    """Inputs failed validation. ``errors`` maps each input name to its messages."""
+
+    code = "invalid_inputs"
+    exit_code = 1
+    errors: dict[str, list[str]]
+
+
+class NotResumable(WFStateError):
+    """The run cannot be resumed as asked (completed without --from, unknown state...)."""
+
+    code = "not_resumable"
+    exit_code = 1
+
+
+class DefinitionChanged(NotResumable):
+    code = "definition_changed"
+
+
+class StillRunning(WFStateError):
+    """The run has a live executor (e.g. deleting a running run)."""
+
+    code = "still_running"
+    exit_code = 1
+
+
+# --- invalid definitions (exit 2) -----------------------------------------------------
+
+
+class InvalidDefinition(WFStateError, ValueError):
+    """A workflow file failed schema or semantic validation.
+
+    ``errors`` is a list of ``{"file", "line", "state", "message"}`` dicts, all of them,
+    not only the first.
+    """
+
+    code = "invalid_definition"
+    exit_code = 2
+    errors: list[dict[str, Any]]
+
+
+class TemplateError(WFStateError, ValueError):
+    """A template failed to render (undefined name, sandbox violation, syntax)."""
+
+    code = "template_error"
+    exit_code = 2
+
+
+# --- system errors (exit 4) -----------------------------------------------------------
+
+
+class StorageError(WFStateError, OSError):
+    """Reading or writing a state file failed; the previous file is intact."""
+
+    code = "storage_error"
+
+
+class DiskFull(StorageError):
+    code = "disk_full"
+
+
+class StateLocked(WFStateError, TimeoutError):
+    """A write lock could not be had within ``LOCK_TIMEOUT``."""
+
+    code = "state_locked"
+
+
+class RunLocked(StateLocked):
+    """Another executor holds the run lock. ``owner`` says who (pid, host, since)."""
+
+    code = "run_locked"
+    owner: dict[str, Any]
+
+
+class CorruptState(WFStateError, ValueError):
+    """A state file exists but is not a valid state document. ``path`` names it."""
+
+    code = "corrupt_state"
+    path: str

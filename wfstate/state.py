@@ -1,0 +1,264 @@
+"""The state document of a run (SPEC §4) as typed dataclasses.
+
+``WorkflowState.to_dict()`` produces the JSON document with keys in a fixed order, so a
+diff between two revisions shows only what changed; ``WorkflowState.from_dict()``
+accepts any older ``schema_version`` and upgrades it first. Times are kept as the ISO
+8601 strings the file holds (``2026-11-27T11:00:00.123456Z``): the file is the truth
+and converting back and forth on every checkpoint would only cost time.
+
+This module knows nothing of Django.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+def utcnow() -> str:
+    """The current time as the state file writes it: UTC, ISO 8601, ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def new_workflow_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class StepResult:
+    """One state's result: the last attempt of a step, or a parallel block's summary."""
+
+    name: str
+    status: StepStatus = StepStatus.RUNNING
+    output: Any = None
+    stderr: str | None = None
+    exit_code: int | None = None
+    attempt: int = 1
+    error: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    duration_ms: int | None = None
+    output_truncated: bool = False
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": str(self.status),
+            "output": self.output,
+            "stderr": self.stderr,
+            "exit_code": self.exit_code,
+            "attempt": self.attempt,
+            "error": self.error,
+            "started_at": self.started_at,
+            "completed_at": self.completed_at,
+            "duration_ms": self.duration_ms,
+            "output_truncated": self.output_truncated,
+            "traceback": self.traceback,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepResult:
+        return cls(
+            name=data["name"],
+            status=StepStatus(data.get("status", "running")),
+            output=data.get("output"),
+            stderr=data.get("stderr"),
+            exit_code=data.get("exit_code"),
+            attempt=int(data.get("attempt") or 1),
+            error=data.get("error"),
+            started_at=data.get("started_at"),
+            completed_at=data.get("completed_at"),
+            duration_ms=data.get("duration_ms"),
+            output_truncated=bool(data.get("output_truncated", False)),
+            traceback=data.get("traceback"),
+        )
+
+
+@dataclass
+class WorkflowState:
+    """A run's whole execution state: what ``StateStore.save()`` writes."""
+
+    workflow_id: str
+    workflow_name: str
+    workflow_version: str = ""
+    definition_sha256: str = ""
+    status: RunStatus = RunStatus.PENDING
+    current_state: str | None = None
+    started_at: str = field(default_factory=utcnow)
+    updated_at: str = field(default_factory=utcnow)
+    completed_at: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    states: dict[str, StepResult] = field(default_factory=dict)
+    revision: int = 0
+    error: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def new(
+        cls,
+        workflow_name: str,
+        *,
+        inputs: dict[str, Any] | None = None,
+        workflow_version: str = "",
+        definition_sha256: str = "",
+        workflow_id: str | None = None,
+    ) -> WorkflowState:
+        now = utcnow()
+        return cls(
+            workflow_id=workflow_id or new_workflow_id(),
+            workflow_name=workflow_name,
+            workflow_version=workflow_version,
+            definition_sha256=definition_sha256,
+            inputs=dict(inputs or {}),
+            started_at=now,
+            updated_at=now,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "workflow_id": self.workflow_id,
+            "workflow_name": self.workflow_name,
+            "workflow_version": self.workflow_version,
+            "definition_sha256": self.definition_sha256,
+            "status": str(self.status),
+            "current_state": self.current_state,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+            "completed_at": self.completed_at,
+            "inputs": self.inputs,
+            "states": {name: step.to_dict() for name, step in self.states.items()},
+            "revision": self.revision,
+            "error": self.error,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkflowState:
+        """Build a state from a document of any known ``schema_version``.
+
+        Raises:
+            ValueError: the document is not a state (missing keys, wrong types, or a
+                ``schema_version`` newer than this code knows).
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a state document is a JSON object, not {type(data).__name__}")
+        data = upgrade(data)
+        try:
+            states = data.get("states") or {}
+            if not isinstance(states, dict):
+                raise ValueError("'states' is not an object")
+            history = data.get("history") or []
+            if not isinstance(history, list):
+                raise ValueError("'history' is not a list")
+            return cls(
+                schema_version=SCHEMA_VERSION,
+                workflow_id=str(data["workflow_id"]),
+                workflow_name=str(data["workflow_name"]),
+                workflow_version=str(data.get("workflow_version") or ""),
+                definition_sha256=str(data.get("definition_sha256") or ""),
+                status=RunStatus(data.get("status", "pending")),
+                current_state=data.get("current_state"),
+                started_at=data.get("started_at") or utcnow(),
+                updated_at=data.get("updated_at") or data.get("started_at") or utcnow(),
+                completed_at=data.get("completed_at"),
+                inputs=dict(data.get("inputs") or {}),
+                states={str(k): StepResult.from_dict(v) for k, v in states.items()},
+                revision=int(data.get("revision") or 0),
+                error=data.get("error"),
+                history=list(history),
+            )
+        except KeyError as exc:
+            raise ValueError(f"missing key {exc.args[0]!r}") from None
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed state: {exc}") from None
+
+    # --- derived views used by the index, the admin and the commands ---------------
+
+    @property
+    def steps_done(self) -> int:
+        return sum(
+            1
+            for s in self.states.values()
+            if s.status in (StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED)
+        )
+
+    def duration_ms(self) -> int | None:
+        start = parse_time(self.started_at)
+        end = parse_time(self.completed_at or self.updated_at)
+        if start is None or end is None:
+            return None
+        return int((end - start).total_seconds() * 1000)
+
+
+# --- schema upgrades --------------------------------------------------------------------
+#
+# Each function upgrades a document from version N to N+1. Version 0 is the shape of the
+# very first prototype (no schema_version, no history, "id" instead of "workflow_id"),
+# kept so that the upgrade path is exercised by a real case.
+
+
+def _upgrade_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    if "workflow_id" not in data and "id" in data:
+        data["workflow_id"] = data.pop("id")
+    data.setdefault("history", [])
+    data.setdefault("revision", 0)
+    data["schema_version"] = 1
+    return data
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _upgrade_0_to_1}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring a state document up to ``SCHEMA_VERSION``.
+
+    Raises:
+        ValueError: the version is newer than this code, or not an integer.
+    """
+    version = data.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"schema_version {version!r} is not an integer")
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version} is newer than this wfstate understands ({SCHEMA_VERSION})"
+        )
+    while version < SCHEMA_VERSION:
+        data = UPGRADES[version](data)
+        version = data["schema_version"]
+    return data

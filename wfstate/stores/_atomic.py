@@ -1,0 +1,125 @@
+"""Atomic, durable file replacement: the few lines python-atomicwrites did.
+
+The sequence is: create a temp file exclusively *in the target's directory* (a rename
+across filesystems is a copy, not atomic), write, flush, fsync it (so the data is on
+disk before the name points at it), ``os.replace`` it over the target (atomic on POSIX),
+then fsync the directory (so the rename itself survives a power cut). On any error the
+temp file is removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from pathlib import Path
+
+from wfstate.exceptions import DiskFull, StorageError
+
+TEMP_SUFFIX = ".tmp"
+
+# O_NOFOLLOW: never open a file through a symlink planted in the storage directory.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def temp_name(target: Path) -> Path:
+    """``.<name>.<random>.tmp`` beside the target: hidden, and recognisable by sweeps."""
+    return target.with_name(f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+
+
+def target_of_temp(path: Path) -> str | None:
+    """The target file name a temp file was written for, or None if it is not ours."""
+    name = path.name
+    if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+        return None
+    stem = name[1 : -len(TEMP_SUFFIX)]
+    target, _, token = stem.rpartition(".")
+    return target or None if len(token) == 12 else None
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(action: str, path: Path, exc: OSError) -> StorageError:
+    cls = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
+    return cls(f"could not {action} {path}: {exc.strerror or exc}", path=str(path))
+
+
+def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace ``target`` with ``data`` atomically.
+
+    With ``durable=False`` the two fsyncs are skipped: the replacement is still atomic
+    for a process crash, but may be lost (never half-written) in a power cut.
+
+    Raises:
+        StorageError: any OS error (``DiskFull`` for ENOSPC); ``target`` is intact and
+            no temp file is left behind.
+    """
+    tmp = temp_name(target)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode)
+    except OSError as exc:
+        raise _storage_error("create a temp file for", target, exc) from exc
+    # A second name for the previous version, so that a failed directory fsync (after
+    # which the rename may or may not survive) can be rolled back: a save either
+    # succeeds durably or leaves the previous file as it was. A link costs no copy.
+    backup: Path | None = None
+    try:
+        try:
+            # The mode asked for, whatever the umask.
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if durable:
+            backup = temp_name(target)
+            try:
+                os.link(target, backup, follow_symlinks=False)
+            except FileNotFoundError:
+                backup = None
+        os.replace(tmp, target)
+    except OSError as exc:
+        for leftover in (tmp, backup):
+            if leftover is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+        raise _storage_error("write", target, exc) from exc
+    if not durable:
+        return
+    try:
+        fsync_dir(target.parent)
+    except OSError as exc:
+        # The rename may not survive a power cut: put the previous version back (or
+        # remove the new file if there was none), so the caller sees a failed save.
+        with contextlib.suppress(OSError):
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                os.unlink(target)
+        raise _storage_error("sync the directory of", target, exc) from exc
+    if backup is not None:
+        # Not fsynced: a backup name left behind by a power cut is swept like a temp file.
+        with contextlib.suppress(OSError):
+            os.unlink(backup)
+
+
+def make_private_dir(path: Path, mode: int = 0o700) -> None:
+    """Create ``path`` (and parents) and give the leaf exactly ``mode``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if (path.stat().st_mode & 0o777) != mode:
+            path.chmod(mode)
+    except OSError as exc:
+        raise _storage_error("create the directory", path, exc) from exc

@@ -1,0 +1,325 @@
+"""JSONFileStore: one JSON file per run, the source of truth (SPEC §4, §5).
+
+Layout under ``<root>/states/``::
+
+    <id>.json            the state document (atomic, durable replacement)
+    <id>.lock            write-lock sidecar (never replaced while the run exists)
+    <id>.run.lock        run-lock sidecar, holding the executor's pid, host and start
+    <id>.cancel          a cancellation request, polled by the executor
+    <id>.outputs/        whole outputs of steps whose output was cut in the JSON
+    .<name>.<rand>.tmp   a write in progress, or left by a crash (swept)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from wfstate.exceptions import CorruptState, RunNotFound, StillRunning, StorageError
+from wfstate.state import WorkflowState, utcnow
+from wfstate.stores._atomic import (
+    _CLOEXEC,
+    _NOFOLLOW,
+    TEMP_SUFFIX,
+    atomic_write,
+    make_private_dir,
+    target_of_temp,
+)
+from wfstate.stores.base import StateStore, validate_id, validate_name
+from wfstate.stores.locks import LockBackend, describe_owner
+
+# Lock backends by name; a dotted path to a LockBackend subclass works too.
+LOCK_BACKENDS = {
+    "file": "wfstate.stores.locks.FileLockBackend",
+    "redis": "wfstate.stores.redis_locks.RedisLockBackend",
+}
+
+DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+
+
+def serialize(state: WorkflowState) -> bytes:
+    """The exact bytes of a state file: 2-space indent, keys in the model's order."""
+    return orjson.dumps(state.to_dict(), option=DUMP_OPTIONS)
+
+
+def _import(dotted: str) -> Any:
+    module, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+class JSONFileStore(StateStore):
+    """State files under ``<root>/states/``.
+
+    Args:
+        root: the storage directory (``WFSTATE["STORAGE_DIR"]``).
+        file_mode: mode of every file written (directories get 0o700).
+        lock_timeout: seconds a writer waits for a write lock before ``StateLocked``.
+        lock_backend: ``"file"``, ``"redis"`` or a dotted path to a ``LockBackend``.
+        lock_options: keyword arguments of the lock backend (e.g. ``redis_url``).
+        max_bytes: a state file larger than this is reported corrupt, not parsed.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        file_mode: int = 0o600,
+        lock_timeout: float = 10.0,
+        lock_backend: str = "file",
+        lock_options: dict[str, Any] | None = None,
+        max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.root = Path(root)
+        self.directory = self.root / "states"
+        self.file_mode = file_mode
+        self.lock_timeout = lock_timeout
+        self.max_bytes = max_bytes
+        backend_cls = _import(LOCK_BACKENDS.get(lock_backend, lock_backend))
+        self.locks: LockBackend = backend_cls(
+            self.directory, file_mode=file_mode, **(lock_options or {})
+        )
+        self._dir_ready = False
+
+    def __repr__(self) -> str:
+        return f"JSONFileStore({str(self.root)!r})"
+
+    # --- paths ---------------------------------------------------------------------------
+
+    def path_for(self, workflow_id: str) -> Path:
+        return self.directory / f"{validate_id(workflow_id)}.json"
+
+    def outputs_dir(self, workflow_id: str) -> Path:
+        return self.directory / f"{validate_id(workflow_id)}.outputs"
+
+    def _ensure_dir(self) -> None:
+        if not self._dir_ready:
+            make_private_dir(self.root)
+            make_private_dir(self.directory)
+            self._dir_ready = True
+
+    # --- locks ---------------------------------------------------------------------------
+
+    def write_lock(self, workflow_id: str) -> contextlib.AbstractContextManager[None]:
+        validate_id(workflow_id)
+        self._ensure_dir()
+        return self.locks.write_lock(workflow_id, self.lock_timeout)
+
+    def run_lock(self, workflow_id: str) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        validate_id(workflow_id)
+        self._ensure_dir()
+        return self.locks.run_lock(workflow_id)
+
+    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+        validate_id(workflow_id)
+        if not self.directory.exists():
+            return None
+        return self.locks.run_lock_owner(workflow_id)
+
+    # --- reading and writing ---------------------------------------------------------------
+
+    def save(self, state: WorkflowState, *, durable: bool = True) -> None:
+        path = self.path_for(state.workflow_id)
+        self._ensure_dir()
+        with self.write_lock(state.workflow_id):
+            if path.is_symlink():
+                raise StorageError(
+                    f"refusing to write run {state.workflow_id}: {path} is a symlink",
+                    path=str(path),
+                )
+            previous = (state.revision, state.updated_at)
+            state.revision += 1
+            state.updated_at = utcnow()
+            try:
+                data = serialize(state)
+                atomic_write(path, data, mode=self.file_mode, durable=durable)
+            except BaseException:
+                # The save did not happen: the in-memory state must not claim it did,
+                # so that the next save writes the revision that follows the file's.
+                state.revision, state.updated_at = previous
+                raise
+
+    def read_bytes(self, workflow_id: str) -> bytes:
+        """The raw bytes of a state file (no symlink followed, size-limited).
+
+        Raises:
+            RunNotFound, CorruptState (too large, or a symlink), StorageError.
+        """
+        path = self.path_for(workflow_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        except FileNotFoundError:
+            raise RunNotFound(f"no run {workflow_id} ({path} does not exist)") from None
+        except OSError as exc:
+            if path.is_symlink():
+                raise CorruptState(
+                    f"{path} is a symlink; state files are never read through links",
+                    path=str(path),
+                ) from None
+            raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fd).st_size
+            if size > self.max_bytes:
+                raise CorruptState(
+                    f"{path} is {size} bytes, more than the {self.max_bytes} a state may be",
+                    path=str(path),
+                )
+            return fh.read(self.max_bytes + 1)
+
+    def load(self, workflow_id: str) -> WorkflowState:
+        data = self.read_bytes(workflow_id)
+        return parse_state(data, self.path_for(workflow_id), workflow_id)
+
+    def exists(self, workflow_id: str) -> bool:
+        return self.path_for(workflow_id).is_file()
+
+    def delete(self, workflow_id: str) -> None:
+        path = self.path_for(workflow_id)
+        if not path.exists() and not path.is_symlink():
+            raise RunNotFound(f"no run {workflow_id} ({path} does not exist)")
+        owner = self.run_lock_owner(workflow_id)
+        if owner is not None:
+            raise StillRunning(
+                f"run {workflow_id} is being executed by {describe_owner(owner)}; "
+                "cancel it before deleting it",
+                owner=owner,
+            )
+        with self.write_lock(workflow_id):
+            try:
+                path.unlink()
+                shutil.rmtree(self.outputs_dir(workflow_id), ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    self._cancel_path(workflow_id).unlink()
+            except OSError as exc:
+                raise StorageError(f"could not delete {path}: {exc.strerror}") from exc
+        # The sidecars go last, once nobody can be waiting on a run that no longer exists.
+        self.locks.forget(workflow_id)
+
+    def list(self) -> list[str]:
+        return sorted(self._iter_ids())
+
+    def _iter_ids(self) -> Iterator[str]:
+        try:
+            entries = os.scandir(self.directory)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if name.endswith(".json") and not name.startswith("."):
+                    candidate = name[:-5]
+                    with contextlib.suppress(Exception):
+                        yield validate_id(candidate)
+
+    # --- cancellation requests ----------------------------------------------------------------
+
+    def _cancel_path(self, workflow_id: str) -> Path:
+        return self.directory / f"{validate_id(workflow_id)}.cancel"
+
+    def request_cancel(self, workflow_id: str) -> None:
+        path = self._cancel_path(workflow_id)
+        self._ensure_dir()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, self.file_mode)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StorageError(f"could not request cancellation ({path}): {exc.strerror}") from exc
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(orjson.dumps({"requested_at": utcnow(), "pid": os.getpid()}))
+
+    def cancel_requested(self, workflow_id: str) -> bool:
+        return self._cancel_path(workflow_id).exists()
+
+    def clear_cancel(self, workflow_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._cancel_path(workflow_id).unlink()
+
+    # --- big outputs ---------------------------------------------------------------------
+
+    def save_output(self, workflow_id: str, state_name: str, stream: str, data: bytes) -> str:
+        directory = self.outputs_dir(workflow_id)
+        path = directory / f"{validate_name(state_name)}.{validate_name(stream)}"
+        with self.write_lock(workflow_id):
+            make_private_dir(directory)
+            atomic_write(path, data, mode=self.file_mode)
+        return str(path)
+
+    def load_output(self, workflow_id: str, state_name: str, stream: str) -> bytes:
+        path = self.outputs_dir(workflow_id) / f"{validate_name(state_name)}.{validate_name(stream)}"
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        except FileNotFoundError:
+            raise RunNotFound(f"no output {stream} of {state_name} in run {workflow_id}") from None
+        except OSError as exc:
+            raise StorageError(f"could not read {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as fh:
+            return fh.read()
+
+    # --- maintenance -----------------------------------------------------------------------
+
+    def temp_files(self) -> list[Path]:
+        """Temp files of interrupted writes (in the states and outputs directories)."""
+        if not self.directory.exists():
+            return []
+        found = [p for p in self.directory.glob(f".*{TEMP_SUFFIX}") if target_of_temp(p)]
+        found += [p for p in self.directory.glob(f"*.outputs/.*{TEMP_SUFFIX}") if target_of_temp(p)]
+        return sorted(found)
+
+    def sweep(self) -> list[str]:
+        """Remove temp files left by interrupted writes.
+
+        Each is removed under its run's write lock, so a write in progress is never
+        swept from under its writer; a run whose lock is busy is left for next time.
+        """
+        removed = []
+        for path in self.temp_files():
+            target = target_of_temp(path) or ""
+            parent = path.parent
+            workflow_id = (
+                parent.name[: -len(".outputs")] if parent.name.endswith(".outputs") else target[:-5]
+            )
+            try:
+                validate_id(workflow_id)
+                with self.locks.write_lock(workflow_id, 0):
+                    path.unlink(missing_ok=True)
+            except Exception:  # noqa: BLE001,S112 - busy or odd: leave it for the next sweep
+                continue
+            removed.append(str(path))
+        return removed
+
+
+def parse_state(data: bytes, path: Path | str, workflow_id: str | None = None) -> WorkflowState:
+    """Parse a state file's bytes.
+
+    Raises:
+        CorruptState: empty, not JSON, invalid UTF-8, too deep, not an object, not a state,
+            or a document whose ``workflow_id`` is not its file's.
+    """
+    if not data.strip():
+        raise CorruptState(f"{path} is empty", path=str(path))
+    try:
+        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels with a
+        # JSONDecodeError, never a RecursionError.
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptState(f"{path} is not valid JSON: {exc}", path=str(path)) from None
+    if not isinstance(document, dict):
+        raise CorruptState(
+            f"{path} holds a JSON {type(document).__name__}, not a state object", path=str(path)
+        )
+    try:
+        state = WorkflowState.from_dict(document)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptState(f"{path} is not a valid state: {exc}", path=str(path)) from None
+    if workflow_id is not None and state.workflow_id != workflow_id:
+        raise CorruptState(
+            f"{path} holds run {state.workflow_id!r}, not {workflow_id}", path=str(path)
+        )
+    return state

@@ -1,0 +1,235 @@
+"""The two locks of a run, taken with portalocker.
+
+* The **write lock** is held around one read-modify-write of the state file. Writers
+  wait for it up to ``lock_timeout`` and then get ``StateLocked``. It is re-entrant
+  within a thread, so ``save()`` inside ``store.write_lock()`` does not deadlock.
+* The **run lock** is held by whoever executes the run, for the whole execution. It is
+  taken without waiting: a second executor fails at once with ``RunLocked`` naming the
+  holder (pid, host, since). A dead holder's lock is free at once, because the OS drops
+  an flock when its process dies: there is no lease to expire.
+
+Order: an executor takes the run lock, then write locks; nobody takes the run lock
+while holding a write lock, so the two can never deadlock.
+
+The file backend locks sidecar files (``<id>.lock``, ``<id>.run.lock``) that are never
+replaced: locking the JSON file itself would be useless, since ``os.replace`` swaps the
+inode that holds the lock (filelock's documentation explains the trap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import portalocker
+
+from wfstate.exceptions import RunLocked, StateLocked, StorageError
+from wfstate.state import utcnow
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def owner_info() -> dict[str, Any]:
+    """Who we are, as a run lock records it."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": utcnow()}
+
+
+def describe_owner(owner: dict[str, Any] | None) -> str:
+    if not owner:
+        return "another process"
+    return f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
+
+
+class LockBackend(ABC):
+    """Where the locks of runs live. Options come from the store's constructor."""
+
+    def __init__(self) -> None:
+        # Re-entrancy of write locks: (thread id, workflow id) -> depth.
+        self._held: dict[tuple[int, str], int] = {}
+        self._held_guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def write_lock(self, workflow_id: str, timeout: float) -> Iterator[None]:
+        """Hold the write lock of a run.
+
+        Raises:
+            StateLocked: not acquired within ``timeout`` seconds.
+        """
+        key = (threading.get_ident(), workflow_id)
+        with self._held_guard:
+            depth = self._held.get(key, 0)
+            if depth:
+                self._held[key] = depth + 1
+        if depth:
+            try:
+                yield
+            finally:
+                with self._held_guard:
+                    self._held[key] -= 1
+            return
+        with self._acquire_write(workflow_id, timeout):
+            with self._held_guard:
+                self._held[key] = 1
+            try:
+                yield
+            finally:
+                with self._held_guard:
+                    del self._held[key]
+
+    @abstractmethod
+    def _acquire_write(self, workflow_id: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+        """A context manager holding the (non re-entrant) write lock."""
+
+    @abstractmethod
+    def run_lock(self, workflow_id: str) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Hold the run lock for a whole execution; yields the owner info recorded.
+
+        Raises:
+            RunLocked: somebody else holds it (``owner`` says who).
+        """
+
+    @abstractmethod
+    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+        """The live holder of the run lock, or None when nobody executes the run."""
+
+    def forget(self, workflow_id: str) -> None:  # noqa: B027 - optional hook
+        """Drop whatever the backend keeps for a deleted run."""
+
+
+def _poll(try_once: Any, timeout: float) -> bool:
+    """Call ``try_once`` until it returns True or ``timeout`` passes.
+
+    Backs off from 1 ms to 20 ms: short waits stay short (a write lock is held for a
+    millisecond or so) without spinning on a long one.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        if try_once():
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.02)
+
+
+class FileLockBackend(LockBackend):
+    """flock on sidecar files in the states directory (one host, or a local disk)."""
+
+    def __init__(self, directory: Path, file_mode: int = 0o600) -> None:
+        super().__init__()
+        self.directory = directory
+        self.file_mode = file_mode
+
+    def _open(self, name: str) -> IO[bytes]:
+        path = self.directory / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, self.file_mode)
+        except OSError as exc:
+            raise StorageError(f"could not open lock file {path}: {exc.strerror}") from exc
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, self.file_mode)
+        return os.fdopen(fd, "r+b", buffering=0)
+
+    @staticmethod
+    def _try_lock(fh: IO[bytes]) -> bool:
+        try:
+            portalocker.lock(fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.AlreadyLocked:
+            return False
+        except portalocker.LockException as exc:
+            raise StorageError(f"could not lock {fh.name}: {exc}") from exc
+        return True
+
+    @contextlib.contextmanager
+    def _acquire_write(self, workflow_id: str, timeout: float) -> Iterator[None]:
+        fh = self._open(f"{workflow_id}.lock")
+        try:
+            if not _poll(lambda: self._try_lock(fh), timeout):
+                raise StateLocked(
+                    f"run {workflow_id}: write lock not acquired within {timeout:g}s "
+                    f"({self.directory / (workflow_id + '.lock')})",
+                    workflow_id=workflow_id,
+                )
+            try:
+                yield
+            finally:
+                portalocker.unlock(fh)
+        finally:
+            fh.close()
+
+    @contextlib.contextmanager
+    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
+        fh = self._open(f"{workflow_id}.run.lock")
+        try:
+            # ``run_lock_owner()`` probes by taking the lock for a few microseconds, and
+            # a holder writes its owner info just after locking: so a held lock with no
+            # owner info yet is worth a short wait, a held lock with an owner is not.
+            owner: dict[str, Any] | None = None
+
+            def attempt() -> bool:
+                nonlocal owner
+                if self._try_lock(fh):
+                    return True
+                owner = self._read_owner(fh)
+                return bool(owner)
+
+            if not _poll(attempt, 0.2) or owner:
+                raise RunLocked(
+                    f"run {workflow_id} is being executed by {describe_owner(owner)}",
+                    workflow_id=workflow_id,
+                    owner=owner or {},
+                )
+            info = owner_info()
+            try:
+                # The owner info lives inside the lock file, which is never replaced:
+                # whoever finds the lock held can say who holds it.
+                fh.seek(0)
+                fh.truncate()
+                fh.write(orjson.dumps(info))
+                yield info
+            finally:
+                with contextlib.suppress(OSError):
+                    fh.seek(0)
+                    fh.truncate()
+                portalocker.unlock(fh)
+        finally:
+            fh.close()
+
+    @staticmethod
+    def _read_owner(fh: IO[bytes]) -> dict[str, Any] | None:
+        try:
+            fh.seek(0)
+            raw = fh.read(4096)
+            data = orjson.loads(raw) if raw else None
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+        path = self.directory / f"{workflow_id}.run.lock"
+        if not path.exists():
+            return None
+        fh = self._open(f"{workflow_id}.run.lock")
+        try:
+            if self._try_lock(fh):
+                portalocker.unlock(fh)
+                return None
+            return self._read_owner(fh) or {}
+        finally:
+            fh.close()
+
+    def forget(self, workflow_id: str) -> None:
+        for name in (f"{workflow_id}.run.lock", f"{workflow_id}.lock"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / name).unlink()

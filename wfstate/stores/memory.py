@@ -1,0 +1,116 @@
+"""MemoryStore: the StateStore port in memory, for tests and dry runs.
+
+States are kept as serialized bytes, so a loaded state is never the object that was
+saved (the same aliasing rules as the file store). One process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from wfstate.exceptions import RunLocked, RunNotFound, StateLocked, StillRunning
+from wfstate.state import WorkflowState, utcnow
+from wfstate.stores.base import StateStore, validate_id, validate_name
+from wfstate.stores.jsonfile import parse_state, serialize
+from wfstate.stores.locks import describe_owner, owner_info
+
+
+class MemoryStore(StateStore):
+    def __init__(self, *, lock_timeout: float = 10.0, **_ignored: Any) -> None:
+        self.lock_timeout = lock_timeout
+        self._states: dict[str, bytes] = {}
+        self._outputs: dict[tuple[str, str, str], bytes] = {}
+        self._cancel: set[str] = set()
+        self._write_locks: dict[str, threading.RLock] = {}
+        self._run_owners: dict[str, dict[str, Any]] = {}
+        self._guard = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "MemoryStore()"
+
+    @contextlib.contextmanager
+    def write_lock(self, workflow_id: str) -> Iterator[None]:
+        validate_id(workflow_id)
+        with self._guard:
+            lock = self._write_locks.setdefault(workflow_id, threading.RLock())
+        if not lock.acquire(timeout=self.lock_timeout):
+            raise StateLocked(f"run {workflow_id}: write lock not acquired within {self.lock_timeout:g}s")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
+    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
+        validate_id(workflow_id)
+        with self._guard:
+            if workflow_id in self._run_owners:
+                owner = self._run_owners[workflow_id]
+                raise RunLocked(
+                    f"run {workflow_id} is being executed by {describe_owner(owner)}",
+                    owner=owner,
+                )
+            info = self._run_owners[workflow_id] = owner_info()
+        try:
+            yield info
+        finally:
+            with self._guard:
+                self._run_owners.pop(workflow_id, None)
+
+    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+        return self._run_owners.get(validate_id(workflow_id))
+
+    def save(self, state: WorkflowState, *, durable: bool = True) -> None:
+        validate_id(state.workflow_id)
+        with self.write_lock(state.workflow_id):
+            state.revision += 1
+            state.updated_at = utcnow()
+            self._states[state.workflow_id] = serialize(state)
+
+    def load(self, workflow_id: str) -> WorkflowState:
+        validate_id(workflow_id)
+        try:
+            data = self._states[workflow_id]
+        except KeyError:
+            raise RunNotFound(f"no run {workflow_id}") from None
+        return parse_state(data, f"memory:{workflow_id}", workflow_id)
+
+    def exists(self, workflow_id: str) -> bool:
+        return validate_id(workflow_id) in self._states
+
+    def delete(self, workflow_id: str) -> None:
+        if not self.exists(workflow_id):
+            raise RunNotFound(f"no run {workflow_id}")
+        if workflow_id in self._run_owners:
+            raise StillRunning(f"run {workflow_id} is being executed")
+        with self.write_lock(workflow_id):
+            self._states.pop(workflow_id, None)
+            self._cancel.discard(workflow_id)
+            for key in [k for k in self._outputs if k[0] == workflow_id]:
+                del self._outputs[key]
+
+    def list(self) -> list[str]:
+        return sorted(self._states)
+
+    def request_cancel(self, workflow_id: str) -> None:
+        self._cancel.add(validate_id(workflow_id))
+
+    def cancel_requested(self, workflow_id: str) -> bool:
+        return workflow_id in self._cancel
+
+    def clear_cancel(self, workflow_id: str) -> None:
+        self._cancel.discard(workflow_id)
+
+    def save_output(self, workflow_id: str, state_name: str, stream: str, data: bytes) -> str:
+        key = (validate_id(workflow_id), validate_name(state_name), validate_name(stream))
+        self._outputs[key] = bytes(data)
+        return f"memory:{workflow_id}/{state_name}.{stream}"
+
+    def load_output(self, workflow_id: str, state_name: str, stream: str) -> bytes:
+        try:
+            return self._outputs[(workflow_id, state_name, stream)]
+        except KeyError:
+            raise RunNotFound(f"no output {stream} of {state_name} in run {workflow_id}") from None
