@@ -78,6 +78,13 @@ class DefinitionChanged(NotResumable):
     code = "definition_changed"
 
 
+class RunFinished(WFStateError):
+    """The run already ended (e.g. cancelling a completed run)."""
+
+    code = "run_finished"
+    exit_code = 1
+
+
 class StillRunning(WFStateError):
     """The run has a live executor (e.g. deleting a running run)."""
 

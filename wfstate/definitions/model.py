@@ -1,0 +1,133 @@
+"""The in-memory form of a workflow definition (SPEC §3), as the engine consumes it.
+
+The loader (``loader.py``) builds these from YAML after JSON Schema and semantic
+validation; awf template spellings are already normalised to Jinja2 here, and
+durations are seconds (floats).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+StateType = Literal["step", "parallel", "terminal"]
+Backoff = Literal["constant", "linear", "exponential"]
+Strategy = Literal["all_succeed", "any_succeed", "best_effort"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 1
+    initial_delay: float = 0.0
+    max_delay: float | None = None
+    backoff: Backoff = "constant"
+    multiplier: float = 2.0
+    jitter: float = 0.0
+    # Empty: every failure may be retried; otherwise only these exit codes (command steps).
+    retryable_exit_codes: tuple[int, ...] = ()
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if self.backoff == "exponential":
+            base = self.initial_delay * (self.multiplier ** (attempt - 1))
+        elif self.backoff == "linear":
+            base = self.initial_delay * attempt
+        else:
+            base = self.initial_delay
+        if self.max_delay is not None:
+            base = min(base, self.max_delay)
+        if self.jitter:
+            spread = base * self.jitter
+            base += (rng or random).uniform(-spread, spread)  # noqa: S311 - not crypto
+        return max(0.0, base)
+
+    def is_retryable(self, exit_code: int | None) -> bool:
+        if not self.retryable_exit_codes or exit_code is None:
+            return True
+        return exit_code in self.retryable_exit_codes
+
+
+@dataclass(frozen=True)
+class Transition:
+    goto: str
+    when: str | None = None  # a Jinja2 expression; None always matches
+
+
+@dataclass(frozen=True)
+class StateDef:
+    name: str
+    type: StateType
+    line: int = 0
+    description: str = ""
+    # step
+    command: str | None = None
+    call: str | None = None
+    with_: dict[str, Any] = field(default_factory=dict)
+    dir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+    continue_on_error: bool = False
+    # routing (step and parallel)
+    on_success: str | None = None
+    on_failure: str | None = None
+    transitions: tuple[Transition, ...] = ()
+    # parallel
+    parallel: tuple[str, ...] = ()
+    strategy: Strategy = "all_succeed"
+    max_concurrent: int | None = None
+    # terminal
+    status: Literal["success", "failure"] = "success"
+    message: str | None = None
+
+    def targets(self) -> list[str]:
+        """Every state this one can go to (for graphs and reachability)."""
+        out = [t.goto for t in self.transitions]
+        out += [s for s in (self.on_success, self.on_failure) if s]
+        return list(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class InputDef:
+    name: str
+    type: Literal["string", "integer", "number", "boolean"] = "string"
+    required: bool = False
+    default: Any = None
+    has_default: bool = False
+    description: str = ""
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    name: str
+    initial: str
+    states: dict[str, StateDef]
+    version: str = ""
+    description: str = ""
+    inputs: tuple[InputDef, ...] = ()
+    path: Path | None = None
+    sha256: str = ""
+    # Unsupported keys (awf's hooks, agent, capture...), one message each: reported by
+    # validate_workflow as warnings, never silently dropped.
+    warnings: tuple[str, ...] = ()
+
+    def graph(self) -> dict[str, Any]:
+        """Nodes and edges, for the admin's SVG and the API."""
+        nodes = [
+            {"id": s.name, "type": s.type, "terminal_status": s.status if s.type == "terminal" else None}
+            for s in self.states.values()
+        ]
+        edges: list[dict[str, Any]] = []
+        for s in self.states.values():
+            for t in s.transitions:
+                edges.append({"source": s.name, "target": t.goto, "kind": "when" if t.when else "default", "label": t.when or ""})
+            if s.on_success:
+                edges.append({"source": s.name, "target": s.on_success, "kind": "success", "label": ""})
+            if s.on_failure:
+                edges.append({"source": s.name, "target": s.on_failure, "kind": "failure", "label": ""})
+            for branch in s.parallel:
+                edges.append({"source": s.name, "target": branch, "kind": "branch", "label": ""})
+        return {"initial": self.initial, "nodes": nodes, "edges": edges}
