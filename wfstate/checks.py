@@ -53,7 +53,10 @@ def check_storage(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
     existing = storage
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if not storage.exists() and not os.access(existing, os.W_OK):
+    # The nearest existing ancestor must be a directory we may write into (a regular
+    # file there makes the path uncreatable, even for root, whom os.access always lets in).
+    creatable = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    if not storage.exists() and not creatable:
         errors.append(
             checks.Error(
                 f"WFSTATE['STORAGE_DIR'] {storage} does not exist and cannot be created.",

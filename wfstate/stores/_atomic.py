@@ -36,7 +36,9 @@ def target_of_temp(path: Path) -> str | None:
         return None
     stem = name[1 : -len(TEMP_SUFFIX)]
     target, _, token = stem.rpartition(".")
-    return target or None if len(token) == 12 else None
+    if len(token) != 12 or not target:
+        return None
+    return target
 
 
 def fsync_dir(directory: Path) -> None:

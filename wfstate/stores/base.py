@@ -6,6 +6,7 @@ built in a spawned process, a benchmark or a test without settings.
 
 from __future__ import annotations
 
+import builtins
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -126,7 +127,7 @@ class StateStore(ABC):
 
     # --- maintenance ---------------------------------------------------------------------
 
-    def sweep(self) -> list[str]:
+    def sweep(self) -> builtins.list[str]:
         """Remove leftover temp files of interrupted writes; returns what was removed."""
         return []
 
@@ -149,5 +150,5 @@ class StateStore(ABC):
         for workflow_id in self.list():
             try:
                 yield workflow_id, self.load(workflow_id)
-            except Exception as exc:  # noqa: BLE001 - reported per run, never fatal
+            except Exception as exc:  # reported per run, never fatal
                 yield workflow_id, exc

@@ -12,6 +12,7 @@ Layout under ``<root>/states/``::
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import importlib
 import os
@@ -192,8 +193,12 @@ class JSONFileStore(StateStore):
             )
         with self.write_lock(workflow_id):
             try:
-                path.unlink()
-                shutil.rmtree(self.outputs_dir(workflow_id), ignore_errors=True)
+                path.unlink()  # a planted symlink is removed itself, never its target
+                outputs = self.outputs_dir(workflow_id)
+                if outputs.is_symlink():
+                    outputs.unlink()
+                else:
+                    shutil.rmtree(outputs, ignore_errors=True)
                 with contextlib.suppress(FileNotFoundError):
                     self._cancel_path(workflow_id).unlink()
             except OSError as exc:
@@ -243,8 +248,16 @@ class JSONFileStore(StateStore):
 
     # --- big outputs ---------------------------------------------------------------------
 
-    def save_output(self, workflow_id: str, state_name: str, stream: str, data: bytes) -> str:
+    def _checked_outputs_dir(self, workflow_id: str) -> Path:
         directory = self.outputs_dir(workflow_id)
+        if directory.is_symlink():
+            # Never follow a link planted in the storage directory (it could point at
+            # any directory: mkdir's chmod and the writes would land there).
+            raise StorageError(f"refusing to use {directory}: it is a symlink", path=str(directory))
+        return directory
+
+    def save_output(self, workflow_id: str, state_name: str, stream: str, data: bytes) -> str:
+        directory = self._checked_outputs_dir(workflow_id)
         path = directory / f"{validate_name(state_name)}.{validate_name(stream)}"
         with self.write_lock(workflow_id):
             make_private_dir(directory)
@@ -252,7 +265,8 @@ class JSONFileStore(StateStore):
         return str(path)
 
     def load_output(self, workflow_id: str, state_name: str, stream: str) -> bytes:
-        path = self.outputs_dir(workflow_id) / f"{validate_name(state_name)}.{validate_name(stream)}"
+        directory = self._checked_outputs_dir(workflow_id)
+        path = directory / f"{validate_name(state_name)}.{validate_name(stream)}"
         try:
             fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
         except FileNotFoundError:
@@ -264,7 +278,7 @@ class JSONFileStore(StateStore):
 
     # --- maintenance -----------------------------------------------------------------------
 
-    def temp_files(self) -> list[Path]:
+    def temp_files(self) -> builtins.list[Path]:
         """Temp files of interrupted writes (in the states and outputs directories)."""
         if not self.directory.exists():
             return []
@@ -272,7 +286,7 @@ class JSONFileStore(StateStore):
         found += [p for p in self.directory.glob(f"*.outputs/.*{TEMP_SUFFIX}") if target_of_temp(p)]
         return sorted(found)
 
-    def sweep(self) -> list[str]:
+    def sweep(self) -> builtins.list[str]:
         """Remove temp files left by interrupted writes.
 
         Each is removed under its run's write lock, so a write in progress is never
@@ -289,7 +303,7 @@ class JSONFileStore(StateStore):
                 validate_id(workflow_id)
                 with self.locks.write_lock(workflow_id, 0):
                     path.unlink(missing_ok=True)
-            except Exception:  # noqa: BLE001,S112 - busy or odd: leave it for the next sweep
+            except Exception:  # noqa: S112 - busy or odd: leave it for the next sweep
                 continue
             removed.append(str(path))
         return removed

@@ -43,6 +43,20 @@ def owner_info() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": utcnow()}
 
 
+def _provably_dead(owner: dict[str, Any]) -> bool:
+    """True when the recorded owner is a process of this host that no longer exists."""
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def describe_owner(owner: dict[str, Any] | None) -> str:
     if not owner:
         return "another process"
@@ -86,7 +100,9 @@ class LockBackend(ABC):
                     del self._held[key]
 
     @abstractmethod
-    def _acquire_write(self, workflow_id: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+    def _acquire_write(
+        self, workflow_id: str, timeout: float
+    ) -> contextlib.AbstractContextManager[None]:
         """A context manager holding the (non re-entrant) write lock."""
 
     @abstractmethod
@@ -144,7 +160,9 @@ class FileLockBackend(LockBackend):
     @staticmethod
     def _try_lock(fh: IO[bytes]) -> bool:
         try:
-            portalocker.lock(fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+            portalocker.lock(
+                fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+            )
         except portalocker.AlreadyLocked:
             return False
         except portalocker.LockException as exc:
@@ -182,6 +200,10 @@ class FileLockBackend(LockBackend):
                 if self._try_lock(fh):
                     return True
                 owner = self._read_owner(fh)
+                if owner and _provably_dead(owner):
+                    # Info left by a SIGKILLed holder while a prober holds the lock for
+                    # a moment: it names nobody, so wait for the prober instead.
+                    owner = None
                 return bool(owner)
 
             if not _poll(attempt, 0.2) or owner:
@@ -222,10 +244,30 @@ class FileLockBackend(LockBackend):
             return None
         fh = self._open(f"{workflow_id}.run.lock")
         try:
-            if self._try_lock(fh):
-                portalocker.unlock(fh)
-                return None
-            return self._read_owner(fh) or {}
+            found: dict[str, Any] | None = None
+
+            def attempt() -> bool:
+                nonlocal found
+                if self._try_lock(fh):
+                    try:
+                        # Free: any owner info is what a killed holder left behind.
+                        # Clear it while we hold the lock, so nobody reads it as live.
+                        if os.fstat(fh.fileno()).st_size:
+                            fh.truncate(0)
+                    except OSError:
+                        pass
+                    finally:
+                        portalocker.unlock(fh)
+                    found = None
+                    return True
+                found = self._read_owner(fh)
+                # Held, but no owner yet (just locked) or a dead one's info (another
+                # prober holds it for a moment): look again shortly.
+                return bool(found) and not _provably_dead(found)
+
+            if not _poll(attempt, 0.2):
+                return found or {}
+            return found
         finally:
             fh.close()
 

@@ -37,7 +37,9 @@ class MemoryStore(StateStore):
         with self._guard:
             lock = self._write_locks.setdefault(workflow_id, threading.RLock())
         if not lock.acquire(timeout=self.lock_timeout):
-            raise StateLocked(f"run {workflow_id}: write lock not acquired within {self.lock_timeout:g}s")
+            raise StateLocked(
+                f"run {workflow_id}: write lock not acquired within {self.lock_timeout:g}s"
+            )
         try:
             yield
         finally:
@@ -99,10 +101,10 @@ class MemoryStore(StateStore):
         self._cancel.add(validate_id(workflow_id))
 
     def cancel_requested(self, workflow_id: str) -> bool:
-        return workflow_id in self._cancel
+        return validate_id(workflow_id) in self._cancel
 
     def clear_cancel(self, workflow_id: str) -> None:
-        self._cancel.discard(workflow_id)
+        self._cancel.discard(validate_id(workflow_id))
 
     def save_output(self, workflow_id: str, state_name: str, stream: str, data: bytes) -> str:
         key = (validate_id(workflow_id), validate_name(state_name), validate_name(stream))
@@ -110,7 +112,8 @@ class MemoryStore(StateStore):
         return f"memory:{workflow_id}/{state_name}.{stream}"
 
     def load_output(self, workflow_id: str, state_name: str, stream: str) -> bytes:
+        key = (validate_id(workflow_id), validate_name(state_name), validate_name(stream))
         try:
-            return self._outputs[(workflow_id, state_name, stream)]
+            return self._outputs[key]
         except KeyError:
             raise RunNotFound(f"no output {stream} of {state_name} in run {workflow_id}") from None
