@@ -40,7 +40,7 @@ class RetryPolicy:
             base = min(base, self.max_delay)
         if self.jitter:
             spread = base * self.jitter
-            base += (rng or random).uniform(-spread, spread)  # noqa: S311 - not crypto
+            base += (rng or random).uniform(-spread, spread)
         return max(0.0, base)
 
     def is_retryable(self, exit_code: int | None) -> bool:
@@ -117,17 +117,32 @@ class WorkflowDefinition:
     def graph(self) -> dict[str, Any]:
         """Nodes and edges, for the admin's SVG and the API."""
         nodes = [
-            {"id": s.name, "type": s.type, "terminal_status": s.status if s.type == "terminal" else None}
+            {
+                "id": s.name,
+                "type": s.type,
+                "terminal_status": s.status if s.type == "terminal" else None,
+            }
             for s in self.states.values()
         ]
         edges: list[dict[str, Any]] = []
         for s in self.states.values():
             for t in s.transitions:
-                edges.append({"source": s.name, "target": t.goto, "kind": "when" if t.when else "default", "label": t.when or ""})
+                edges.append(
+                    {
+                        "source": s.name,
+                        "target": t.goto,
+                        "kind": "when" if t.when else "default",
+                        "label": t.when or "",
+                    }
+                )
             if s.on_success:
-                edges.append({"source": s.name, "target": s.on_success, "kind": "success", "label": ""})
+                edges.append(
+                    {"source": s.name, "target": s.on_success, "kind": "success", "label": ""}
+                )
             if s.on_failure:
-                edges.append({"source": s.name, "target": s.on_failure, "kind": "failure", "label": ""})
+                edges.append(
+                    {"source": s.name, "target": s.on_failure, "kind": "failure", "label": ""}
+                )
             for branch in s.parallel:
                 edges.append({"source": s.name, "target": branch, "kind": "branch", "label": ""})
         return {"initial": self.initial, "nodes": nodes, "edges": edges}

@@ -1,0 +1,281 @@
+"""Rendering templates: Jinja2, sandboxed, undefined names an error (SPEC §3).
+
+Four ways to render, one per place a template appears in a definition:
+
+- :func:`render_text` for text (``dir``, ``env`` values, a terminal's ``message``);
+- :func:`render_value` for ``with:`` values, where a string that is one placeholder alone
+  keeps the value's native type;
+- :func:`evaluate` for ``when:`` expressions;
+- :func:`render_command` for shell commands, where every value is escaped for the
+  quoting context it stands in (see :mod:`wfstate.definitions.shell`).
+
+Every failure is a :class:`~wfstate.exceptions.TemplateError` naming the template; no
+raw Jinja2 exception leaves this module. Compiled templates are cached by their text.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from wfstate.definitions import shell
+from wfstate.definitions.awf import STATE_FIELD_ALIASES, WORKFLOW_FIELD_ALIASES
+from wfstate.exceptions import TemplateError
+from wfstate.state import StepStatus, WorkflowState
+
+__all__ = [
+    "build_context",
+    "check_command",
+    "check_expression",
+    "check_text",
+    "check_value",
+    "evaluate",
+    "render_command",
+    "render_text",
+    "render_value",
+]
+
+
+class StrictChainableUndefined(jinja2.ChainableUndefined, jinja2.StrictUndefined):
+    """Undefined names fail when used, but ``a.b.c is defined`` is simply false.
+
+    ``states.publish.output.url is defined`` must work before ``publish`` ran: plain
+    StrictUndefined would fail on ``.output`` of the missing ``publish``.
+    """
+
+    __slots__ = ()
+
+
+def _make_env() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        undefined=StrictChainableUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["_shq"] = shell.escape
+    return env
+
+
+_env = _make_env()
+
+# One placeholder alone, with nothing around it but whitespace.
+_SINGLE_PLACEHOLDER = re.compile(r"^\s*\{\{-?((?:(?!\{\{|\}\}|\{%|%\}).)*?)-?\}\}\s*$", re.DOTALL)
+
+
+def _short(template: str) -> str:
+    text = template if len(template) <= 120 else template[:117] + "..."
+    return repr(text)
+
+
+_UNDEFINED_ATTR = re.compile(r"has no attribute '([^']+)'|^'([^']+)' is undefined")
+
+
+def _undefined_name(exc: jinja2.UndefinedError, template: str) -> str:
+    """``'inputs.tga'`` rather than Jinja2's ``'dict object' has no attribute 'tga'``."""
+    message = exc.message or str(exc)
+    match = _UNDEFINED_ATTR.search(message)
+    if not match:
+        return f"({message})"
+    name = match.group(1) or match.group(2)
+    dotted = re.search(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*\." + re.escape(name) + r"\b", template)
+    return repr(dotted.group(0)) if dotted else repr(name)
+
+
+def _fail(exc: Exception, template: str, what: str = "template") -> TemplateError:
+    if isinstance(exc, TemplateError):
+        return exc
+    if isinstance(exc, jinja2.UndefinedError):
+        detail = f"undefined name {_undefined_name(exc, template)}"
+    elif isinstance(exc, jinja2.TemplateSyntaxError):
+        detail = f"syntax error: {exc.message}"
+    elif isinstance(exc, jinja2.exceptions.SecurityError):
+        detail = f"not allowed in the sandbox: {exc}"
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    return TemplateError(f"{what} {_short(template)}: {detail}", template=template)
+
+
+# --- compilation (cached; also used at load time to reject bad syntax) ------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_text(template: str) -> jinja2.Template:
+    try:
+        return _env.from_string(template)
+    except jinja2.TemplateError as exc:
+        raise _fail(exc, template) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_command(template: str) -> jinja2.Template:
+    try:
+        source = shell.rewrite_command(template)
+    except ValueError as exc:
+        raise TemplateError(f"command {_short(template)}: {exc}", template=template) from None
+    try:
+        return _env.from_string(source)
+    except jinja2.TemplateError as exc:
+        raise _fail(exc, template, "command") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_expression(expression: str) -> Callable[..., Any]:
+    try:
+        return _env.compile_expression(expression, undefined_to_none=False)
+    except jinja2.TemplateError as exc:
+        raise _fail(exc, expression, "expression") from None
+
+
+def check_text(template: str) -> None:
+    """Raises TemplateError if ``template`` is not valid Jinja2."""
+    _compile_text(template)
+
+
+def check_command(template: str) -> None:
+    """Raises TemplateError if ``template`` is not a valid command template."""
+    _compile_command(template)
+
+
+def check_expression(expression: str) -> None:
+    """Raises TemplateError if ``expression`` is not a valid Jinja2 expression."""
+    _compile_expression(expression)
+
+
+def check_value(value: Any) -> None:
+    """Raises TemplateError if any string inside ``value`` is not a valid template."""
+    if isinstance(value, str):
+        single = _SINGLE_PLACEHOLDER.match(value)
+        if single:
+            _compile_expression(single.group(1))
+        else:
+            _compile_text(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            check_value(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_value(item)
+
+
+# --- context --------------------------------------------------------------------------
+
+_VISIBLE_STEP_STATUSES = (StepStatus.COMPLETED, StepStatus.FAILED)
+
+
+def build_context(state: WorkflowState) -> dict[str, Any]:
+    """The names templates see: ``inputs``, ``states`` and ``workflow``.
+
+    ``states`` holds each completed or failed step with its snake_case fields and awf's
+    PascalCase aliases (``Output``, ``Stderr``, ``ExitCode``, ``Status``).
+    """
+    states: dict[str, dict[str, Any]] = {}
+    for name, step in state.states.items():
+        if step.status not in _VISIBLE_STEP_STATUSES:
+            continue
+        fields: dict[str, Any] = {
+            "output": step.output,
+            "stderr": step.stderr,
+            "exit_code": step.exit_code,
+            "status": str(step.status),
+            "attempt": step.attempt,
+            "error": step.error,
+        }
+        for alias, field in STATE_FIELD_ALIASES.items():
+            fields[alias] = fields[field]
+        states[name] = fields
+    workflow: dict[str, Any] = {
+        "id": state.workflow_id,
+        "name": state.workflow_name,
+        "version": state.workflow_version,
+    }
+    for alias, field in WORKFLOW_FIELD_ALIASES.items():
+        workflow[alias] = workflow[field]
+    return {"inputs": dict(state.inputs), "states": states, "workflow": workflow}
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def render_text(template: str, context: Mapping[str, Any]) -> str:
+    """Render ``template`` as text.
+
+    Raises:
+        TemplateError: bad syntax, an undefined name, a sandbox violation, or any error
+            raised while rendering.
+    """
+    compiled = _compile_text(template)
+    try:
+        return compiled.render(context)
+    except Exception as exc:
+        raise _fail(exc, template) from None
+
+
+def _evaluate_raw(expression: str, context: Mapping[str, Any], template: str) -> Any:
+    compiled = _compile_expression(expression)
+    try:
+        value = compiled(**context)
+    except Exception as exc:
+        raise _fail(exc, template, "expression") from None
+    if isinstance(value, jinja2.Undefined):
+        try:
+            str(value)  # StrictUndefined raises, naming what was missing
+        except jinja2.UndefinedError as exc:
+            raise _fail(exc, template, "expression") from None
+    return value
+
+
+def render_value(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render the strings inside ``value`` (recursively through dicts and lists).
+
+    A string that is one placeholder alone (``"{{ inputs.dry_run }}"``) becomes the
+    value itself, with its type; any other string is rendered as text.
+
+    Raises:
+        TemplateError: as :func:`render_text`.
+    """
+    if isinstance(value, str):
+        single = _SINGLE_PLACEHOLDER.match(value)
+        if single:
+            return _evaluate_raw(single.group(1), context, value)
+        if "{" not in value:
+            return value
+        return render_text(value, context)
+    if isinstance(value, Mapping):
+        return {key: render_value(item, context) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [render_value(item, context) for item in value]
+    return value
+
+
+def evaluate(expression: str, context: Mapping[str, Any]) -> bool:
+    """The truth of a ``when:`` expression (``inputs.n > 3``, ``x is defined``).
+
+    Raises:
+        TemplateError: bad syntax, or an undefined name used other than by ``is defined``.
+    """
+    value = _evaluate_raw(expression, context, expression)
+    try:
+        return bool(value)
+    except Exception as exc:
+        raise _fail(exc, expression, "expression") from None
+
+
+def render_command(template: str, context: Mapping[str, Any]) -> str:
+    """Render a shell command; each interpolated value is one literal shell word.
+
+    Values are escaped for the quoting context their placeholder stands in (unquoted,
+    ``"..."``, ``'...'``); ``{{ x | safe }}`` inserts a trusted fragment as it is.
+
+    Raises:
+        TemplateError: as :func:`render_text`, or a value holds a NUL byte.
+    """
+    compiled = _compile_command(template)
+    try:
+        return compiled.render(context)
+    except Exception as exc:
+        raise _fail(exc, template, "command") from None
