@@ -1,0 +1,201 @@
+"""Running one attempt of a step: a shell command or a Python callable.
+
+A command runs as ``/bin/sh -c`` in a process group of its own, so a timeout or a
+cancellation kills the shell *and* everything it started. While it runs we poll every
+100 ms for a cancellation request or the timeout; ``communicate()`` keeps collecting
+output across polls (retrying it after ``TimeoutExpired`` loses nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils.module_loading import import_string
+
+POLL_INTERVAL = 0.1
+# After SIGTERM, how long a process group gets to exit before SIGKILL. Short: the
+# whole cancellation must be recorded within 2 seconds.
+KILL_GRACE = 0.5
+
+
+class StepCancelled(Exception):
+    """Raised by ``ctx.check_cancelled()`` inside a call step when the run is cancelled."""
+
+
+@dataclass
+class AttemptResult:
+    ok: bool
+    output: Any = None
+    stderr: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    traceback: str | None = None
+    cancelled: bool = False
+    timed_out: bool = False
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the whole process group, then SIGKILL what is left after a grace period."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + KILL_GRACE
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    # Even if the shell exited, its children may linger in the group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_command(
+    command: str,
+    *,
+    cwd: str | None,
+    env: Mapping[str, str],
+    timeout: float | None,
+    should_stop: Callable[[], bool],
+) -> AttemptResult:
+    """Run ``command`` with ``/bin/sh -c`` and wait for it, a timeout or a stop request."""
+    full_env = {**os.environ, **env}
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=cwd or None,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: we can kill all of it
+        )
+    except OSError as exc:
+        return AttemptResult(ok=False, error=f"could not start the command: {exc}")
+    deadline = time.monotonic() + timeout if timeout else None
+    cancelled = timed_out = False
+    out = err = b""
+    while True:
+        wait = POLL_INTERVAL
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        try:
+            out, err = proc.communicate(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if should_stop():
+            cancelled = True
+        elif deadline is not None and time.monotonic() >= deadline:
+            timed_out = True
+        if cancelled or timed_out:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            break
+    # Whatever the shell did, leave no member of its group behind.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    stdout = out.decode("utf-8", errors="replace")
+    stderr = err.decode("utf-8", errors="replace")
+    code = proc.returncode
+    if cancelled:
+        return AttemptResult(False, stdout, stderr, code, "cancelled", cancelled=True)
+    if timed_out:
+        return AttemptResult(
+            False, stdout, stderr, code, f"timed out after {timeout:g}s", timed_out=True
+        )
+    if code != 0:
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        message = f"exit code {code}" + (f": {detail}" if detail else "")
+        if code < 0:
+            message = f"killed by signal {-code}"
+        return AttemptResult(False, stdout, stderr, code, message)
+    return AttemptResult(True, stdout, stderr, 0)
+
+
+class StepContext:
+    """What a ``call`` step receives as ``ctx``."""
+
+    def __init__(
+        self,
+        *,
+        workflow_id: str,
+        workflow_name: str,
+        state_name: str,
+        inputs: Mapping[str, Any],
+        states: Mapping[str, Any],
+        attempt: int,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.workflow_name = workflow_name
+        self.state_name = state_name
+        self.inputs = inputs
+        self.states = states
+        self.attempt = attempt
+        self.logger = logging.getLogger(f"wfstate.steps.{workflow_name}.{state_name}")
+        self._should_stop = should_stop
+
+    def check_cancelled(self) -> None:
+        """Raise ``StepCancelled`` if the run was asked to stop (call this in long loops)."""
+        if self._should_stop():
+            raise StepCancelled("cancelled")
+
+    @property
+    def cancelled(self) -> bool:
+        return self._should_stop()
+
+
+def run_call(
+    target: str,
+    kwargs: dict[str, Any],
+    ctx: StepContext,
+    *,
+    timeout: float | None,
+    should_stop: Callable[[], bool],
+) -> AttemptResult:
+    """Call a Python callable ``target(ctx, **kwargs)``.
+
+    Without a timeout the call runs inline (no thread to start: a no-op step costs
+    microseconds); cancellation is then cooperative through ``ctx.check_cancelled()``.
+    With a timeout it runs in a daemon thread we stop waiting for when time is up.
+    """
+    try:
+        func = import_string(target)
+    except ImportError as exc:
+        return AttemptResult(ok=False, error=f"cannot import {target!r}: {exc}")
+
+    def invoke() -> AttemptResult:
+        try:
+            return AttemptResult(ok=True, output=func(ctx, **kwargs))
+        except StepCancelled:
+            return AttemptResult(ok=False, error="cancelled", cancelled=True)
+        except Exception as exc:  # noqa: BLE001 - a step's failure is data, not a crash
+            return AttemptResult(
+                ok=False,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+            )
+
+    if not timeout:
+        return invoke()
+    box: list[AttemptResult] = []
+    thread = threading.Thread(target=lambda: box.append(invoke()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while True:
+        thread.join(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+        if box:
+            return box[0]
+        if should_stop():
+            return AttemptResult(ok=False, error="cancelled", cancelled=True)
+        if time.monotonic() >= deadline:
+            return AttemptResult(ok=False, error=f"timed out after {timeout:g}s", timed_out=True)

@@ -1,0 +1,137 @@
+"""What every wfstate command shares: ``--json``, exit codes, signals, progress lines.
+
+Exit codes (SPEC §8): 0 success; 1 user error; 2 invalid definition; 3 the run ended
+failed or cancelled; 4 system error. Each ``WFStateError`` carries its ``exit_code``,
+so the mapping lives in the exception classes and one ``except`` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from wfstate.exceptions import WFStateError
+from wfstate.state import RunStatus, WorkflowState
+
+EXIT_RUN_FAILED = 3
+
+
+def error_payload(exc: WFStateError) -> dict[str, Any]:
+    payload: dict[str, Any] = {"code": exc.code, "message": str(exc)}
+    for attr in ("errors", "owner", "path"):
+        if getattr(exc, attr, None) is not None:
+            payload[attr] = getattr(exc, attr)
+    return payload
+
+
+class WFStateCommand(BaseCommand):
+    json_option = True
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        if self.json_option:
+            parser.add_argument(
+                "--json", action="store_true", help="print one JSON object on stdout, nothing else"
+            )
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        self.as_json = bool(options.get("json"))
+        self.verbosity = int(options.get("verbosity", 1))
+        try:
+            return super().execute(*args, **options)
+        except WFStateError as exc:
+            if self.as_json:
+                self.emit_json({"error": error_payload(exc)})
+            raise CommandError(str(exc), returncode=exc.exit_code) from exc
+
+    # --- output ----------------------------------------------------------------------------
+
+    def emit_json(self, data: Any) -> None:
+        self.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+    def say(self, message: str = "", style: Any = None) -> None:
+        """A human line (never printed with --json)."""
+        if not self.as_json and self.verbosity > 0:
+            self.stdout.write(style(message) if style else message)
+
+    def on_terminal(self) -> bool:
+        isatty = getattr(self.stdout, "isatty", None)
+        return bool(isatty and isatty())
+
+    def progress(self, event: dict[str, Any]) -> None:
+        """One line per step start and end: state, status, duration, attempt."""
+        if self.as_json or self.verbosity == 0:
+            return
+        if not (self.on_terminal() or self.verbosity >= 2):
+            return
+        kind = event.get("event")
+        name = event.get("state", "")
+        attempt = event.get("attempt", 1)
+        if kind == "step_started":
+            self.stdout.write(f"  ▸ {name}  (attempt {attempt})")
+        elif kind == "step_retry":
+            self.stdout.write(
+                self.style.WARNING(
+                    f"  ↻ {name}  attempt {attempt} failed: {event.get('error')}; "
+                    f"retrying in {event.get('delay', 0):.2f}s"
+                )
+            )
+        elif kind == "step_finished":
+            status = event.get("status")
+            seconds = (event.get("duration_ms") or 0) / 1000
+            line = f"  {'✓' if status == 'completed' else '✗'} {name}  {status}  {seconds:.2f}s  (attempt {attempt})"
+            if event.get("error") and status != "completed":
+                line += f"  {event['error']}"
+            style = self.style.SUCCESS if status == "completed" else self.style.ERROR
+            self.stdout.write(style(line))
+
+    def report_run(self, state: WorkflowState, path: str | None) -> None:
+        """The closing lines of run/resume: id, status, state file; exit 3 when not completed."""
+        if self.as_json:
+            payload = state.to_dict()
+            payload["state_file"] = path
+            self.emit_json(payload)
+        else:
+            style = self.style.SUCCESS if state.status == RunStatus.COMPLETED else self.style.ERROR
+            self.say(f"run {state.workflow_id}")
+            self.say(f"status {state.status}" + (f": {state.error}" if state.error else ""), style)
+            if path:
+                self.say(f"state file {path}")
+        if state.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+            raise CommandError(
+                f"run {state.workflow_id} ended {state.status}"
+                + (f" at '{state.current_state}': {state.error}" if state.error else ""),
+                returncode=EXIT_RUN_FAILED,
+            )
+
+    @contextlib.contextmanager
+    def cancel_on_signals(self) -> Iterator[threading.Event]:
+        """SIGINT/SIGTERM cancel the run being executed (the step's group is killed)."""
+        event = threading.Event()
+        if threading.current_thread() is not threading.main_thread():
+            yield event
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            event.set()
+            sys.stderr.write(f"\nreceived {signal.Signals(signum).name}: cancelling the run\n")
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield event
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+def state_file(workflow_id: str) -> str | None:
+    from wfstate.stores import get_store
+
+    path_for = getattr(get_store(), "path_for", None)
+    return str(path_for(workflow_id)) if path_for else None

@@ -1,0 +1,328 @@
+"""The service layer: what every face (commands, admin, API, tasks) calls.
+
+Each function glues the definition registry, the store, the engine and the index for
+one operation. Faces parse their input, call one of these, and format the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from wfstate.conf import conf
+from wfstate.definitions import get_registry, validate_inputs
+from wfstate.definitions.model import WorkflowDefinition
+from wfstate.engine import Executor, mark_cancelled, prepare_resume
+from wfstate.exceptions import NotResumable, RunFinished, RunLocked, StillRunning, WFStateError
+from wfstate.state import RunStatus, WorkflowState, parse_time
+from wfstate.stores import get_store
+
+logger = logging.getLogger("wfstate.runs")
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def get_definition(name: str) -> WorkflowDefinition:
+    """Raises: WorkflowNotFound, InvalidDefinition."""
+    return get_registry().get(name)
+
+
+def list_definitions() -> list[WorkflowDefinition]:
+    return get_registry().all()
+
+
+def load_run(workflow_id: str) -> WorkflowState:
+    """The run's state, from its file. Raises: RunNotFound, CorruptState."""
+    return get_store().load(workflow_id)
+
+
+def run_owner(workflow_id: str) -> dict[str, Any] | None:
+    """Who executes the run now (pid, host, since), or None."""
+    return get_store().run_lock_owner(workflow_id)
+
+
+# --- the index, kept in step with the files ------------------------------------------------
+
+
+def _index(state: WorkflowState) -> None:
+    """Project one state into the index at once (status changes done outside a run)."""
+    if not conf.INDEX_ON_WRITE:
+        return
+    try:
+        from wfstate import index
+
+        index.index_state(state)
+    except Exception:
+        # The file is the truth and is already durable; sync_workflow_index repairs rows.
+        logger.exception("could not index run %s", state.workflow_id)
+
+
+@contextlib.contextmanager
+def _listeners() -> Iterator[list[Callable[[WorkflowState], None]]]:
+    if not conf.INDEX_ON_WRITE:
+        yield []
+        return
+    from wfstate import index
+
+    listener = index.make_listener()
+    try:
+        yield [listener]
+    finally:
+        try:
+            listener.close()
+        except Exception:
+            logger.exception("could not flush the index listener")
+
+
+# --- execution -------------------------------------------------------------------------
+
+
+def execute(
+    workflow_id: str,
+    *,
+    progress: Progress | None = None,
+    cancel_event: threading.Event | None = None,
+    prepare: Callable[[WorkflowState, WorkflowDefinition], None] | None = None,
+) -> WorkflowState:
+    """Execute a run in this process, holding its run lock throughout.
+
+    ``prepare`` runs under the run lock before execution (a resume rewinds there), so
+    checking and changing a run happen under the same lock.
+
+    Raises:
+        RunLocked: another executor holds the run (fails at once, never waits).
+        RunNotFound, CorruptState, WorkflowNotFound, InvalidDefinition, NotResumable.
+    """
+    store = get_store()
+    with store.run_lock(workflow_id):
+        state = store.load(workflow_id)
+        definition = get_definition(state.workflow_name)
+        if prepare is not None:
+            prepare(state, definition)
+        elif state.status.is_final:
+            return state  # a duplicate delivery of a finished run: nothing to do
+        with _listeners() as listeners:
+            executor = Executor(
+                store,
+                definition,
+                listeners=listeners,
+                progress=progress,
+                max_inline_output=conf.MAX_INLINE_OUTPUT,
+                cancel_event=cancel_event,
+            )
+            try:
+                return executor.execute(state)
+            finally:
+                store.clear_cancel(workflow_id)
+
+
+def create_run(
+    name: str, inputs: Mapping[str, Any] | None = None, *, coerce_strings: bool = False
+) -> tuple[WorkflowState, WorkflowDefinition]:
+    """Validate inputs and write the run's first (pending) checkpoint.
+
+    Raises:
+        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
+    """
+    definition = get_definition(name)
+    values = validate_inputs(definition, dict(inputs or {}), coerce_strings=coerce_strings)
+    state = WorkflowState.new(
+        definition.name,
+        inputs=values,
+        workflow_version=definition.version,
+        definition_sha256=definition.sha256,
+    )
+    get_store().save(state)
+    _index(state)
+    return state, definition
+
+
+def start_run(
+    name: str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    coerce_strings: bool = False,
+    detach: bool = False,
+    progress: Progress | None = None,
+    cancel_event: threading.Event | None = None,
+    on_created: Callable[[WorkflowState], None] | None = None,
+) -> WorkflowState:
+    """Start a run: execute it here, or (``detach``) enqueue it and return it pending.
+
+    Raises:
+        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
+    """
+    state, _definition = create_run(name, inputs, coerce_strings=coerce_strings)
+    if on_created is not None:
+        on_created(state)
+    if detach:
+        from wfstate.tasks import enqueue_execution
+
+        enqueue_execution(state.workflow_id)
+        return state
+    return execute(state.workflow_id, progress=progress, cancel_event=cancel_event)
+
+
+def resume_run(
+    workflow_id: str,
+    *,
+    from_state: str = "current",
+    inputs: Mapping[str, Any] | None = None,
+    allow_changed_definition: bool = False,
+    coerce_strings: bool = False,
+    detach: bool = False,
+    progress: Progress | None = None,
+    cancel_event: threading.Event | None = None,
+) -> WorkflowState:
+    """Resume a crashed, failed or cancelled run (or a completed one with ``from_state``).
+
+    The check and the rewind happen under the run lock. With ``detach`` the run is
+    rewound and saved here, then handed to the background, and this returns at once.
+
+    Raises:
+        RunLocked (someone executes it), RunNotFound, NotResumable, DefinitionChanged,
+        InvalidInputs, CorruptState.
+    """
+
+    def prepare(state: WorkflowState, definition: WorkflowDefinition) -> None:
+        overrides: dict[str, Any] = {}
+        if inputs:
+            merged = validate_inputs(
+                definition, {**state.inputs, **inputs}, coerce_strings=coerce_strings
+            )
+            overrides = {k: merged[k] for k in inputs}
+        prepare_resume(
+            state,
+            definition,
+            from_state=from_state,
+            inputs=overrides,
+            allow_changed_definition=allow_changed_definition,
+        )
+        get_store().clear_cancel(workflow_id)
+
+    if not detach:
+        return execute(workflow_id, progress=progress, cancel_event=cancel_event, prepare=prepare)
+    store = get_store()
+    with store.run_lock(workflow_id):
+        state = store.load(workflow_id)
+        prepare(state, get_definition(state.workflow_name))
+        store.save(state)
+    _index(state)
+    from wfstate.tasks import enqueue_execution
+
+    enqueue_execution(workflow_id)
+    return state
+
+
+def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
+    """Cancel a run.
+
+    Returns ``("requested", state)`` when a live executor was asked to stop (it kills
+    the step's process group and records ``cancelled`` within 2 seconds), or
+    ``("cancelled", state)`` when nobody executed the run and it was marked at once.
+
+    Raises:
+        RunNotFound, RunFinished (already ended), CorruptState.
+    """
+    store = get_store()
+    state = store.load(workflow_id)
+    if state.status.is_final:
+        raise RunFinished(f"run {workflow_id} already ended {state.status}")
+    try:
+        with store.run_lock(workflow_id):
+            state = store.update(workflow_id, mark_cancelled)
+            store.clear_cancel(workflow_id)
+    except RunLocked:
+        store.request_cancel(workflow_id)
+        return "requested", store.load(workflow_id)
+    _index(state)
+    return "cancelled", state
+
+
+def delete_run(workflow_id: str) -> None:
+    """Delete a run's file, side files and index row.
+
+    Raises:
+        RunNotFound, StillRunning (an executor holds it: cancel it first).
+    """
+    store = get_store()
+    store.delete(workflow_id)
+    if conf.INDEX_ON_WRITE:
+        from wfstate import index
+
+        index.remove(workflow_id)
+
+
+def _recover(state: WorkflowState, definition: WorkflowDefinition) -> None:
+    if state.status.is_final:
+        raise NotResumable(f"run {state.workflow_id} already ended {state.status}")
+    prepare_resume(state, definition, from_state="current")
+    state.history[-1]["event"] = "recover"
+
+
+def recover_runs(
+    *,
+    detach: bool = False,
+    min_age: float = 0.0,
+    progress: Progress | None = None,
+    on_run: Callable[[str, str], None] | None = None,
+) -> list[str]:
+    """Resume every ``running``/``pending`` run whose run lock is free (SPEC §6).
+
+    ``min_age`` skips runs updated more recently than that many seconds (a run just
+    enqueued is not crashed). ``on_run(workflow_id, outcome)`` reports each.
+    Returns the ids handed on.
+    """
+    from datetime import UTC, datetime
+
+    store = get_store()
+    recovered: list[str] = []
+    now = datetime.now(UTC)
+    for workflow_id, state in store.iter_states():
+        if isinstance(state, Exception) or state.status not in (RunStatus.RUNNING, RunStatus.PENDING):
+            continue
+        updated = parse_time(state.updated_at)
+        if min_age and updated is not None and (now - updated).total_seconds() < min_age:
+            continue
+        if store.run_lock_owner(workflow_id) is not None:
+            continue
+        try:
+            if detach:
+                from wfstate.tasks import enqueue_execution
+
+                enqueue_execution(workflow_id)
+                outcome = "enqueued"
+            elif state.status == RunStatus.RUNNING:
+                # A crashed run: its in-flight step goes to history, and runs again.
+                outcome = str(execute(workflow_id, progress=progress, prepare=_recover).status)
+            else:
+                outcome = str(execute(workflow_id, progress=progress).status)
+        except RunLocked:
+            continue  # somebody else took it meanwhile: it is being recovered
+        except WFStateError as exc:
+            if on_run is not None:
+                on_run(workflow_id, f"error: {exc}")
+            continue
+        recovered.append(workflow_id)
+        if on_run is not None:
+            on_run(workflow_id, outcome)
+    return recovered
+
+
+__all__ = [
+    "StillRunning",
+    "cancel_run",
+    "create_run",
+    "delete_run",
+    "execute",
+    "get_definition",
+    "list_definitions",
+    "load_run",
+    "recover_runs",
+    "resume_run",
+    "run_owner",
+    "start_run",
+]
