@@ -202,19 +202,23 @@ def _warn_keys(
     elsewhere: frozenset[str] = frozenset(),
     kind: str = "",
     prefix: str = "",
+    subject: str = "",
 ) -> None:
     for key in keys:
         if key in known:
             continue
         name = f"{prefix}{key}"
+        lead = f"{subject}: " if subject else ""
         if key in awf_known:
-            out.warn((*path, key), f"key '{name}' is not supported and is ignored")
+            out.warn((*path, key), f"{lead}key '{name}' is not supported and is ignored")
         elif key in elsewhere:
-            out.warn((*path, key), f"key '{name}' does not apply to a {kind} state and is ignored")
+            out.warn(
+                (*path, key), f"{lead}key '{name}' does not apply to a {kind} state and is ignored"
+            )
         else:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            out.warn((*path, key), f"unknown key '{name}' is ignored{hint}")
+            out.warn((*path, key), f"{lead}unknown key '{name}' is ignored{hint}")
 
 
 def _duration(out: _Collector, path: Path_, value: Any) -> float | None:
@@ -260,7 +264,8 @@ def _build_input(out: _Collector, index: int, raw: Any) -> InputDef | None:
     path: Path_ = ("inputs", index)
     if not isinstance(raw, Mapping) or out.has_error(path):
         return None
-    _warn_keys(out, path, raw.keys(), awf.INPUT_KEYS, awf.AWF_INPUT_KEYS, prefix="inputs.")
+    subject = f"input '{raw['name']}'"
+    _warn_keys(out, path, raw.keys(), awf.INPUT_KEYS, awf.AWF_INPUT_KEYS, subject=subject)
     validation = raw.get("validation") or {}
     if isinstance(validation, Mapping):
         _warn_keys(
@@ -270,6 +275,7 @@ def _build_input(out: _Collector, index: int, raw: Any) -> InputDef | None:
             awf.VALIDATION_KEYS,
             awf.AWF_VALIDATION_KEYS,
             prefix="validation.",
+            subject=subject,
         )
         validation = {k: v for k, v in validation.items() if k in awf.VALIDATION_KEYS}
         pattern = validation.get("pattern")
@@ -297,7 +303,7 @@ def _build_input(out: _Collector, index: int, raw: Any) -> InputDef | None:
 
 
 def _build_retry(out: _Collector, path: Path_, raw: Any) -> RetryPolicy | None:
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, Mapping) or out.has_error(path):
         return None
     _warn_keys(out, path, raw.keys(), awf.RETRY_KEYS, frozenset(), prefix="retry.")
     initial = _duration(out, (*path, "initial_delay"), raw.get("initial_delay", 0))
@@ -329,88 +335,107 @@ def _state_type(out: _Collector, path: Path_, raw: Mapping[str, Any]) -> str | N
 
 
 def _build_state(out: _Collector, name: str, raw: Any) -> StateDef | None:
+    """Build what can be built; fields the schema rejected are left at their defaults
+    (their errors are already reported), so the graph checks still see the routes."""
     path: Path_ = ("states", name)
     if not isinstance(raw, Mapping):
         return None
     kind = _state_type(out, path, raw)
     if kind is None:
         return None
-    known = awf.STATE_KEYS[kind]
     _warn_keys(
         out,
         path,
         raw.keys(),
-        known,
+        awf.STATE_KEYS[kind],
         awf.AWF_STATE_KEYS,
         elsewhere=awf.ALL_STATE_KEYS,
         kind=kind,
     )
-    if out.has_error(path):
-        return None
-    line = out.source.line(path) if out.source else 0
+
+    def get(key: str, default: Any = None) -> Any:
+        if out.has_error((*path, key)):
+            return default
+        value = raw.get(key)
+        return default if value is None else value
+
     fields: dict[str, Any] = {
         "name": name,
         "type": kind,
-        "line": line,
-        "description": str(raw.get("description") or ""),
+        "line": out.source.line(path) if out.source else 0,
+        "description": str(get("description", "")),
     }
     if kind in ("step", "parallel"):
-        fields["on_success"] = raw.get("on_success")
-        fields["on_failure"] = raw.get("on_failure")
-        transitions = []
-        for i, t in enumerate(raw.get("transitions") or ()):
-            tpath: Path_ = (*path, "transitions", i)
-            _warn_keys(
-                out, tpath, t.keys(), awf.TRANSITION_KEYS, frozenset(), prefix="transitions."
-            )
-            when = t.get("when")
-            if when is not None:
-                when = awf.normalise_expression(when)
-                try:
-                    templates.check_expression(when)
-                except TemplateError as exc:
-                    out.error((*tpath, "when"), str(exc))
-            transitions.append(Transition(goto=t["goto"], when=when))
-        fields["transitions"] = tuple(transitions)
+        fields["on_success"] = get("on_success")
+        fields["on_failure"] = get("on_failure")
+        fields["transitions"] = tuple(_build_transitions(out, path, get("transitions", [])))
     if kind == "step":
-        has_command = raw.get("command") is not None
-        has_call = raw.get("call") is not None
-        if has_command and has_call:
-            out.error(path, "a step has either 'command' or 'call', not both")
-        elif not has_command and not has_call:
-            out.error(
-                path, "a step needs 'command' (a shell command) or 'call' (a Python callable)"
-            )
-        if has_command:
-            fields["command"] = _template(
-                out, (*path, "command"), raw["command"], templates.check_command
-            )
-        if has_call:
-            fields["call"] = raw["call"]
-        if "with" in raw and not has_call:
-            out.warn((*path, "with"), "key 'with' is only used by 'call' steps and is ignored")
-        fields["with_"] = _template_value(out, (*path, "with"), dict(raw.get("with") or {}))
-        if raw.get("dir") is not None:
-            fields["dir"] = _template(out, (*path, "dir"), raw["dir"], templates.check_text)
-        fields["env"] = {
-            str(k): _template(out, (*path, "env", k), _env_value(v), templates.check_text)
-            for k, v in (raw.get("env") or {}).items()
-        }
-        fields["timeout"] = _duration(out, (*path, "timeout"), raw.get("timeout"))
-        if raw.get("retry") is not None:
-            fields["retry"] = _build_retry(out, (*path, "retry"), raw["retry"])
-        fields["continue_on_error"] = bool(raw.get("continue_on_error", False))
+        _build_step(out, path, raw, get, fields)
     elif kind == "parallel":
-        fields["parallel"] = tuple(raw["parallel"])
-        fields["strategy"] = raw.get("strategy", "all_succeed")
-        fields["max_concurrent"] = raw.get("max_concurrent")
+        fields["parallel"] = tuple(get("parallel", ()))
+        fields["strategy"] = get("strategy", "all_succeed")
+        fields["max_concurrent"] = get("max_concurrent")
     else:
-        fields["status"] = raw.get("status", "success")
-        if raw.get("message") is not None:
+        fields["status"] = get("status", "success")
+        message = get("message")
+        if message is not None:
             fields["message"] = _template(
-                out, (*path, "message"), str(raw["message"]), templates.check_text
+                out, (*path, "message"), str(message), templates.check_text
             )
     return StateDef(**fields)
+
+
+def _build_transitions(out: _Collector, path: Path_, raw: Any) -> list[Transition]:
+    transitions: list[Transition] = []
+    for i, t in enumerate(raw):
+        tpath: Path_ = (*path, "transitions", i)
+        if out.has_error(tpath) or not isinstance(t, Mapping):
+            continue
+        _warn_keys(out, tpath, t.keys(), awf.TRANSITION_KEYS, frozenset(), prefix="transitions.")
+        when = t.get("when")
+        if when is not None:
+            when = awf.normalise_expression(when)
+            try:
+                templates.check_expression(when)
+            except TemplateError as exc:
+                out.error((*tpath, "when"), str(exc))
+        transitions.append(Transition(goto=t["goto"], when=when))
+    return transitions
+
+
+def _build_step(
+    out: _Collector,
+    path: Path_,
+    raw: Mapping[str, Any],
+    get: Callable[..., Any],
+    fields: dict[str, Any],
+) -> None:
+    has_command = raw.get("command") is not None
+    has_call = raw.get("call") is not None
+    if has_command and has_call:
+        out.error(path, "a step has either 'command' or 'call', not both")
+    elif not has_command and not has_call:
+        out.error(path, "a step needs 'command' (a shell command) or 'call' (a Python callable)")
+    command = get("command")
+    if command is not None:
+        fields["command"] = _template(out, (*path, "command"), command, templates.check_command)
+    fields["call"] = get("call")
+    if "with" in raw and not has_call:
+        out.warn((*path, "with"), "key 'with' is only used by 'call' steps and is ignored")
+    fields["with_"] = _template_value(out, (*path, "with"), dict(get("with", {})))
+    directory = get("dir")
+    if directory is not None:
+        fields["dir"] = _template(out, (*path, "dir"), directory, templates.check_text)
+    fields["env"] = {
+        str(k): _template(out, (*path, "env", k), _env_value(v), templates.check_text)
+        for k, v in get("env", {}).items()
+        if not out.has_error((*path, "env", k))
+    }
+    fields["timeout"] = _duration(out, (*path, "timeout"), raw.get("timeout"))
+    retry = get("retry")
+    if retry is not None:
+        fields["retry"] = _build_retry(out, (*path, "retry"), retry)
+    fields["continue_on_error"] = bool(get("continue_on_error", False))
 
 
 # --- pass 3: graph checks ---------------------------------------------------------------
@@ -490,7 +515,9 @@ def _check_graph(
         todo.extend(routes(name) - routed)
     branches = {b for n in routed if n in built for b in built[n].parallel if b in names}
     for name in sorted(names - routed - branches, key=lambda n: out._locate(("states", n))[0]):
-        out.error(("states", name), f"state '{name}' is unreachable from '{initial}'")
+        out.error(
+            ("states", name), f"unreachable: no route leads here from the initial state '{initial}'"
+        )
 
     # Every state the run can be in must be able to end: walk back from the terminals.
     # States we could not build are given the benefit of the doubt (already errors).

@@ -51,8 +51,24 @@ class StrictChainableUndefined(jinja2.ChainableUndefined, jinja2.StrictUndefined
     __slots__ = ()
 
 
+class _Environment(SandboxedEnvironment):
+    """``inputs.items`` is the input called ``items``, not the dict's method.
+
+    Jinja2 tries attributes before keys; our names are all dict keys (inputs, step
+    results, ``call`` outputs), so keys win for mappings.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            try:
+                return obj[attribute]
+            except (KeyError, TypeError):
+                pass
+        return super().getattr(obj, attribute)
+
+
 def _make_env() -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
+    env = _Environment(
         undefined=StrictChainableUndefined,
         autoescape=False,
         keep_trailing_newline=True,
