@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,14 +165,21 @@ class JSONFileStore(StateStore):
                     path=str(path),
                 ) from None
             raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
-        with os.fdopen(fd, "rb") as fh:
-            size = os.fstat(fd).st_size
-            if size > self.max_bytes:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptState(f"{path} is not a regular file", path=str(path))
+            if st.st_size > self.max_bytes:
                 raise CorruptState(
-                    f"{path} is {size} bytes, more than the {self.max_bytes} a state may be",
+                    f"{path} is {st.st_size} bytes, more than the {self.max_bytes} a state may be",
                     path=str(path),
                 )
-            return fh.read(self.max_bytes + 1)
+            with open(fd, "rb", closefd=False) as fh:
+                return fh.read(self.max_bytes + 1)
+        except OSError as exc:
+            raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
+        finally:
+            os.close(fd)
 
     def load(self, workflow_id: str) -> WorkflowState:
         data = self.read_bytes(workflow_id)
@@ -273,8 +281,17 @@ class JSONFileStore(StateStore):
             raise RunNotFound(f"no output {stream} of {state_name} in run {workflow_id}") from None
         except OSError as exc:
             raise StorageError(f"could not read {path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb") as fh:
-            return fh.read()
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StorageError(f"could not read {path}: not a regular file", path=str(path))
+            with open(fd, "rb", closefd=False) as fh:
+                return fh.read()
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
+        finally:
+            os.close(fd)
 
     # --- maintenance -----------------------------------------------------------------------
 

@@ -261,12 +261,14 @@ class FileLockBackend(LockBackend):
                     found = None
                     return True
                 found = self._read_owner(fh)
+                if found and _provably_dead(found):
+                    found = None
                 # Held, but no owner yet (just locked) or a dead one's info (another
                 # prober holds it for a moment): look again shortly.
-                return bool(found) and not _provably_dead(found)
+                return bool(found)
 
             if not _poll(attempt, 0.2):
-                return found or {}
+                return {}  # held by somebody who says nothing (yet)
             return found
         finally:
             fh.close()
