@@ -177,12 +177,14 @@ def test_symlink_at_lock_file_is_never_followed(
     store: JSONFileStore, canary: Canary, planted: str, sidecar: str
 ) -> None:
     (store.directory / f"{planted}{sidecar}").symlink_to(canary.path)
-    with pytest.raises(StorageError):
-        if sidecar == ".lock":
+    if sidecar == ".lock":
+        with pytest.raises(StorageError):
             store.save(WorkflowState.new("x", workflow_id=planted))
-        else:
-            with store.run_lock(planted):
-                pass
+    else:
+        with pytest.raises(StorageError), store.run_lock(planted):
+            pass
+        with pytest.raises(StorageError):
+            store.run_lock_owner(planted)
     canary.assert_untouched()
     assert not store.path_for(planted).exists()
 
