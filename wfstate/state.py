@@ -179,10 +179,12 @@ class WorkflowState:
             raise ValueError(f"a state document is a JSON object, not {type(data).__name__}")
         data = upgrade(data)
         try:
-            states = data.get("states") or {}
+            states = data.get("states")
+            states = {} if states is None else states
             if not isinstance(states, dict):
                 raise ValueError("'states' is not an object")
-            history = data.get("history") or []
+            history = data.get("history")
+            history = [] if history is None else history
             if not isinstance(history, list):
                 raise ValueError("'history' is not a list")
             return cls(

@@ -1,0 +1,224 @@
+"""The state document (SPEC §4): round trip, stable key order, schema upgrades."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import random
+import re
+from typing import Any
+
+import pytest
+
+from wfstate.state import (
+    SCHEMA_VERSION,
+    RunStatus,
+    StepResult,
+    StepStatus,
+    WorkflowState,
+    upgrade,
+    utcnow,
+)
+from wfstate.stores.jsonfile import serialize
+
+TOP_KEYS = [
+    "schema_version",
+    "workflow_id",
+    "workflow_name",
+    "workflow_version",
+    "definition_sha256",
+    "status",
+    "current_state",
+    "started_at",
+    "updated_at",
+    "completed_at",
+    "inputs",
+    "states",
+    "revision",
+    "error",
+    "history",
+]
+STEP_KEYS = [
+    "name",
+    "status",
+    "output",
+    "stderr",
+    "exit_code",
+    "attempt",
+    "error",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+    "output_truncated",
+    "traceback",
+]
+
+
+def sample() -> WorkflowState:
+    state = WorkflowState.new(
+        "release",
+        inputs={"tag": "v1.4.0", "dry_run": False, "note": "héllo ✓"},
+        workflow_version="1.2.0",
+        definition_sha256="9a0c" * 16,
+    )
+    state.status = RunStatus.RUNNING
+    state.current_state = "publish"
+    state.states["build"] = StepResult(
+        name="build",
+        status=StepStatus.COMPLETED,
+        output="built\n",
+        stderr="",
+        exit_code=0,
+        started_at="2026-11-27T11:00:00.200000Z",
+        completed_at="2026-11-27T11:00:03.900000Z",
+        duration_ms=3700,
+    )
+    state.states["publish"] = StepResult(name="publish", started_at=utcnow())
+    state.history.append({"resumed_at": utcnow(), "from": "current"})
+    return state
+
+
+def test_round_trip() -> None:
+    state = sample()
+    again = WorkflowState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again == state
+    assert again.to_dict() == state.to_dict()
+    assert isinstance(again.status, RunStatus)
+    assert isinstance(again.states["build"].status, StepStatus)
+
+
+def test_key_order_is_stable() -> None:
+    document = sample().to_dict()
+    assert list(document) == TOP_KEYS
+    for step in document["states"].values():
+        assert list(step) == STEP_KEYS
+
+
+def test_key_order_does_not_depend_on_the_input_order() -> None:
+    document = sample().to_dict()
+    items = list(document.items())
+    random.Random(4).shuffle(items)
+    shuffled = dict(items)
+    assert list(WorkflowState.from_dict(shuffled).to_dict()) == TOP_KEYS
+    assert serialize(WorkflowState.from_dict(shuffled)) == serialize(sample_from(document))
+
+
+def sample_from(document: dict[str, Any]) -> WorkflowState:
+    return WorkflowState.from_dict(document)
+
+
+def test_diff_between_revisions_shows_only_what_changed() -> None:
+    state = sample()
+    before = serialize(state).decode().splitlines()
+    state.states["publish"].status = StepStatus.COMPLETED
+    state.revision += 1
+    after = serialize(state).decode().splitlines()
+    changed = [
+        line
+        for line in difflib.unified_diff(before, after, lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    assert sorted(changed) == sorted(
+        [
+            '-      "status": "running",',
+            '+      "status": "completed",',
+            '-  "revision": 0,',
+            '+  "revision": 1,',
+        ]
+    )
+
+
+def test_file_format_is_two_space_indented_utf8() -> None:
+    data = serialize(sample())
+    text = data.decode("utf-8")
+    assert text.startswith('{\n  "schema_version": 1,\n  "workflow_id": ')
+    assert text.endswith("}\n")
+    assert "héllo ✓" in text  # UTF-8, not \u escapes
+
+
+def test_times_are_utc_iso_with_z() -> None:
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", utcnow())
+    state = sample()
+    assert state.started_at.endswith("Z")
+
+
+def test_upgrade_from_version_0() -> None:
+    # The first prototype's shape: no schema_version, "id", no history or revision.
+    old = {
+        "id": "3f6c1e0a-9b1d-4c1e-8f5e-2d7a0c9b4e11",
+        "workflow_name": "release",
+        "status": "completed",
+        "started_at": "2026-11-27T11:00:00.123456Z",
+        "inputs": {"tag": "v1"},
+        "states": {"build": {"name": "build", "status": "completed", "exit_code": 0}},
+    }
+    state = WorkflowState.from_dict(old)
+    assert state.schema_version == SCHEMA_VERSION
+    assert state.workflow_id == old["id"]
+    assert state.history == []
+    assert state.revision == 0
+    assert state.status is RunStatus.COMPLETED
+    assert state.states["build"].exit_code == 0
+    assert state.to_dict()["schema_version"] == SCHEMA_VERSION
+    assert "id" not in state.to_dict()
+    assert "id" in old  # the caller's document is not modified
+
+
+def test_newer_schema_version_is_refused() -> None:
+    document = sample().to_dict()
+    document["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ValueError, match="newer"):
+        WorkflowState.from_dict(document)
+
+
+@pytest.mark.parametrize("version", ["1", 1.0, True, None])
+def test_non_integer_schema_version_is_refused(version: Any) -> None:
+    with pytest.raises(ValueError, match="schema_version"):
+        upgrade({"schema_version": version})
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        [],
+        "x",
+        {},
+        {"workflow_id": "x"},
+        {"workflow_id": "x", "workflow_name": "y", "states": []},
+        {"workflow_id": "x", "workflow_name": "y", "states": {"a": 1}},
+        {"workflow_id": "x", "workflow_name": "y", "states": {"a": {}}},
+        {"workflow_id": "x", "workflow_name": "y", "history": {}},
+        {"workflow_id": "x", "workflow_name": "y", "status": "bogus"},
+        {"workflow_id": "x", "workflow_name": "y", "revision": "many"},
+        {"workflow_id": "x", "workflow_name": "y", "inputs": 5},
+    ],
+)
+def test_malformed_documents_raise_value_error(document: Any) -> None:
+    with pytest.raises(ValueError):  # the message varies by case
+        WorkflowState.from_dict(document)
+
+
+def test_statuses() -> None:
+    assert {s.value for s in RunStatus} == {
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+    }
+    assert {s.value for s in StepStatus} == {
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+        "skipped",
+    }
+    assert [s.is_final for s in RunStatus] == [False, False, True, True, True]
+
+
+def test_derived_views() -> None:
+    state = sample()
+    assert state.steps_done == 1
+    state.started_at = "2026-11-27T11:00:00.000000Z"
+    state.completed_at = "2026-11-27T11:00:04.500000Z"
+    assert state.duration_ms() == 4500
