@@ -1,0 +1,273 @@
+"""Request and response bodies of the API.
+
+Responses are rendered through these serializers (never hand-built dicts), so the
+OpenAPI schema drf-spectacular derives from them is exactly what the API sends; the
+test suite checks every response against that schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+from rest_framework.reverse import reverse
+
+from wfstate.models import RunStatusChoices, WorkflowRun
+from wfstate.state import RunStatus, StepStatus
+
+# --- runs: the index (lists) ----------------------------------------------------------
+
+
+@extend_schema_field({"type": "string", "format": "uri"})
+class RunURLField(serializers.Field):
+    """The absolute URL of a run's detail, from its ``workflow_id``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["read_only"] = True
+        kwargs["source"] = "*"
+        super().__init__(**kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        workflow_id = value["workflow_id"] if isinstance(value, dict) else value.workflow_id
+        return run_url(workflow_id, self.context.get("request"))
+
+
+def run_url(workflow_id: str, request: Any) -> str:
+    return reverse("wfstate-api:run-detail", kwargs={"workflow_id": workflow_id}, request=request)
+
+
+class RunSummarySerializer(serializers.ModelSerializer[WorkflowRun]):
+    """One run as the index knows it (a projection of its state file)."""
+
+    url = RunURLField(help_text="This run's detail (its full state, read from the file).")
+
+    class Meta:
+        model = WorkflowRun
+        fields = [
+            "workflow_id",
+            "url",
+            "workflow_name",
+            "workflow_version",
+            "status",
+            "current_state",
+            "started_at",
+            "updated_at",
+            "completed_at",
+            "duration_ms",
+            "steps_done",
+            "steps_total",
+            "revision",
+            "error",
+            "corrupt",
+        ]
+        read_only_fields = fields
+
+
+# --- runs: the state document (details) -----------------------------------------------
+
+
+class StepResultSerializer(serializers.Serializer[dict[str, Any]]):
+    """One state's result inside a run (SPEC §4)."""
+
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=[s.value for s in StepStatus])
+    # JSON fields take any value, null included (``allow_null`` would only make
+    # drf-spectacular wrap ``{}`` in a oneOf that null matches twice).
+    output = serializers.JSONField(
+        help_text="stdout of a command step, return value of a call step"
+    )
+    stderr = serializers.CharField(allow_null=True, allow_blank=True)
+    exit_code = serializers.IntegerField(allow_null=True)
+    attempt = serializers.IntegerField()
+    error = serializers.CharField(allow_null=True, allow_blank=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    duration_ms = serializers.IntegerField(allow_null=True)
+    output_truncated = serializers.BooleanField(
+        help_text="the output was cut here; the whole output is kept beside the state file"
+    )
+    traceback = serializers.CharField(allow_null=True, allow_blank=True)
+
+
+class RunSerializer(serializers.Serializer[dict[str, Any]]):
+    """A run's whole state, read from its state file (the truth)."""
+
+    schema_version = serializers.IntegerField()
+    workflow_id = serializers.UUIDField(format="hex_verbose")
+    url = RunURLField()
+    workflow_name = serializers.CharField()
+    workflow_version = serializers.CharField(allow_blank=True)
+    definition_sha256 = serializers.CharField(allow_blank=True)
+    status = serializers.ChoiceField(choices=[s.value for s in RunStatus])
+    current_state = serializers.CharField(allow_null=True, allow_blank=True)
+    started_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+    inputs = serializers.DictField(child=serializers.JSONField())
+    states = serializers.DictField(
+        child=StepResultSerializer(), help_text="results by state name, in execution order"
+    )
+    revision = serializers.IntegerField(help_text="increases by one on every write; the ETag")
+    error = serializers.CharField(allow_null=True, allow_blank=True)
+    history = serializers.ListField(
+        child=serializers.DictField(child=serializers.JSONField()),
+        help_text="step results a resume rewound past, and each resume's options",
+    )
+
+
+class CancelResultSerializer(serializers.Serializer[dict[str, Any]]):
+    outcome = serializers.CharField(
+        help_text=(
+            '"cancelled": nobody executed the run and it was marked at once; '
+            '"requested": its executor was asked to stop'
+        )
+    )
+    run = RunSerializer()
+
+
+# --- runs: requests -------------------------------------------------------------------
+
+
+class RunCreateSerializer(serializers.Serializer[dict[str, Any]]):
+    workflow_name = serializers.CharField(max_length=128, help_text="a workflow's name")
+    inputs = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        default=dict,
+        help_text="input values by name, in the types the definition declares",
+    )
+
+
+class RunResumeSerializer(serializers.Serializer[dict[str, Any]]):
+    """``from`` is a Python keyword, hence the field set built in ``get_fields``."""
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        return {
+            "from": serializers.CharField(
+                max_length=128,
+                required=False,
+                default="current",
+                help_text=(
+                    '"current" re-runs the step in flight, "previous" the last completed '
+                    "one, or the name of any executed state"
+                ),
+            ),
+            "inputs": serializers.DictField(
+                child=serializers.JSONField(),
+                required=False,
+                allow_null=True,
+                default=None,
+                help_text="input overrides, validated like a new run's inputs",
+            ),
+            "allow_changed_definition": serializers.BooleanField(
+                required=False,
+                default=False,
+                help_text="resume even if the workflow's definition changed since the run began",
+            ),
+        }
+
+
+# --- workflows --------------------------------------------------------------------------
+
+
+class InputDefSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    type = serializers.ChoiceField(choices=["string", "integer", "number", "boolean"])
+    # Fields named like Field attributes (`required`, `source`, `label`, `errors`): the
+    # serializer metaclass moves declared fields out of the class namespace, so only
+    # the type checker sees a clash.
+    required = serializers.BooleanField()  # type: ignore[assignment]
+    default = serializers.JSONField(help_text="null when the input has no default")
+    description = serializers.CharField(allow_blank=True)
+    validation = serializers.DictField(child=serializers.JSONField())
+
+
+class GraphNodeSerializer(serializers.Serializer[dict[str, Any]]):
+    id = serializers.CharField()
+    type = serializers.ChoiceField(choices=["step", "parallel", "terminal"])
+    terminal_status = serializers.ChoiceField(choices=["success", "failure"], allow_null=True)
+
+
+class GraphEdgeSerializer(serializers.Serializer[dict[str, Any]]):
+    source = serializers.CharField()  # type: ignore[assignment]
+    target = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["success", "failure", "when", "default", "branch"])
+    label = serializers.CharField(allow_blank=True)  # type: ignore[assignment]
+
+
+class GraphSerializer(serializers.Serializer[dict[str, Any]]):
+    initial = serializers.CharField()
+    nodes = GraphNodeSerializer(many=True)
+    edges = GraphEdgeSerializer(many=True)
+
+
+class WorkflowSerializer(serializers.Serializer[Any]):
+    """A workflow definition, with the JSON Schema of its inputs and its graph."""
+
+    name = serializers.CharField()
+    url = serializers.SerializerMethodField()
+    version = serializers.CharField(allow_blank=True)
+    description = serializers.CharField(allow_blank=True)
+    sha256 = serializers.CharField(allow_blank=True, help_text="of the definition file")
+    inputs = InputDefSerializer(many=True)
+    input_schema = serializers.SerializerMethodField(
+        help_text="JSON Schema that POST runs/ validates `inputs` against"
+    )
+    graph = serializers.SerializerMethodField()
+    warnings = serializers.ListField(
+        child=serializers.CharField(), help_text="keys of the file that wfstate does not support"
+    )
+
+    @extend_schema_field({"type": "string", "format": "uri"})
+    def get_url(self, definition: Any) -> str:
+        return reverse(
+            "wfstate-api:workflow-detail",
+            kwargs={"name": definition.name},
+            request=self.context.get("request"),
+        )
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_input_schema(self, definition: Any) -> dict[str, Any]:
+        from wfstate.definitions import input_json_schema
+
+        return input_json_schema(definition)
+
+    @extend_schema_field(GraphSerializer)
+    def get_graph(self, definition: Any) -> dict[str, Any]:
+        return GraphSerializer(definition.graph()).data
+
+
+# --- errors (documentation of the one error format; see api/exceptions.py) -------------
+
+
+class ErrorSerializer(serializers.Serializer[dict[str, Any]]):
+    detail = serializers.CharField(help_text="a human-readable message")
+    code = serializers.CharField(help_text="a stable, machine-readable code")
+
+
+class ValidationErrorSerializer(ErrorSerializer):
+    errors = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.JSONField(),
+        required=False,
+        help_text='messages by field, e.g. {"inputs": {"tag": ["This input is required."]}}',
+    )
+
+
+class ConflictErrorSerializer(ErrorSerializer):
+    owner = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        help_text="with code run_locked: the executor holding the run (pid, host, since)",
+    )
+    errors = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.JSONField(),
+        required=False,
+        help_text="with code invalid_definition: every problem of the definition",
+    )
+
+
+# Status values of the index, for filter documentation.
+INDEX_STATUSES = [choice.value for choice in RunStatusChoices]

@@ -1,0 +1,19 @@
+"""Mount with ``path("api/wfstate/", include("wfstate.api.urls"))`` (any prefix works)."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from rest_framework.routers import SimpleRouter
+
+from wfstate.api import views
+
+app_name = "wfstate-api"
+
+router = SimpleRouter()
+router.register("runs", views.RunViewSet, basename="run")
+router.register("workflows", views.WorkflowViewSet, basename="workflow")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("schema/", views.SchemaView.as_view(), name="schema"),
+]
