@@ -48,7 +48,12 @@ def test_detach_returns_at_once_and_a_real_worker_runs_it(storage: Path, worker:
     def completed() -> bool:
         return runs.load_run(workflow_id).status == RunStatus.COMPLETED
 
-    wait_for(completed, 60, "the worker to complete the run")
+    try:
+        wait_for(completed, 60, "the worker to complete the run")
+    except AssertionError:
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=20)
+        raise AssertionError(f"worker output:\n{out}\n{err}") from None
     state = runs.load_run(workflow_id)
     assert state.states["done"].output == "Greeted worker"
 

@@ -65,9 +65,15 @@ def _listeners() -> Iterator[list[Callable[[WorkflowState], None]]]:
     if not conf.INDEX_ON_WRITE:
         yield []
         return
-    from wfstate import index
+    try:
+        from wfstate import index
 
-    listener = index.make_listener()
+        listener = index.make_listener()
+    except Exception:
+        # An index that cannot be reached never stops a run; sync_workflow_index repairs it.
+        logger.exception("could not set up indexing; the run goes on unindexed")
+        yield []
+        return
     try:
         yield [listener]
     finally:
