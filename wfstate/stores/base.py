@@ -132,9 +132,11 @@ class StateStore(ABC):
         return []
 
     def update(
-        self, workflow_id: str, mutate: Callable[[WorkflowState], None], *, durable: bool = True
+        self, workflow_id: str, mutate: Callable[[WorkflowState], object], *, durable: bool = True
     ) -> WorkflowState:
         """Load, mutate and save a run under its write lock (no lost updates).
+
+        ``mutate`` changes the state in place; whatever it returns is ignored.
 
         Raises:
             RunNotFound, CorruptState, StateLocked, StorageError.

@@ -86,8 +86,13 @@ class MemoryStore(StateStore):
     def delete(self, workflow_id: str) -> None:
         if not self.exists(workflow_id):
             raise RunNotFound(f"no run {workflow_id}")
-        if workflow_id in self._run_owners:
-            raise StillRunning(f"run {workflow_id} is being executed")
+        owner = self._run_owners.get(workflow_id)
+        if owner is not None:
+            raise StillRunning(
+                f"run {workflow_id} is being executed by {describe_owner(owner)}; "
+                "cancel it before deleting it",
+                owner=owner,
+            )
         with self.write_lock(workflow_id):
             self._states.pop(workflow_id, None)
             self._cancel.discard(workflow_id)
