@@ -156,7 +156,7 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
             f"invalid duration {error.instance!r}: use seconds (a number) or a string "
             "like 300ms, 30s, 5m, 1h"
         )
-    if error.validator == "enum" and path and path[-1] == "type" and len(path) == 3:
+    if error.validator == "enum" and len(path) == 3 and path[0] == "states" and path[2] == "type":
         value = error.instance
         if isinstance(value, str) and value in awf.AWF_STATE_TYPES:
             return f"state type {value!r} is not supported: {awf.AWF_STATE_TYPES[value]}"
@@ -169,15 +169,13 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
 
 def _schema_errors(data: Any, out: _Collector) -> None:
     for error in _validator().iter_errors(data):
+        if "propertyNames" in error.schema_path:
+            path = (*error.absolute_path, error.instance)
+            out.error(path, f"invalid state name {error.instance!r}: use letters, digits, _ and -")
+            continue
         # if/then failures repeat their sub-errors; report the leaves only.
-        leaves = [error] if not error.context else _leaves(error)
-        for leaf in leaves:
-            path = tuple(leaf.absolute_path)
-            if leaf.validator == "propertyNames":
-                message = f"invalid state name {leaf.instance!r}: use letters, digits, _ and -"
-                out.error(path, message)
-                continue
-            out.error(path, _schema_message(leaf))
+        for leaf in [error] if not error.context else _leaves(error):
+            out.error(tuple(leaf.absolute_path), _schema_message(leaf))
 
 
 def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
@@ -614,8 +612,7 @@ def _finish(
     path: Path | None,
     sha256: str,
 ) -> WorkflowDefinition:
-    if isinstance(data, Mapping):
-        _schema_errors(data, out)
+    _schema_errors(data, out)
     definition = _build(data, out)
     name = data.get("name") if isinstance(data, Mapping) else None
     out.raise_if_errors(name if isinstance(name, str) else None)
