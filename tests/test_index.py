@@ -1,0 +1,436 @@
+"""The index (wfstate.index): projection, upserts, the engine's listener, sync from files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connections
+
+from tests.fixtures_index import make_state, rows, wait_for
+from wfstate import index, runs
+from wfstate.models import WorkflowRun
+from wfstate.state import RunStatus, StepStatus, WorkflowState
+from wfstate.stores import get_store
+
+pytestmark = pytest.mark.usefixtures("wfstate_settings")
+
+
+# --- projection and single-row upserts -------------------------------------------------------
+
+
+def test_row_fields_projects_the_state() -> None:
+    state = make_state(
+        "demo",
+        RunStatus.FAILED,
+        {"greet": StepStatus.COMPLETED, "prepare": StepStatus.FAILED},
+    )
+    state.revision = 7
+    state.error = "x" * 2000
+    fields = index.row_fields(state)
+    assert fields["workflow_name"] == "demo" and fields["workflow_version"] == "1.0.0"
+    assert fields["status"] == "failed" and fields["current_state"] == "prepare"
+    assert fields["started_at"].isoformat() == "2026-11-27T11:00:00+00:00"
+    assert fields["completed_at"].isoformat() == "2026-11-27T11:00:30+00:00"
+    assert fields["duration_ms"] == 30_000
+    # A final run's total is what it reached: the bar of a finished run is full.
+    assert (fields["steps_done"], fields["steps_total"]) == (2, 2)
+    assert fields["revision"] == 7 and not fields["corrupt"]
+    assert len(fields["error"]) == index.ERROR_SUMMARY_CHARS and fields["error"].endswith("…")
+
+
+def test_live_run_total_comes_from_the_definition() -> None:
+    # demo has 7 non-terminal states (greet, prepare, checks, 2 branches, report, ...).
+    state = make_state("demo", RunStatus.RUNNING, {"greet": StepStatus.COMPLETED})
+    expected = index.definition_step_count("demo")
+    assert expected and expected >= 5
+    assert index.row_fields(state)["steps_total"] == expected
+    # Unknown workflow: the states reached.
+    other = make_state("no-such-workflow", RunStatus.RUNNING, {"a": StepStatus.RUNNING})
+    assert index.row_fields(other)["steps_total"] == 1
+
+
+def test_error_summary_falls_back_to_the_failed_step() -> None:
+    state = make_state("demo", RunStatus.RUNNING, {"a": StepStatus.FAILED})
+    assert index.row_fields(state)["error"] == "a: boom"
+
+
+@pytest.mark.django_db
+def test_index_state_never_moves_a_row_backwards() -> None:
+    state = make_state(steps={"greet": StepStatus.RUNNING})
+    state.revision = 5
+    assert index.index_state(state)
+    older = WorkflowState.from_dict(state.to_dict())
+    older.revision = 3
+    older.current_state = "old"
+    assert not index.index_state(older)
+    row = WorkflowRun.objects.get(workflow_id=state.workflow_id)
+    assert row.revision == 5 and row.current_state == "greet"
+    # The same revision again (a re-index) is written.
+    state.current_state = "again"
+    assert index.index_state(state)
+    assert WorkflowRun.objects.get(workflow_id=state.workflow_id).current_state == "again"
+
+
+@pytest.mark.django_db
+def test_corrupt_row_is_replaced_by_a_repaired_file_whatever_its_revision() -> None:
+    state = make_state()
+    state.revision = 9
+    index.index_state(state)
+    index.index_corrupt(state.workflow_id, "broken")
+    row = WorkflowRun.objects.get(workflow_id=state.workflow_id)
+    assert (row.status, row.corrupt, row.error, row.revision) == ("corrupt", True, "broken", 9)
+    state.revision = 1
+    assert index.index_state(state)
+    row.refresh_from_db()
+    assert (row.status, row.corrupt, row.revision) == ("running", False, 1)
+    assert index.remove(state.workflow_id) == 1
+    assert not WorkflowRun.objects.exists()
+
+
+@pytest.mark.django_db
+def test_reindex_makes_the_file_win() -> None:
+    store = get_store()
+    state = make_state(steps={"greet": StepStatus.COMPLETED})
+    store.save(state)
+    index.index_state(state)
+    WorkflowRun.objects.filter(workflow_id=state.workflow_id).update(revision=99, status="failed")
+    assert index.reindex(state.workflow_id) == "indexed"
+    row = WorkflowRun.objects.get(workflow_id=state.workflow_id)
+    assert (row.revision, row.status) == (state.revision, "running")
+    store.path_for(state.workflow_id).write_bytes(b"{nope")
+    assert index.reindex(state.workflow_id) == "corrupt"
+    assert WorkflowRun.objects.get(workflow_id=state.workflow_id).corrupt
+    store.path_for(state.workflow_id).unlink()
+    assert index.reindex(state.workflow_id) == "removed"
+    assert not WorkflowRun.objects.exists()
+
+
+# --- the listener ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def listener() -> Any:
+    made = index.make_listener()
+    yield made
+    made.close()
+
+
+def _row(workflow_id: str) -> WorkflowRun | None:
+    return WorkflowRun.objects.filter(workflow_id=workflow_id).first()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_listener_writes_a_status_change_at_once_and_coalesces_the_rest(
+    listener: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    real = index._upsert
+
+    def counting(workflow_id: str, fields: dict[str, Any]) -> bool:
+        writes.append(fields["revision"])
+        return real(workflow_id, fields)
+
+    monkeypatch.setattr(index, "_upsert", counting)
+    state = make_state(status=RunStatus.PENDING)
+    state.revision = 1
+    started = time.monotonic()
+    listener(state)
+    wait_for(lambda: _row(state.workflow_id), timeout=1.0, what="the first row")
+    assert time.monotonic() - started < 0.3  # a status change: not held for coalescing
+
+    # Fifty checkpoints without a status change in a burst: coalesced into few writes,
+    # and the last one is in the row within a second of being handed over.
+    state.status = RunStatus.RUNNING
+    state.revision = 2
+    listener(state)
+    for revision in range(3, 53):
+        state.revision = revision
+        state.current_state = f"step{revision}"
+        listener(state)
+    handed_over = time.monotonic()
+    row = wait_for(
+        lambda: (r := _row(state.workflow_id)) and r.revision == 52 and r,
+        timeout=1.0,
+        what="revision 52 in the row",
+    )
+    assert time.monotonic() - handed_over < 1.0
+    assert row.current_state == "step52"
+    assert len(writes) < 10, writes
+
+
+@pytest.mark.django_db(transaction=True)
+def test_close_flushes_what_is_pending_and_stops_the_thread() -> None:
+    listener = index.make_listener(delay=30.0)  # would hold a quiet checkpoint for 30 s
+    state = make_state(status=RunStatus.RUNNING)
+    state.revision = 1
+    listener(state)
+    wait_for(lambda: _row(state.workflow_id), timeout=1.0, what="the first row")
+    state.revision = 2
+    state.current_state = "later"
+    listener(state)
+    assert _row(state.workflow_id).revision == 1  # coalesced: still pending
+    listener.close()
+    row = _row(state.workflow_id)
+    assert row is not None and (row.revision, row.current_state) == (2, "later")
+    assert listener._thread is not None and not listener._thread.is_alive()
+    listener.close()  # idempotent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_index_failure_is_logged_and_never_raises(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("database on fire")
+
+    monkeypatch.setattr(index, "_upsert", broken)
+    listener = index.make_listener()
+    state = make_state()
+    with caplog.at_level(logging.ERROR, logger="wfstate.index"):
+        listener(state)  # must not raise
+        assert listener.flush(timeout=2.0)
+        listener.close()
+    assert any("database on fire" in (r.exc_text or "") for r in caplog.records)
+    assert all(r.name == "wfstate.index" for r in caplog.records)
+    # And a state that cannot even be projected is logged too.
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="wfstate.index"):
+        index.make_listener()(object())  # type: ignore[arg-type]
+    assert caplog.records
+
+
+# --- a real run: every checkpoint reflected within a second -------------------------------------
+
+
+class CheckpointClock:
+    """Wraps the listener the engine gets: notes when each revision was handed over."""
+
+    def __init__(self) -> None:
+        self.handed: dict[int, float] = {}
+        self.states: dict[int, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+    def wrap(self, real: index.IndexListener) -> Any:
+        clock = self
+
+        class Wrapped:
+            def __call__(self, state: WorkflowState) -> None:
+                with clock.lock:
+                    clock.handed[state.revision] = time.monotonic()
+                    clock.states[state.revision] = index.row_fields(state)
+                real(state)
+
+            def close(self) -> None:
+                real.close()
+
+        return Wrapped()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_checkpoint_of_a_run_reaches_its_row_within_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = CheckpointClock()
+    real_make = index.make_listener
+    monkeypatch.setattr(index, "make_listener", lambda **kw: clock.wrap(real_make(**kw)))
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    result: dict[str, Any] = {}
+
+    def execute() -> None:
+        try:
+            result["state"] = runs.start_run("index_barrier", {"dir": str(barrier)})
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            result["error"] = exc
+        finally:
+            connections.close_all()
+
+    seen: dict[int, float] = {}  # revision -> when the row first showed it (or later)
+
+    def watch_until(condition: Any, what: str) -> None:
+        """Poll the row (recording revisions) until ``condition()``; at most 15 s."""
+        deadline = time.monotonic() + 15
+        while not condition():
+            row = WorkflowRun.objects.filter(workflow_id__isnull=False).first()
+            if row is not None:
+                now = time.monotonic()
+                for revision in range(1, row.revision + 1):
+                    seen.setdefault(revision, now)
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=execute)
+    thread.start()
+    try:
+        store = get_store()
+        for step in ("first", "second", "third"):
+            watch_until(lambda s=step: (barrier / f"{s}.started").exists(), f"{step} to start")
+            # Paused at the barrier: the file names the step in flight, and so does the
+            # row, whole (every column equal to the file's projection), within a second.
+            (workflow_id,) = store.list()
+            state = store.load(workflow_id)
+            assert state.current_state == step
+            file_row = {"workflow_id": workflow_id, **index.row_fields(state)}
+            paused_at = time.monotonic()
+            watch_until(
+                lambda r=file_row: rows().get(r["workflow_id"]) == r,
+                f"the row to show {step} in flight",
+            )
+            assert time.monotonic() - paused_at < 1.0
+            (barrier / f"{step}.go").touch()
+        watch_until(lambda: not thread.is_alive(), "the run to end")
+    finally:
+        for step in ("first", "second", "third"):
+            (barrier / f"{step}.go").touch()
+        thread.join(30)
+    assert "error" not in result, result.get("error")
+    final: WorkflowState = result["state"]
+    assert final.status == RunStatus.COMPLETED
+    # Every checkpoint the engine made was visible in the row within one second.
+    watch_until(lambda: max(seen, default=0) >= final.revision, "the last revision")
+    assert set(clock.handed) >= {2, final.revision}
+    late = {
+        rev: round(seen[rev] - at, 3) for rev, at in clock.handed.items() if seen[rev] - at >= 1.0
+    }
+    assert not late, f"revisions later than 1 s in the row: {late}"
+    # And the final row is exactly the file's projection.
+    assert rows()[final.workflow_id] == {
+        "workflow_id": final.workflow_id,
+        **index.row_fields(get_store().load(final.workflow_id)),
+    }
+
+
+# --- sync: rebuilding from the files -----------------------------------------------------------
+
+
+def _sync(*args: str) -> dict[str, Any]:
+    out = StringIO()
+    call_command("sync_workflow_index", "--json", *args, stdout=out, stderr=StringIO())
+    return json.loads(out.getvalue())
+
+
+def _files(n: int = 5) -> list[WorkflowState]:
+    store = get_store()
+    made = []
+    kinds = [
+        (RunStatus.COMPLETED, {"greet": StepStatus.COMPLETED, "prepare": StepStatus.COMPLETED}),
+        (RunStatus.FAILED, {"greet": StepStatus.FAILED}),
+        (RunStatus.RUNNING, {"greet": StepStatus.COMPLETED, "prepare": StepStatus.RUNNING}),
+        (RunStatus.CANCELLED, {"greet": StepStatus.CANCELLED}),
+        (RunStatus.PENDING, {}),
+    ]
+    for i in range(n):
+        status, steps = kinds[i % len(kinds)]
+        state = make_state("demo", status, steps)
+        store.save(state)
+        made.append(state)
+    return made
+
+
+@pytest.mark.django_db
+def test_deleting_all_rows_and_syncing_restores_identical_rows() -> None:
+    states = _files(10)
+    for state in states:  # as the engine's listener left them
+        index.index_state(state)
+    before = rows()
+    assert len(before) == 10
+    WorkflowRun.objects.all().delete()
+    report = _sync()
+    assert (report["files"], report["created"], report["updated"]) == (10, 10, 0)
+    assert rows() == before
+    again = _sync()
+    assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 10)
+
+
+@pytest.mark.django_db
+def test_a_file_edited_by_hand_wins_over_its_row() -> None:
+    (state,) = _files(1)
+    index.index_state(state)
+    path = get_store().path_for(state.workflow_id)
+    document = json.loads(path.read_text())
+    assert document["status"] == "completed"
+    document["status"] = "failed"
+    document["error"] = "edited by hand"
+    document["revision"] = 1  # even going backwards
+    path.write_text(json.dumps(document, indent=2))
+    report = _sync()
+    assert report["updated"] == 1
+    assert report["drifted"][0]["workflow_id"] == state.workflow_id
+    row = WorkflowRun.objects.get(workflow_id=state.workflow_id)
+    assert (row.status, row.revision, row.error) == ("failed", 1, "edited by hand")
+
+
+@pytest.mark.django_db
+def test_prune_removes_rows_whose_file_is_gone() -> None:
+    states = _files(3)
+    _sync()
+    get_store().path_for(states[0].workflow_id).unlink()
+    report = _sync()
+    assert report["stale_rows"] == [states[0].workflow_id] and report["pruned"] == 0
+    assert WorkflowRun.objects.count() == 3
+    report = _sync("--prune")
+    assert report["pruned"] == 1 and report["stale_rows"] == []
+    assert set(rows()) == {s.workflow_id for s in states[1:]}
+
+
+@pytest.mark.django_db
+def test_sync_flags_corrupt_files_and_goes_on() -> None:
+    states = _files(3)
+    broken = states[1].workflow_id
+    get_store().path_for(broken).write_bytes(b'{"workflow_id": "truncated')
+    report = _sync()
+    assert report["files"] == 3 and report["created"] == 3
+    assert [c["workflow_id"] for c in report["corrupt"]] == [broken]
+    assert "not valid JSON" in report["corrupt"][0]["error"]
+    row = WorkflowRun.objects.get(workflow_id=broken)
+    assert (row.status, row.corrupt) == ("corrupt", True) and "not valid JSON" in row.error
+    # Repaired: the next sync clears the flag.
+    get_store().save(states[1])
+    _sync()
+    row.refresh_from_db()
+    assert (row.status, row.corrupt) == (str(states[1].status), False)
+
+
+@pytest.mark.django_db
+def test_sync_progress_bar_goes_to_a_terminal_stderr_only() -> None:
+    _files(3)
+
+    class Terminal(StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out, err = StringIO(), Terminal()
+    call_command("sync_workflow_index", "--json", stdout=out, stderr=err)
+    assert json.loads(out.getvalue())["files"] == 3  # stdout: the one JSON object only
+    assert "\rsyncing [" in err.getvalue() and "3/3 100%" in err.getvalue()
+    err = StringIO()  # not a terminal: no bar
+    call_command("sync_workflow_index", stdout=StringIO(), stderr=err)
+    assert err.getvalue() == ""
+
+
+@pytest.mark.django_db
+def test_list_workflow_runs_reads_the_index() -> None:
+    states = _files(5)
+    _sync()
+    out = StringIO()
+    call_command("list_workflow_runs", "--json", "--status", "failed", stdout=out)
+    listed = json.loads(out.getvalue())
+    assert [r["workflow_id"] for r in listed["runs"]] == [states[1].workflow_id]
+    assert listed["runs"][0]["started_at"] == "2026-11-27T11:00:00Z"
+    out = StringIO()
+    call_command("list_workflow_runs", "--workflow", "demo", "--limit", "2", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("RUN") and len(lines) == 3
+    # Rows only: a file without a row is not listed (lists never scan the directory).
+    WorkflowRun.objects.all().delete()
+    out = StringIO()
+    call_command("list_workflow_runs", "--json", stdout=out)
+    assert json.loads(out.getvalue())["count"] == 0

@@ -1,0 +1,613 @@
+"""The admin of workflow runs (SPEC §7): lists read the index, a run's page reads its file.
+
+A thin face: the run page's content comes from ``wfstate.graph.run_page``, every action
+calls one function of ``wfstate.runs`` (resume and cancel hand the work to the
+background: no workflow ever runs inside a request) or ``wfstate.index``. Each action is
+gated by its own permission, changes state only on POST (CSRF-protected by the admin),
+and the destructive ones (cancel, delete) go through a confirmation page first.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import formats, timezone
+from django.utils.html import format_html
+from django.utils.text import capfirst
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
+
+from wfstate import graph
+from wfstate.exceptions import WFStateError
+from wfstate.models import WorkflowRun
+
+
+class WorkflowRunChangeList(ChangeList):
+    """Links by run id (stable across index rebuilds), and a date hierarchy that stays
+    cheap on big tables.
+
+    Django's date hierarchy lists the years/months/days that hold rows with a
+    ``SELECT DISTINCT`` over a truncated date: a function call per row, so its cost
+    grows with the table. Here each level costs one ``MIN``/``MAX`` aggregate, answered
+    from the ``started_at`` index, and offers every period between the first and the
+    last run (a period without runs shows an empty list).
+    """
+
+    def url_for_result(self, result: models.Model) -> str:
+        assert isinstance(result, WorkflowRun)
+        return reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=(result.workflow_id,),
+            current_app=self.model_admin.admin_site.name,
+        )
+
+    def wf_date_hierarchy(self) -> dict[str, Any]:
+        field_name = self.date_hierarchy
+        if not field_name:
+            return {"show": False}
+        params = {k: v[-1] if isinstance(v, list) else v for k, v in self.params.items()}
+        year = params.get(f"{field_name}__year")
+        month = params.get(f"{field_name}__month")
+        day = params.get(f"{field_name}__day")
+
+        def link(filters: dict[str, Any]) -> str:
+            return self.get_query_string(filters, [f"{field_name}__"])
+
+        year_f, month_f, day_f = (f"{field_name}__{p}" for p in ("year", "month", "day"))
+        if year and month and day:
+            date = datetime.date(int(year), int(month), int(day))
+            return {
+                "show": True,
+                "back": {
+                    "link": link({year_f: year, month_f: month}),
+                    "title": capfirst(formats.date_format(date, "YEAR_MONTH_FORMAT")),
+                },
+                "choices": [{"title": capfirst(formats.date_format(date, "MONTH_DAY_FORMAT"))}],
+            }
+        span = self.queryset.aggregate(first=models.Min(field_name), last=models.Max(field_name))
+        first, last = span["first"], span["last"]
+        if first is None or last is None:
+            return {"show": False}
+        first, last = timezone.localtime(first), timezone.localtime(last)
+        if not year and first.year == last.year:
+            year = str(first.year)
+            if first.month == last.month:
+                month = str(first.month)
+        if year and month:
+            y, m = int(year), int(month)
+            lo = first.day if (first.year, first.month) == (y, m) else 1
+            hi = last.day if (last.year, last.month) == (y, m) else calendar.monthrange(y, m)[1]
+            return {
+                "show": True,
+                "back": {"link": link({year_f: year}), "title": str(year)},
+                "choices": [
+                    {
+                        "link": link({year_f: year, month_f: month, day_f: d}),
+                        "title": capfirst(
+                            formats.date_format(datetime.date(y, m, d), "MONTH_DAY_FORMAT")
+                        ),
+                    }
+                    for d in range(lo, hi + 1)
+                ],
+            }
+        if year:
+            y = int(year)
+            lo = first.month if first.year == y else 1
+            hi = last.month if last.year == y else 12
+            return {
+                "show": True,
+                "back": {"link": link({}), "title": _("All dates")},
+                "choices": [
+                    {
+                        "link": link({year_f: year, month_f: m}),
+                        "title": capfirst(
+                            formats.date_format(datetime.date(y, m, 1), "YEAR_MONTH_FORMAT")
+                        ),
+                    }
+                    for m in range(lo, hi + 1)
+                ],
+            }
+        return {
+            "show": True,
+            "back": None,
+            "choices": [
+                {"link": link({year_f: str(y)}), "title": str(y)}
+                for y in range(first.year, last.year + 1)
+            ],
+        }
+
+
+# How many runs a confirmation page lists by name.
+CONFIRM_SHOWN = 100
+
+# The codenames of the run actions, as in WorkflowRun.Meta.permissions.
+ACTION_PERMISSIONS = {
+    "resume": "resume_workflowrun",
+    "cancel": "cancel_workflowrun",
+    "reindex": "reindex_workflowrun",
+    "delete": "delete_workflowrun",
+}
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "short_id",
+        "workflow_name",
+        "status_badge",
+        "current_state",
+        "progress",
+        "duration",
+        "started_at",
+    )
+    list_display_links = ("short_id",)
+    list_filter = ("status", "workflow_name", "started_at")
+    # "^" is a prefix match: a short id from the list finds its run.
+    search_fields = ("^workflow_id", "workflow_name")
+    search_help_text = gettext_lazy("Run id (or its beginning) or workflow name")
+    date_hierarchy = "started_at"
+    ordering = ("-started_at", "-id")
+    list_per_page = 50
+    # No second COUNT(*) over the whole table, no facet counts: the number of queries
+    # and their cost stay flat however many runs there are.
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    actions = ("resume_runs", "cancel_runs", "reindex_runs", "delete_runs")
+    change_list_template = "wfstate/admin/change_list.html"
+
+    class Media:
+        css = {"all": ("wfstate/wfstate.css",)}
+
+    # --- permissions: an index of files is read-only; runs change through actions ------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _has_action_permission(self, request: HttpRequest, action: str) -> bool:
+        codename = ACTION_PERMISSIONS[action]
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    def has_resume_permission(self, request: HttpRequest) -> bool:
+        return self._has_action_permission(request, "resume")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return self._has_action_permission(request, "cancel")
+
+    def has_reindex_permission(self, request: HttpRequest) -> bool:
+        return self._has_action_permission(request, "reindex")
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        # Ours deletes the files too, and refuses runs that still execute.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return WorkflowRunChangeList
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> WorkflowRun | None:
+        # Pages are addressed by run id: it survives rebuilding the index.
+        if from_field is None:
+            found = self.get_queryset(request).filter(workflow_id=object_id).first()
+            if found is not None:
+                return found
+        return super().get_object(request, object_id, from_field)
+
+    # --- columns -------------------------------------------------------------------------
+
+    @admin.display(description=gettext_lazy("run"), ordering="workflow_id")
+    def short_id(self, obj: WorkflowRun) -> str:
+        return format_html(
+            '<code class="wf-id" title="{}">{}</code>', obj.workflow_id, obj.workflow_id[:8]
+        )
+
+    @admin.display(description=gettext_lazy("status"), ordering="status")
+    def status_badge(self, obj: WorkflowRun) -> str:
+        return status_badge(obj.status, obj.get_status_display(), obj.error)
+
+    @admin.display(description=gettext_lazy("progress"), ordering="steps_done")
+    def progress(self, obj: WorkflowRun) -> str:
+        total = max(obj.steps_total, obj.steps_done)
+        percent = round(100 * obj.steps_done / total) if total else 0
+        return format_html(
+            '<span class="wf-progress" title="{} / {}">'
+            '<span class="wf-progress-bar wf-bar-{}" style="width: {}%"></span></span>'
+            '<span class="wf-progress-text">{}/{}</span>',
+            obj.steps_done,
+            total,
+            obj.status,
+            percent,
+            obj.steps_done,
+            total,
+        )
+
+    @admin.display(description=gettext_lazy("duration"), ordering="duration_ms")
+    def duration(self, obj: WorkflowRun) -> str:
+        return graph.human_duration(obj.duration_ms) or "—"
+
+    # --- the run page ----------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        info = self.opts.app_label, self.opts.model_name
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "<path:object_id>/resume/",
+                wrap(self.resume_view),
+                name="{}_{}_resume".format(*info),
+            ),
+            path(
+                "<path:object_id>/cancel/",
+                wrap(self.cancel_view),
+                name="{}_{}_cancel".format(*info),
+            ),
+            path(
+                "<path:object_id>/reindex/",
+                wrap(self.reindex_view),
+                name="{}_{}_reindex".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def _run_or_404(self, request: HttpRequest, object_id: str) -> WorkflowRun | None:
+        obj = self.get_object(request, unquote(object_id))
+        if obj is not None and not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        return obj
+
+    def _run_url(self, obj: WorkflowRun) -> str:
+        return reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=(obj.workflow_id,),
+            current_app=self.admin_site.name,
+        )
+
+    def _missing(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        self.message_user(
+            request,
+            _("No workflow run with id “%(id)s” in the index. Perhaps it was deleted?")
+            % {"id": object_id},
+            messages.WARNING,
+        )
+        return HttpResponseRedirect(self._changelist_url())
+
+    def _changelist_url(self) -> str:
+        return reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist",
+            current_app=self.admin_site.name,
+        )
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        if request.method != "GET":
+            return HttpResponseNotAllowed(["GET"])
+        obj = self._run_or_404(request, object_id)
+        if obj is None:
+            return self._missing(request, object_id)
+        page = graph.run_page(obj.workflow_id)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "original": obj,
+            "title": f"{obj.workflow_name} · {obj.workflow_id[:8]}",
+            "subtitle": None,
+            "has_view_permission": True,
+            "media": self.media,
+            "run": page,
+            "row": obj,
+            "can": {action: self._can(request, action) for action in ACTION_PERMISSIONS},
+            **(extra_context or {}),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "wfstate/admin/run_detail.html", context)
+
+    def _can(self, request: HttpRequest, action: str) -> bool:
+        if action == "delete":
+            return self.has_delete_permission(request)
+        return self._has_action_permission(request, action)
+
+    def _require(self, request: HttpRequest, action: str) -> None:
+        if not self._can(request, action):
+            raise PermissionDenied
+
+    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        obj = self._run_or_404(request, object_id)
+        if obj is None:
+            return self._missing(request, object_id)
+        self._require(request, "resume")
+        from_state = request.POST.get("from_state") or "current"
+        allow_changed = request.POST.get("allow_changed_definition") == "on"
+        self._resume(request, [obj], from_state=from_state, allow_changed=allow_changed)
+        return HttpResponseRedirect(self._run_url(obj))
+
+    def reindex_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        obj = self._run_or_404(request, object_id)
+        if obj is None:
+            return self._missing(request, object_id)
+        self._require(request, "reindex")
+        outcomes = self._reindex(request, [obj])
+        if outcomes.get(obj.workflow_id) == "removed":
+            return HttpResponseRedirect(self._changelist_url())
+        return HttpResponseRedirect(self._run_url(obj))
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        obj = self._run_or_404(request, object_id)
+        if obj is None:
+            return self._missing(request, object_id)
+        self._require(request, "cancel")
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            self._cancel(request, [obj])
+            return HttpResponseRedirect(self._run_url(obj))
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
+        return self._confirm(request, "cancel", [obj], single=True)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        obj = self._run_or_404(request, object_id)
+        if obj is None:
+            return self._missing(request, object_id)
+        self._require(request, "delete")
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            deleted = self._delete(request, [obj])
+            if deleted:
+                return HttpResponseRedirect(self._changelist_url())
+            return HttpResponseRedirect(self._run_url(obj))
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
+        return self._confirm(request, "delete", [obj], single=True)
+
+    # --- confirmation pages ------------------------------------------------------------------
+
+    CONFIRM_TEXT = {
+        "cancel": (
+            gettext_lazy("Cancel runs"),
+            gettext_lazy(
+                "A run that is executing is asked to stop: its step's processes are killed "
+                "and the run is recorded cancelled within a few seconds. A run that nobody "
+                "executes is marked cancelled at once. It can be resumed later."
+            ),
+            gettext_lazy("Yes, cancel"),
+        ),
+        "delete": (
+            gettext_lazy("Delete runs"),
+            gettext_lazy(
+                "The state file, its side files and the index row of each run are deleted. "
+                "This cannot be undone. Runs that are executing are refused: cancel them first."
+            ),
+            gettext_lazy("Yes, delete"),
+        ),
+    }
+
+    def _confirm(
+        self,
+        request: HttpRequest,
+        action: str,
+        runs: QuerySet[WorkflowRun] | list[WorkflowRun],
+        *,
+        single: bool = False,
+    ) -> TemplateResponse:
+        title, warning, button = self.CONFIRM_TEXT[action]
+        shown = list(runs[:CONFIRM_SHOWN]) if isinstance(runs, QuerySet) else list(runs)
+        total = runs.count() if isinstance(runs, QuerySet) else len(shown)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "title": title,
+            "subtitle": None,
+            "warning": warning,
+            "button": button,
+            "action": action,
+            "runs": shown,
+            "total": total,
+            "more": max(0, total - len(shown)),
+            "single": single,
+            "run_url": self._run_url(shown[0]) if single else None,
+            # What the changelist posted, posted again with the confirmation.
+            "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+            "select_across": request.POST.get("select_across", "0"),
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "wfstate/admin/confirm.html", context)
+
+    # --- changelist actions (each checks its permission through `permissions=`) ---------
+
+    @admin.action(permissions=["resume"], description=gettext_lazy("Resume selected runs"))
+    def resume_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._resume(request, queryset, from_state="current", allow_changed=False)
+
+    @admin.action(permissions=["cancel"], description=gettext_lazy("Cancel selected runs…"))
+    def cancel_runs(
+        self, request: HttpRequest, queryset: QuerySet[WorkflowRun]
+    ) -> HttpResponse | None:
+        if request.POST.get("post") == "yes":
+            self._cancel(request, queryset)
+            return None
+        return self._confirm(request, "cancel", queryset)
+
+    @admin.action(permissions=["reindex"], description=gettext_lazy("Re-index selected runs"))
+    def reindex_runs(self, request: HttpRequest, queryset: QuerySet[WorkflowRun]) -> None:
+        self._reindex(request, queryset)
+
+    @admin.action(
+        permissions=["delete"], description=gettext_lazy("Delete selected runs (files and rows)…")
+    )
+    def delete_runs(
+        self, request: HttpRequest, queryset: QuerySet[WorkflowRun]
+    ) -> HttpResponse | None:
+        if request.POST.get("post") == "yes":
+            self._delete(request, queryset)
+            return None
+        return self._confirm(request, "delete", queryset)
+
+    # --- doing it: one service call per run, failures reported per run ----------------------
+
+    def _each(
+        self,
+        request: HttpRequest,
+        runs: Iterable[WorkflowRun],
+        call: Callable[[str], str | None],
+    ) -> dict[str, str]:
+        outcomes: dict[str, str] = {}
+        for obj in runs:
+            try:
+                outcomes[obj.workflow_id] = call(obj.workflow_id) or "ok"
+            except WFStateError as exc:
+                outcomes[obj.workflow_id] = "error"
+                self.message_user(request, f"{obj.workflow_id[:8]}: {exc}", messages.ERROR)
+        return outcomes
+
+    def _resume(
+        self,
+        request: HttpRequest,
+        runs: Iterable[WorkflowRun],
+        *,
+        from_state: str,
+        allow_changed: bool,
+    ) -> None:
+        from wfstate import runs as service
+
+        def resume(workflow_id: str) -> str:
+            service.resume_run(
+                workflow_id,
+                from_state=from_state,
+                allow_changed_definition=allow_changed,
+                detach=True,
+            )
+            return "ok"
+
+        done = sum(1 for o in self._each(request, runs, resume).values() if o == "ok")
+        if done:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d run was handed to the background to resume.",
+                    "%(count)d runs were handed to the background to resume.",
+                    done,
+                )
+                % {"count": done},
+                messages.SUCCESS,
+            )
+
+    def _cancel(self, request: HttpRequest, runs: Iterable[WorkflowRun]) -> None:
+        from wfstate import runs as service
+
+        def cancel(workflow_id: str) -> str:
+            outcome, _state = service.cancel_run(workflow_id)
+            return outcome
+
+        outcomes = list(self._each(request, runs, cancel).values())
+        requested, cancelled = outcomes.count("requested"), outcomes.count("cancelled")
+        if cancelled:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d run was cancelled.", "%(count)d runs were cancelled.", cancelled
+                )
+                % {"count": cancelled},
+                messages.SUCCESS,
+            )
+        if requested:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d executing run was asked to stop; it stops within seconds.",
+                    "%(count)d executing runs were asked to stop; they stop within seconds.",
+                    requested,
+                )
+                % {"count": requested},
+                messages.SUCCESS,
+            )
+
+    def _reindex(self, request: HttpRequest, runs: Iterable[WorkflowRun]) -> dict[str, str]:
+        from wfstate import index
+
+        outcomes = self._each(request, runs, index.reindex)
+        done = len(outcomes)
+        self.message_user(
+            request,
+            ngettext(
+                "%(count)d run was re-indexed from its file.",
+                "%(count)d runs were re-indexed from their files.",
+                done,
+            )
+            % {"count": done},
+            messages.SUCCESS,
+        )
+        gone = sum(1 for o in outcomes.values() if o == "removed")
+        if gone:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d row had no file any more and was removed.",
+                    "%(count)d rows had no file any more and were removed.",
+                    gone,
+                )
+                % {"count": gone},
+                messages.WARNING,
+            )
+        return outcomes
+
+    def _delete(self, request: HttpRequest, runs: Iterable[WorkflowRun]) -> int:
+        from wfstate import index
+        from wfstate import runs as service
+        from wfstate.exceptions import RunNotFound
+
+        def delete(workflow_id: str) -> str:
+            try:
+                service.delete_run(workflow_id)
+            except RunNotFound:
+                index.remove(workflow_id)  # the file was already gone: drop the row
+            return "ok"
+
+        done = sum(1 for o in self._each(request, runs, delete).values() if o == "ok")
+        if done:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d run was deleted (file and row).",
+                    "%(count)d runs were deleted (files and rows).",
+                    done,
+                )
+                % {"count": done},
+                messages.SUCCESS,
+            )
+        return done
+
+
+def status_badge(status: str, label: str, title: str = "") -> str:
+    return format_html(
+        '<span class="wf-badge wf-badge-{}" title="{}">{}</span>', status, title or "", label
+    )

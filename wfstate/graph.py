@@ -1,0 +1,510 @@
+"""Drawing a run for the admin: the workflow graph as SVG, the step timeline, the page.
+
+Everything here is computed in Python from the state file and the definition, and
+rendered as plain SVG/HTML/CSS: no JavaScript, no layout library.
+
+* :func:`layout` places a definition's graph in layers (longest path from the initial
+  state over the edges that are not loops), orders each layer by the mean position of
+  its predecessors, and routes edges as curves; :func:`render_svg` draws it, each node
+  coloured by its step's status in the run, the current state with a thick outline.
+* :func:`timeline` turns the steps' start times and durations into bars positioned in
+  percent of the run's span.
+* :func:`run_page` gathers what the run page shows, from the file (never the row).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time
+
+# --- sizes of the drawing (px) ----------------------------------------------------------------
+
+NODE_W = 156
+NODE_H = 44
+LAYER_GAP = 64  # vertical space between layers
+NODE_GAP = 28  # horizontal space between nodes of a layer
+MARGIN = 24
+LOOP_LANE = 36  # room on the right for edges that go back up
+
+EDGE_KINDS = ("success", "failure", "branch", "when", "default")
+
+
+def human_duration(ms: int | float | None) -> str:
+    """``850 ms``, ``3.7 s``, ``2 min 05 s``, ``1 h 02 min``; empty for None."""
+    if ms is None:
+        return ""
+    ms = max(0, int(ms))
+    if ms < 1000:
+        return f"{ms} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+# --- the graph's shape ------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    id: str
+    type: str = "step"
+    terminal_status: str | None = None
+    layer: int = 0
+    x: float = 0.0
+    y: float = 0.0
+    status: str | None = None  # the step's status in the run, None if not reached
+    current: bool = False
+
+
+@dataclass
+class Edge:
+    source: str
+    target: str
+    kind: str = "default"
+    label: str = ""
+    back: bool = False  # goes to an earlier (or the same) layer: a loop
+
+
+@dataclass
+class Layout:
+    nodes: dict[str, Node] = field(default_factory=dict)
+    edges: list[Edge] = field(default_factory=list)
+    width: float = 0.0
+    height: float = 0.0
+
+
+def graph_from_states(state: WorkflowState) -> dict[str, Any]:
+    """A graph for a run whose definition is gone: its states, in the order they ran."""
+    order = sorted(
+        state.states.values(), key=lambda s: (s.started_at or "~", list(state.states).index(s.name))
+    )
+    names = [s.name for s in order]
+    if state.current_state and state.current_state not in names:
+        names.append(state.current_state)
+    nodes = [{"id": n, "type": "step", "terminal_status": None} for n in names]
+    edges = [
+        {"source": a, "target": b, "kind": "default", "label": ""}
+        for a, b in itertools.pairwise(names)
+    ]
+    return {"initial": names[0] if names else None, "nodes": nodes, "edges": edges}
+
+
+def layout(graph: dict[str, Any]) -> Layout:
+    """Place the nodes of ``graph`` (``WorkflowDefinition.graph()``'s shape) in layers."""
+    result = Layout()
+    for raw in graph.get("nodes", []):
+        result.nodes[raw["id"]] = Node(
+            id=raw["id"], type=raw.get("type") or "step", terminal_status=raw.get("terminal_status")
+        )
+    for raw in graph.get("edges", []):
+        if raw["source"] in result.nodes and raw["target"] in result.nodes:
+            result.edges.append(
+                Edge(
+                    raw["source"],
+                    raw["target"],
+                    raw.get("kind") or "default",
+                    raw.get("label") or "",
+                )
+            )
+    if not result.nodes:
+        return result
+    successors: dict[str, list[str]] = {n: [] for n in result.nodes}
+    for edge in result.edges:
+        successors[edge.source].append(edge.target)
+
+    # Discovery order: BFS from the initial state, then whatever it does not reach.
+    initial = graph.get("initial")
+    order: list[str] = []
+    seen: set[str] = set()
+    starts = ([initial] if initial in result.nodes else []) + list(result.nodes)
+    for start in starts:
+        if start in seen:
+            continue
+        seen.add(start)
+        queue = deque([start])
+        while queue:
+            name = queue.popleft()
+            order.append(name)
+            for nxt in successors[name]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    queue.append(nxt)
+    rank = {name: i for i, name in enumerate(order)}
+
+    # Loops: an edge to a node on the current DFS path goes back; the rest form a DAG.
+    back: set[tuple[str, str]] = set()
+    state_of: dict[str, int] = {}  # 1 on the path, 2 done
+    for root in order:
+        if root in state_of:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        state_of[root] = 1
+        while stack:
+            name, i = stack[-1]
+            if i < len(successors[name]):
+                stack[-1] = (name, i + 1)
+                nxt = successors[name][i]
+                if state_of.get(nxt) == 1:
+                    back.add((name, nxt))
+                elif nxt not in state_of:
+                    state_of[nxt] = 1
+                    stack.append((nxt, 0))
+            else:
+                state_of[name] = 2
+                stack.pop()
+
+    # Longest-path layers over the DAG (Kahn's order keeps it linear).
+    preds: dict[str, list[str]] = {n: [] for n in result.nodes}
+    indegree = dict.fromkeys(result.nodes, 0)
+    for edge in result.edges:
+        if (edge.source, edge.target) in back or edge.source == edge.target:
+            edge.back = True
+            continue
+        preds[edge.target].append(edge.source)
+        indegree[edge.target] += 1
+    ready = deque(sorted((n for n, d in indegree.items() if d == 0), key=rank.__getitem__))
+    layer = dict.fromkeys(result.nodes, 0)
+    while ready:
+        name = ready.popleft()
+        for edge in result.edges:
+            if edge.source == name and not edge.back:
+                layer[edge.target] = max(layer[edge.target], layer[name] + 1)
+                indegree[edge.target] -= 1
+                if indegree[edge.target] == 0:
+                    ready.append(edge.target)
+
+    layers: dict[int, list[str]] = {}
+    for name in order:
+        layers.setdefault(layer[name], []).append(name)
+    # Order each layer by the mean position of its predecessors (one barycentre pass).
+    position: dict[str, float] = {}
+    for depth in sorted(layers):
+        members = layers[depth]
+        if depth:
+
+            def barycentre(name: str) -> tuple[float, int]:
+                placed = [position[p] for p in preds[name] if p in position]
+                return (sum(placed) / len(placed) if placed else float("inf"), rank[name])
+
+            members.sort(key=barycentre)
+        for i, name in enumerate(members):
+            position[name] = i
+
+    widest = max(len(m) for m in layers.values())
+    content_w = widest * NODE_W + (widest - 1) * NODE_GAP
+    has_loops = any(e.back for e in result.edges)
+    result.width = content_w + 2 * MARGIN + (LOOP_LANE if has_loops else 0)
+    result.height = len(layers) * NODE_H + (len(layers) - 1) * LAYER_GAP + 2 * MARGIN
+    for depth, members in layers.items():
+        row_w = len(members) * NODE_W + (len(members) - 1) * NODE_GAP
+        left = MARGIN + (content_w - row_w) / 2
+        for i, name in enumerate(members):
+            node = result.nodes[name]
+            node.layer = depth
+            node.x = left + i * (NODE_W + NODE_GAP)
+            node.y = MARGIN + depth * (NODE_H + LAYER_GAP)
+    return result
+
+
+# --- drawing --------------------------------------------------------------------------------------
+
+
+def _edge_path(edge: Edge, nodes: dict[str, Node], lane_x: float, offset: float) -> str:
+    src, dst = nodes[edge.source], nodes[edge.target]
+    if edge.back:
+        # Out of the source's right side, up the lane on the right, into the target's.
+        x1, y1 = src.x + NODE_W, src.y + NODE_H / 2
+        x2, y2 = dst.x + NODE_W + 2, dst.y + NODE_H / 2 + 6
+        lane = lane_x + offset
+        return (
+            f"M{x1:.1f},{y1:.1f} C{lane:.1f},{y1:.1f} {lane:.1f},{y1:.1f} "
+            f"{lane:.1f},{(y1 + y2) / 2:.1f}"
+            f" C{lane:.1f},{y2:.1f} {lane:.1f},{y2:.1f} {x2 + 8:.1f},{y2:.1f}"
+        )
+    x1 = src.x + NODE_W / 2 + offset
+    y1 = src.y + NODE_H
+    x2 = dst.x + NODE_W / 2 + offset / 2
+    y2 = dst.y - 8  # leave room for the arrowhead
+    mid = (y1 + y2) / 2
+    return f"M{x1:.1f},{y1:.1f} C{x1:.1f},{mid:.1f} {x2:.1f},{mid:.1f} {x2:.1f},{y2:.1f}"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_svg(
+    graph: dict[str, Any],
+    step_status: dict[str, str] | None = None,
+    current: str | None = None,
+    *,
+    title: str = "",
+) -> SafeString:
+    """The graph as an inline ``<svg>``: status-coloured nodes, the current one outlined.
+
+    Edge styles: success green, failure red, parallel branch dashed, conditional (when)
+    blue with its condition as a tooltip, default grey. Loops go up a lane on the right.
+    """
+    drawing = layout(graph)
+    step_status = step_status or {}
+    for node in drawing.nodes.values():
+        node.status = step_status.get(node.id)
+        node.current = node.id == current
+    parts: list[str] = [
+        f'<svg class="wf-graph" xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'width="{drawing.width:.0f}" height="{drawing.height:.0f}" '
+        f'viewBox="0 0 {drawing.width:.0f} {drawing.height:.0f}">',
+        f"<title>{escape(title or 'workflow graph')}</title>",
+        "<defs>",
+    ]
+    for kind in EDGE_KINDS:
+        parts.append(
+            f'<marker id="wf-arrow-{kind}" class="wf-arrow wf-arrow-{kind}" viewBox="0 0 10 10" '
+            'refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
+            '<path d="M0,0 L10,5 L0,10 z"/></marker>'
+        )
+    parts.append("</defs>")
+
+    lane_x = drawing.width - MARGIN / 2 - LOOP_LANE / 2
+    # Several edges between the same layers fan out a little so they stay readable.
+    fan: dict[str, int] = {}
+    parts.append('<g class="wf-edges">')
+    for edge in drawing.edges:
+        key = f"back:{edge.target}" if edge.back else edge.source
+        n = fan.get(key, 0)
+        fan[key] = n + 1
+        offset = (n % 2 * 2 - 1) * ((n + 1) // 2) * 8 if n else 0
+        kind = edge.kind if edge.kind in EDGE_KINDS else "default"
+        d = _edge_path(edge, drawing.nodes, lane_x, offset)
+        tip = f"{edge.source} → {edge.target} ({kind}{': ' + edge.label if edge.label else ''})"
+        parts.append(
+            f'<path class="wf-edge wf-edge-{kind}" d="{d}" marker-end="url(#wf-arrow-{kind})">'
+            f"<title>{escape(tip)}</title></path>"
+        )
+        if edge.label and not edge.back:
+            src, dst = drawing.nodes[edge.source], drawing.nodes[edge.target]
+            lx = (src.x + dst.x) / 2 + NODE_W / 2 + 6 + offset
+            ly = (src.y + NODE_H + dst.y) / 2
+            parts.append(
+                f'<text class="wf-edge-label" x="{lx:.1f}" y="{ly:.1f}">'
+                f"{escape(_clip(edge.label, 22))}</text>"
+            )
+    parts.append("</g>")
+
+    parts.append('<g class="wf-nodes">')
+    for node in drawing.nodes.values():
+        classes = ["wf-node", f"wf-node-{node.type}", f"wf-status-{node.status or 'pending'}"]
+        if node.terminal_status:
+            classes.append(f"wf-terminal-{node.terminal_status}")
+        if node.current:
+            classes.append("wf-current")
+        radius = NODE_H / 2 if node.type == "terminal" else 8
+        caption = node.type if node.type != "step" else ""
+        if node.type == "terminal" and node.terminal_status:
+            caption = f"end: {node.terminal_status}"
+        status_text = node.status or "not reached"
+        current_attr = ' aria-current="step"' if node.current else ""
+        class_attr = " ".join(classes)
+        parts.append(
+            f'<g class="{class_attr}" data-state="{escape(node.id)}"'
+            f"{current_attr}>"
+            f"<title>{escape(node.id)}: {escape(status_text)}"
+            f"{' (current state)' if node.current else ''}</title>"
+            f'<rect x="{node.x:.1f}" y="{node.y:.1f}" width="{NODE_W}" height="{NODE_H}" '
+            f'rx="{radius:.0f}" ry="{radius:.0f}"/>'
+        )
+        cx = node.x + NODE_W / 2
+        if caption or node.status:
+            parts.append(
+                f'<text class="wf-node-label" x="{cx:.1f}" y="{node.y + 19:.1f}">'
+                f"{escape(_clip(node.id, 20))}</text>"
+                f'<text class="wf-node-caption" x="{cx:.1f}" y="{node.y + 34:.1f}">'
+                f"{escape(_clip(' · '.join(t for t in (caption, node.status or '') if t), 26))}"
+                "</text>"
+            )
+        else:
+            parts.append(
+                f'<text class="wf-node-label" x="{cx:.1f}" y="{node.y + NODE_H / 2 + 5:.1f}">'
+                f"{escape(_clip(node.id, 20))}</text>"
+            )
+        parts.append("</g>")
+    parts.append("</g></svg>")
+    return mark_safe("".join(parts))  # noqa: S308 - every interpolated text is escaped
+
+
+# --- the timeline -------------------------------------------------------------------------------
+
+
+@dataclass
+class Bar:
+    name: str
+    status: str
+    left: float  # percent of the run's span
+    width: float  # percent
+    started_at: datetime | None
+    duration_ms: int | None
+    attempt: int
+    label: str
+
+
+def timeline(state: WorkflowState, now: datetime | None = None) -> dict[str, Any]:
+    """Bars for the steps that started, in percent of the run's span, plus axis ticks."""
+    now = now or datetime.now(UTC)
+    start = parse_time(state.started_at)
+    final = RunStatus(state.status).is_final
+    run_end = parse_time(state.completed_at) if final else now
+    steps = []
+    for step in state.states.values():
+        s = parse_time(step.started_at)
+        if s is None:
+            continue
+        e = parse_time(step.completed_at)
+        if e is None:
+            e = run_end if step.status == StepStatus.RUNNING else s
+        steps.append((step, s, e or s))
+    if start is None:
+        start = min((s for _, s, _ in steps), default=None)
+    if start is None or not steps:
+        return {"bars": [], "ticks": [], "span_ms": 0}
+    end = max([e for _, _, e in steps] + ([run_end] if run_end else []))
+    span = max((end - start).total_seconds() * 1000, 1.0)
+    bars = []
+    for step, s, e in sorted(steps, key=lambda item: item[1]):
+        left = max(0.0, (s - start).total_seconds() * 1000 / span * 100)
+        width = max((e - s).total_seconds() * 1000 / span * 100, 0.4)
+        duration = (
+            step.duration_ms
+            if step.duration_ms is not None
+            else int((e - s).total_seconds() * 1000)
+        )
+        bars.append(
+            Bar(
+                name=step.name,
+                status=str(step.status),
+                left=round(min(left, 99.6), 3),
+                width=round(min(width, 100 - min(left, 99.6)), 3),
+                started_at=s,
+                duration_ms=duration,
+                attempt=step.attempt,
+                label=human_duration(duration),
+            )
+        )
+    ticks = [{"left": p, "label": human_duration(span * p / 100)} for p in (0, 25, 50, 75, 100)]
+    return {"bars": bars, "ticks": ticks, "span_ms": int(span)}
+
+
+# --- the run page -------------------------------------------------------------------------------
+
+
+def _pretty(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return repr(value)
+
+
+def _definition_graph(workflow_name: str) -> tuple[dict[str, Any] | None, str]:
+    """The current definition's graph, or None with the reason."""
+    try:
+        from wfstate.definitions import get_registry
+
+        definition = get_registry().get(workflow_name)
+    except Exception as exc:  # missing or invalid: drawn from the file
+        return None, str(exc) or type(exc).__name__
+    return definition.graph(), ""
+
+
+def run_page(workflow_id: str) -> dict[str, Any]:
+    """Everything the run page shows, read from the run's file.
+
+    Never raises for a bad file: a corrupt or missing file comes back as ``error``
+    (and ``error_code``) so that the page can say so.
+    """
+    from wfstate.exceptions import WFStateError
+    from wfstate.stores import get_store
+
+    store = get_store()
+    page: dict[str, Any] = {"workflow_id": workflow_id, "state": None, "error": None}
+    try:
+        owner = store.run_lock_owner(workflow_id)
+    except WFStateError:
+        owner = None
+    page["owner"] = owner
+    page["owner_since"] = parse_time(owner.get("since")) if owner and owner.get("since") else None
+    try:
+        state = store.load(workflow_id)
+    except WFStateError as exc:
+        page["error"] = str(exc)
+        page["error_code"] = exc.code
+        return page
+    page["state"] = state
+    page["started"] = parse_time(state.started_at)
+    page["updated"] = parse_time(state.updated_at)
+    page["completed"] = parse_time(state.completed_at)
+    page["duration"] = human_duration(state.duration_ms())
+    page["inputs"] = [(k, _pretty(v)) for k, v in state.inputs.items()]
+
+    graph, missing = _definition_graph(state.workflow_name)
+    page["graph_source"] = "definition" if graph is not None else "states"
+    page["graph_missing_reason"] = missing
+    if graph is None:
+        graph = graph_from_states(state)
+    statuses = {name: str(step.status) for name, step in state.states.items()}
+    page["graph_svg"] = render_svg(
+        graph, statuses, state.current_state, title=f"{state.workflow_name} {workflow_id}"
+    )
+    page["timeline"] = timeline(state)
+
+    outputs_dir = getattr(store, "outputs_dir", None)
+    steps = []
+    for step in state.states.values():
+        side = None
+        if step.output_truncated and outputs_dir is not None:
+            side = str(outputs_dir(workflow_id))
+        steps.append(
+            {
+                "step": step,
+                "output": _pretty(step.output),
+                "stderr": step.stderr or "",
+                "duration": human_duration(step.duration_ms),
+                "started": parse_time(step.started_at),
+                "side_files": side,
+            }
+        )
+    page["steps"] = steps
+    page["history"] = [
+        {
+            "event": entry.get("event", ""),
+            "at": parse_time(entry.get("at")) if isinstance(entry.get("at"), str) else None,
+            "summary": ", ".join(
+                f"{k}={v}"
+                for k, v in entry.items()
+                if k not in ("event", "at", "rewound") and v not in (None, "", {}, [])
+            ),
+            "rewound": [r.get("name") for r in entry.get("rewound") or [] if isinstance(r, dict)],
+            "raw": _pretty(entry),
+        }
+        for entry in state.history
+        if isinstance(entry, dict)
+    ]
+    page["resume_choices"] = ["current", "previous", *state.states]
+    page["is_final"] = RunStatus(state.status).is_final
+    return page
