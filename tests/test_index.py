@@ -35,22 +35,27 @@ def test_row_fields_projects_the_state() -> None:
     state.revision = 7
     state.error = "x" * 2000
     fields = index.row_fields(state)
-    assert fields["workflow_name"] == "demo" and fields["workflow_version"] == "1.0.0"
-    assert fields["status"] == "failed" and fields["current_state"] == "prepare"
+    assert fields["workflow_name"] == "demo"
+    assert fields["workflow_version"] == "1.0.0"
+    assert fields["status"] == "failed"
+    assert fields["current_state"] == "prepare"
     assert fields["started_at"].isoformat() == "2026-11-27T11:00:00+00:00"
     assert fields["completed_at"].isoformat() == "2026-11-27T11:00:30+00:00"
     assert fields["duration_ms"] == 30_000
     # A final run's total is what it reached: the bar of a finished run is full.
     assert (fields["steps_done"], fields["steps_total"]) == (2, 2)
-    assert fields["revision"] == 7 and not fields["corrupt"]
-    assert len(fields["error"]) == index.ERROR_SUMMARY_CHARS and fields["error"].endswith("…")
+    assert fields["revision"] == 7
+    assert not fields["corrupt"]
+    assert len(fields["error"]) == index.ERROR_SUMMARY_CHARS
+    assert fields["error"].endswith("…")
 
 
 def test_live_run_total_comes_from_the_definition() -> None:
     # demo has 7 non-terminal states (greet, prepare, checks, 2 branches, report, ...).
     state = make_state("demo", RunStatus.RUNNING, {"greet": StepStatus.COMPLETED})
     expected = index.definition_step_count("demo")
-    assert expected and expected >= 5
+    assert expected
+    assert expected >= 5
     assert index.row_fields(state)["steps_total"] == expected
     # Unknown workflow: the states reached.
     other = make_state("no-such-workflow", RunStatus.RUNNING, {"a": StepStatus.RUNNING})
@@ -72,7 +77,8 @@ def test_index_state_never_moves_a_row_backwards() -> None:
     older.current_state = "old"
     assert not index.index_state(older)
     row = WorkflowRun.objects.get(workflow_id=state.workflow_id)
-    assert row.revision == 5 and row.current_state == "greet"
+    assert row.revision == 5
+    assert row.current_state == "greet"
     # The same revision again (a re-index) is written.
     state.current_state = "again"
     assert index.index_state(state)
@@ -179,8 +185,10 @@ def test_close_flushes_what_is_pending_and_stops_the_thread() -> None:
     assert _row(state.workflow_id).revision == 1  # coalesced: still pending
     listener.close()
     row = _row(state.workflow_id)
-    assert row is not None and (row.revision, row.current_state) == (2, "later")
-    assert listener._thread is not None and not listener._thread.is_alive()
+    assert row is not None
+    assert (row.revision, row.current_state) == (2, "later")
+    assert listener._thread is not None
+    assert not listener._thread.is_alive()
     listener.close()  # idempotent
 
 
@@ -248,7 +256,7 @@ def test_every_checkpoint_of_a_run_reaches_its_row_within_a_second(
     def execute() -> None:
         try:
             result["state"] = runs.start_run("index_barrier", {"dir": str(barrier)})
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             result["error"] = exc
         finally:
             connections.close_all()
@@ -374,10 +382,12 @@ def test_prune_removes_rows_whose_file_is_gone() -> None:
     _sync()
     get_store().path_for(states[0].workflow_id).unlink()
     report = _sync()
-    assert report["stale_rows"] == [states[0].workflow_id] and report["pruned"] == 0
+    assert report["stale_rows"] == [states[0].workflow_id]
+    assert report["pruned"] == 0
     assert WorkflowRun.objects.count() == 3
     report = _sync("--prune")
-    assert report["pruned"] == 1 and report["stale_rows"] == []
+    assert report["pruned"] == 1
+    assert report["stale_rows"] == []
     assert set(rows()) == {s.workflow_id for s in states[1:]}
 
 
@@ -387,11 +397,13 @@ def test_sync_flags_corrupt_files_and_goes_on() -> None:
     broken = states[1].workflow_id
     get_store().path_for(broken).write_bytes(b'{"workflow_id": "truncated')
     report = _sync()
-    assert report["files"] == 3 and report["created"] == 3
+    assert report["files"] == 3
+    assert report["created"] == 3
     assert [c["workflow_id"] for c in report["corrupt"]] == [broken]
     assert "not valid JSON" in report["corrupt"][0]["error"]
     row = WorkflowRun.objects.get(workflow_id=broken)
-    assert (row.status, row.corrupt) == ("corrupt", True) and "not valid JSON" in row.error
+    assert (row.status, row.corrupt) == ("corrupt", True)
+    assert "not valid JSON" in row.error
     # Repaired: the next sync clears the flag.
     get_store().save(states[1])
     _sync()
@@ -410,7 +422,8 @@ def test_sync_progress_bar_goes_to_a_terminal_stderr_only() -> None:
     out, err = StringIO(), Terminal()
     call_command("sync_workflow_index", "--json", stdout=out, stderr=err)
     assert json.loads(out.getvalue())["files"] == 3  # stdout: the one JSON object only
-    assert "\rsyncing [" in err.getvalue() and "3/3 100%" in err.getvalue()
+    assert "\rsyncing [" in err.getvalue()
+    assert "3/3 100%" in err.getvalue()
     err = StringIO()  # not a terminal: no bar
     call_command("sync_workflow_index", stdout=StringIO(), stderr=err)
     assert err.getvalue() == ""
@@ -428,7 +441,8 @@ def test_list_workflow_runs_reads_the_index() -> None:
     out = StringIO()
     call_command("list_workflow_runs", "--workflow", "demo", "--limit", "2", stdout=out)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("RUN") and len(lines) == 3
+    assert lines[0].startswith("RUN")
+    assert len(lines) == 3
     # Rows only: a file without a row is not listed (lists never scan the directory).
     WorkflowRun.objects.all().delete()
     out = StringIO()
