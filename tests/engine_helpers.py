@@ -25,7 +25,9 @@ def child_env(storage: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def manage(storage: Path, *args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
+def manage(
+    storage: Path, *args: str, timeout: float = 120, **extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=REPO,

@@ -58,7 +58,17 @@ def test_unknown_run_is_1() -> None:
 
 
 def test_invalid_inputs_are_1_with_every_error_listed() -> None:
-    code, out, message = run("run_workflow", "fails", "--input", "count=abc", "--input", "mode=medium", "--input", "bogus=1", "--json")
+    code, out, message = run(
+        "run_workflow",
+        "fails",
+        "--input",
+        "count=abc",
+        "--input",
+        "mode=medium",
+        "--input",
+        "bogus=1",
+        "--json",
+    )
     assert code == 1
     errors = orjson.loads(out)["error"]["errors"]
     assert set(errors) == {"count", "mode", "bogus"}

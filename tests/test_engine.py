@@ -18,14 +18,35 @@ from wfstate.state import RunStatus, StepStatus, WorkflowState
 from wfstate.stores import get_store
 
 SPEC_FIELDS = [
-    "schema_version", "workflow_id", "workflow_name", "workflow_version", "definition_sha256",
-    "status", "current_state", "started_at", "updated_at", "completed_at", "inputs", "states",
-    "revision", "error", "history",
-]  # fmt: skip
+    "schema_version",
+    "workflow_id",
+    "workflow_name",
+    "workflow_version",
+    "definition_sha256",
+    "status",
+    "current_state",
+    "started_at",
+    "updated_at",
+    "completed_at",
+    "inputs",
+    "states",
+    "revision",
+    "error",
+    "history",
+]
 STEP_FIELDS = [
-    "name", "status", "output", "stderr", "exit_code", "attempt", "error", "started_at",
-    "completed_at", "duration_ms", "output_truncated",
-]  # fmt: skip
+    "name",
+    "status",
+    "output",
+    "stderr",
+    "exit_code",
+    "attempt",
+    "error",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+    "output_truncated",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -62,11 +83,18 @@ def test_revision_grows_by_one_per_checkpoint_and_file_names_step_in_flight() ->
 
     def listener(s: WorkflowState) -> None:
         on_disk = store.load(s.workflow_id)
-        seen.append((on_disk.revision, on_disk.current_state,
-                     {k: str(v.status) for k, v in on_disk.states.items()}))  # fmt: skip
+        seen.append(
+            (
+                on_disk.revision,
+                on_disk.current_state,
+                {k: str(v.status) for k, v in on_disk.states.items()},
+            )
+        )
 
     with store.run_lock(state.workflow_id):
-        final = Executor(store, definition, listeners=[listener]).execute(store.load(state.workflow_id))
+        final = Executor(store, definition, listeners=[listener]).execute(
+            store.load(state.workflow_id)
+        )
     revisions = [r for r, _, _ in seen]
     assert revisions == list(range(2, 2 + len(revisions)))  # creation wrote revision 1
     assert final.revision == revisions[-1]

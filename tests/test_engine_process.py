@@ -53,7 +53,9 @@ def test_sigkill_mid_step_then_resume_reruns_only_the_killed_step(tmp_path: Path
     final = orjson.loads(result.stdout)
     assert final["status"] == "completed"
     assert final["workflow_id"] == workflow_id and final["started_at"] == crashed["started_at"]
-    counts = {f"s{i:02d}": (work / f"s{i:02d}.count").read_text().count("ran") for i in range(1, 21)}
+    counts = {
+        f"s{i:02d}": (work / f"s{i:02d}.count").read_text().count("ran") for i in range(1, 21)
+    }
     assert counts.pop("s10") == 2  # the killed step ran again
     assert set(counts.values()) == {1}  # completed steps did not
     # The interrupted attempt is kept in history, not discarded.

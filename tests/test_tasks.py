@@ -27,8 +27,15 @@ def storage(settings: Any, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def worker(storage: Path) -> Any:
-    proc = spawn(storage, "db_worker", "--no-reload", "--no-startup-delay", "--interval", "0.1",
-                 WFSTATE_INDEX_ON_WRITE="1")  # fmt: skip
+    proc = spawn(
+        storage,
+        "db_worker",
+        "--no-reload",
+        "--no-startup-delay",
+        "--interval",
+        "0.1",
+        WFSTATE_INDEX_ON_WRITE="1",
+    )
     yield proc
     proc.send_signal(signal.SIGTERM)
     try:

@@ -288,7 +288,10 @@ def recover_runs(
     recovered: list[str] = []
     now = datetime.now(UTC)
     for workflow_id, state in store.iter_states():
-        if isinstance(state, Exception) or state.status not in (RunStatus.RUNNING, RunStatus.PENDING):
+        if isinstance(state, Exception) or state.status not in (
+            RunStatus.RUNNING,
+            RunStatus.PENDING,
+        ):
             continue
         updated = parse_time(state.updated_at)
         if min_age and updated is not None and (now - updated).total_seconds() < min_age:

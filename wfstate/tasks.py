@@ -16,7 +16,7 @@ import logging
 try:  # Django 6.0+
     from django.tasks import task  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # Django 5.2: the backport
-    from django_tasks import task
+    from django_tasks import task  # type: ignore[no-redef]
 
 from wfstate.conf import conf
 from wfstate.exceptions import RunLocked
@@ -38,7 +38,7 @@ def execute_workflow(workflow_id: str) -> str:
 
 def enqueue_execution(workflow_id: str) -> str:
     """Hand a run to the configured task backend; returns the task result's id."""
-    result = execute_workflow.using(
-        backend=conf.TASK_BACKEND, queue_name=conf.TASK_QUEUE
-    ).enqueue(workflow_id)
+    result = execute_workflow.using(backend=conf.TASK_BACKEND, queue_name=conf.TASK_QUEUE).enqueue(
+        workflow_id
+    )
     return str(result.id)

@@ -7,4 +7,11 @@ from wfstate.engine.executor import Executor
 from wfstate.engine.resume import mark_cancelled, prepare_resume, resume_target
 from wfstate.engine.steps import StepCancelled, StepContext
 
-__all__ = ["Executor", "StepCancelled", "StepContext", "mark_cancelled", "prepare_resume", "resume_target"]
+__all__ = [
+    "Executor",
+    "StepCancelled",
+    "StepContext",
+    "mark_cancelled",
+    "prepare_resume",
+    "resume_target",
+]

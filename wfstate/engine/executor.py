@@ -183,11 +183,15 @@ class Executor:
 
     # --- steps ---------------------------------------------------------------------------
 
-    def _begin(self, name: str, attempt: int, *, set_current: bool, durable: bool = True) -> StepResult:
+    def _begin(
+        self, name: str, attempt: int, *, set_current: bool, durable: bool = True
+    ) -> StepResult:
         state = self._state
         assert state is not None
         with self._lock:
-            entry = StepResult(name=name, status=StepStatus.RUNNING, attempt=attempt, started_at=utcnow())
+            entry = StepResult(
+                name=name, status=StepStatus.RUNNING, attempt=attempt, started_at=utcnow()
+            )
             state.states[name] = entry
             if set_current:
                 state.current_state = name
@@ -214,8 +218,15 @@ class Executor:
             if policy is not None and not policy.is_retryable(outcome.exit_code):
                 break
             delay = policy.delay(attempt, self.rng) if policy else 0.0
-            self._emit({"event": "step_retry", "state": sdef.name, "attempt": attempt,
-                        "error": outcome.error, "delay": delay})  # fmt: skip
+            self._emit(
+                {
+                    "event": "step_retry",
+                    "state": sdef.name,
+                    "attempt": attempt,
+                    "error": outcome.error,
+                    "delay": delay,
+                }
+            )
             if self._sleep(delay, should_stop):
                 outcome = AttemptResult(ok=False, error="cancelled", cancelled=True)
                 break
@@ -237,7 +248,9 @@ class Executor:
                 return False
             self.cancel_event.wait(min(0.1, remaining))
 
-    def _attempt(self, sdef: StateDef, attempt: int, should_stop: Callable[[], bool]) -> AttemptResult:
+    def _attempt(
+        self, sdef: StateDef, attempt: int, should_stop: Callable[[], bool]
+    ) -> AttemptResult:
         state = self._state
         assert state is not None
         try:
@@ -303,8 +316,16 @@ class Executor:
             entry.completed_at = completed
             entry.duration_ms = _elapsed_ms(started_at, completed)
             entry.output_truncated = truncated or err_truncated
-        self._emit({"event": "step_finished", "state": sdef.name, "status": str(status),
-                    "attempt": attempt, "duration_ms": entry.duration_ms, "error": entry.error})  # fmt: skip
+        self._emit(
+            {
+                "event": "step_finished",
+                "state": sdef.name,
+                "status": str(status),
+                "attempt": attempt,
+                "duration_ms": entry.duration_ms,
+                "error": entry.error,
+            }
+        )
         return entry
 
     def _inline(self, workflow_id: str, name: str, stream: str, value: Any) -> tuple[Any, bool]:
@@ -333,7 +354,9 @@ class Executor:
 
         results: dict[str, StepResult] = {}
         workers = max(1, min(sdef.max_concurrent or len(branches), len(branches)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"wfstate-{sdef.name}") as pool:
+        with ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=f"wfstate-{sdef.name}"
+        ) as pool:
             futures: dict[Future[StepResult], str] = {}
             pending = list(branches)
             while pending or futures:
@@ -356,31 +379,23 @@ class Executor:
                     results[name] = result
                     with self._lock:
                         self._checkpoint()  # each branch's end is durable
-                    failed = result.status == StepStatus.FAILED and not self.definition.states[name].continue_on_error
-                    if failed and sdef.strategy == "all_succeed":
+                    branch_ok = _branch_ok(self.definition.states[name], result)
+                    if not branch_ok and sdef.strategy == "all_succeed":
                         abort.set()
         statuses = {b.name: str(results[b.name].status) for b in branches}
-        ok_count = sum(
-            1
-            for b in branches
-            if results[b.name].status == StepStatus.COMPLETED
-            or (results[b.name].status == StepStatus.FAILED and b.continue_on_error)
-        )
+        failed = [b.name for b in branches if not _branch_ok(b, results[b.name])]
         if self.should_stop():
             outcome = AttemptResult(ok=False, output=statuses, error="cancelled", cancelled=True)
         elif sdef.strategy == "best_effort":
             outcome = AttemptResult(ok=True, output=statuses)
-        elif sdef.strategy == "any_succeed":
-            outcome = AttemptResult(ok=ok_count > 0, output=statuses,
-                                    error=None if ok_count else "no branch succeeded")  # fmt: skip
-        else:
-            failed_names = [b.name for b in branches if results[b.name].status != StepStatus.COMPLETED
-                            and not (results[b.name].status == StepStatus.FAILED and b.continue_on_error)]  # fmt: skip
+        elif sdef.strategy == "any_succeed" and len(failed) == len(branches):
+            outcome = AttemptResult(ok=False, output=statuses, error="no branch succeeded")
+        elif sdef.strategy == "all_succeed" and failed:
             outcome = AttemptResult(
-                ok=not failed_names,
-                output=statuses,
-                error=f"branches failed: {', '.join(failed_names)}" if failed_names else None,
+                ok=False, output=statuses, error=f"branches failed: {', '.join(failed)}"
             )
+        else:
+            outcome = AttemptResult(ok=True, output=statuses)
         return self._end(sdef, entry, outcome, 1, started_at)
 
     def _run_branch(self, branch: StateDef, stop: Callable[[], bool]) -> StepResult:
@@ -435,6 +450,13 @@ class Executor:
             state.completed_at = utcnow()
             self._checkpoint()
         self._emit({"event": "run_finished", "status": str(status), "error": error})
+
+
+def _branch_ok(branch: StateDef, result: StepResult) -> bool:
+    """A branch counts as succeeded if it completed, or failed with continue_on_error."""
+    return result.status == StepStatus.COMPLETED or (
+        result.status == StepStatus.FAILED and branch.continue_on_error
+    )
 
 
 def _is_storage_error(exc: WFStateError) -> bool:

@@ -30,7 +30,11 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
     # Top-level steps only: a parallel block's branches are re-run through their block.
     steps = [n for n in executed if definition.states[n].type != "terminal" and n not in branches]
     current = state.current_state
-    if current is not None and current in definition.states and definition.states[current].type == "terminal":
+    if (
+        current is not None
+        and current in definition.states
+        and definition.states[current].type == "terminal"
+    ):
         # The run ended in a terminal: "current" is the last step that ran before it.
         current = steps[-1] if steps else definition.initial
     if from_state == "current":
@@ -38,9 +42,7 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
     if from_state == "previous":
         completed = [n for n in steps if state.states[n].status == StepStatus.COMPLETED]
         if not completed:
-            raise NotResumable(
-                f"run {state.workflow_id} has no completed step to go back to"
-            )
+            raise NotResumable(f"run {state.workflow_id} has no completed step to go back to")
         return completed[-1]
     if from_state not in definition.states:
         raise NotResumable(

@@ -178,7 +178,7 @@ def run_call(
             return AttemptResult(ok=True, output=func(ctx, **kwargs))
         except StepCancelled:
             return AttemptResult(ok=False, error="cancelled", cancelled=True)
-        except Exception as exc:  # noqa: BLE001 - a step's failure is data, not a crash
+        except Exception as exc:  # a step's failure is data, not a crash
             return AttemptResult(
                 ok=False,
                 error=f"{type(exc).__name__}: {exc}",

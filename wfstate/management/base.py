@@ -85,7 +85,8 @@ class WFStateCommand(BaseCommand):
         elif kind == "step_finished":
             status = event.get("status")
             seconds = (event.get("duration_ms") or 0) / 1000
-            line = f"  {'✓' if status == 'completed' else '✗'} {name}  {status}  {seconds:.2f}s  (attempt {attempt})"
+            mark = "✓" if status == "completed" else "✗"
+            line = f"  {mark} {name}  {status}  {seconds:.2f}s  (attempt {attempt})"
             if event.get("error") and status != "completed":
                 line += f"  {event['error']}"
             style = self.style.SUCCESS if status == "completed" else self.style.ERROR

@@ -18,8 +18,9 @@ class Command(WFStateCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         outcome, state = runs.cancel_run(options["workflow_id"])
         if self.as_json:
-            self.emit_json({"workflow_id": state.workflow_id, "outcome": outcome,
-                            "status": str(state.status)})  # fmt: skip
+            self.emit_json(
+                {"workflow_id": state.workflow_id, "outcome": outcome, "status": str(state.status)}
+            )
         elif outcome == "requested":
             self.stdout.write(
                 f"run {state.workflow_id}: cancellation requested; its executor stops "

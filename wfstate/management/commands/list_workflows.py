@@ -17,9 +17,15 @@ class Command(WFStateCommand):
             self.emit_json(
                 {
                     "workflows": [
-                        {"name": d.name, "version": d.version, "description": d.description,
-                         "path": str(d.path), "sha256": d.sha256,
-                         "inputs": [i.name for i in d.inputs], "warnings": list(d.warnings)}  # fmt: skip
+                        {
+                            "name": d.name,
+                            "version": d.version,
+                            "description": d.description,
+                            "path": str(d.path),
+                            "sha256": d.sha256,
+                            "inputs": [i.name for i in d.inputs],
+                            "warnings": list(d.warnings),
+                        }
                         for d in definitions
                     ],
                     "invalid": [{"message": str(e), "errors": e.errors} for e in errors],

@@ -14,7 +14,9 @@ class Command(WFStateCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
         parser.add_argument(
-            "--detach", action="store_true", help="hand each run to a worker instead of running it here"
+            "--detach",
+            action="store_true",
+            help="hand each run to a worker instead of running it here",
         )
         parser.add_argument(
             "--min-age",

@@ -52,6 +52,8 @@ class Command(WFStateCommand):
             if self.as_json:
                 self.emit_json({"workflow_id": workflow_id, "status": str(state.status)})
             else:
-                self.stdout.write(f"run {workflow_id} handed to a worker from '{state.current_state}'")
+                self.stdout.write(
+                    f"run {workflow_id} handed to a worker from '{state.current_state}'"
+                )
             return
         self.report_run(state, state_file(workflow_id))

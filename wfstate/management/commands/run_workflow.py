@@ -20,7 +20,11 @@ class Command(WFStateCommand):
         super().add_arguments(parser)
         parser.add_argument("name", help="the workflow's name")
         parser.add_argument(
-            "--input", action="append", default=[], metavar="KEY=VALUE", help="an input (repeatable)"
+            "--input",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="an input (repeatable)",
         )
         parser.add_argument(
             "--inputs-file", type=Path, help="a JSON or YAML file of inputs (--input wins)"
@@ -54,8 +58,13 @@ class Command(WFStateCommand):
             )
         if options["detach"]:
             if self.as_json:
-                self.emit_json({"workflow_id": state.workflow_id, "status": str(state.status),
-                                "state_file": state_file(state.workflow_id)})  # fmt: skip
+                self.emit_json(
+                    {
+                        "workflow_id": state.workflow_id,
+                        "status": str(state.status),
+                        "state_file": state_file(state.workflow_id),
+                    }
+                )
             else:
                 self.stdout.write(state.workflow_id)
             return

@@ -19,8 +19,13 @@ class Command(WFStateCommand):
         definition = resolve_definition(options["name_or_path"])
         if self.as_json:
             self.emit_json(
-                {"valid": True, "name": definition.name, "path": str(definition.path),
-                 "sha256": definition.sha256, "warnings": list(definition.warnings)}  # fmt: skip
+                {
+                    "valid": True,
+                    "name": definition.name,
+                    "path": str(definition.path),
+                    "sha256": definition.sha256,
+                    "warnings": list(definition.warnings),
+                }
             )
             return
         for warning in definition.warnings:

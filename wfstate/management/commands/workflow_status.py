@@ -43,4 +43,5 @@ class Command(WFStateCommand):
             for step in state.states.values():
                 seconds = f"{step.duration_ms / 1000:.2f}s" if step.duration_ms is not None else "-"
                 extra = f"  {step.error}" if step.error else ""
-                w(f"  {step.name:<24} {step.status:<10} {seconds:>8}  attempt {step.attempt}{extra}")
+                attempt = f"attempt {step.attempt}"
+                w(f"  {step.name:<24} {step.status:<10} {seconds:>8}  {attempt}{extra}")
