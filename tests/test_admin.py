@@ -65,7 +65,7 @@ def staff(*codenames: str) -> Client:
     return client
 
 
-# --- changelist ----------------------------------------------------------------------------------
+# --- changelist -------------------------------------------------------------------------------
 
 
 def test_changelist_shows_badges_progress_and_filters(
@@ -136,7 +136,7 @@ def test_corrupt_file_is_a_corrupt_row_and_its_page_shows_the_error(
     assert "The state file is corrupt" in html
 
 
-# --- the run page ----------------------------------------------------------------------------------
+# --- the run page -----------------------------------------------------------------------------
 
 
 def test_run_page_reads_the_file_and_draws_graph_and_timeline(
@@ -205,7 +205,7 @@ def test_truncated_output_points_at_the_side_file(admin_client: Client) -> None:
     assert f"{state.workflow_id}.outputs" in html
 
 
-# --- actions ---------------------------------------------------------------------------------------
+# --- actions ----------------------------------------------------------------------------------
 
 
 def test_cancel_goes_through_a_confirmation_page(
