@@ -227,3 +227,24 @@ def test_cancel_without_executor_marks_cancelled_at_once_and_can_resume(tmp_path
         runs.cancel_run(state.workflow_id)
     resumed = runs.resume_run(state.workflow_id)
     assert resumed.status == RunStatus.COMPLETED
+
+
+def test_max_concurrent_one_runs_branches_one_after_the_other() -> None:
+    state = runs.start_run("fanout-serial")
+    assert state.status == RunStatus.COMPLETED, state.error
+    a, b = state.states["a"].output, state.states["b"].output
+    assert a["end"] <= b["start"] or b["end"] <= a["start"]
+
+
+def test_progress_lines_name_state_status_duration_and_attempt() -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("run_workflow", "demo", verbosity=2, stdout=out)
+    text = out.getvalue()
+    assert "▸ greet  (attempt 1)" in text
+    assert "✓ greet  completed" in text
+    assert "↻ flaky  attempt 1 failed" in text
+    assert "✓ flaky  completed" in text and "(attempt 2)" in text

@@ -132,3 +132,19 @@ def test_sigterm_to_the_executor_cancels_the_run(tmp_path: Path) -> None:
     proc.communicate(timeout=10)
     assert proc.returncode == 3
     assert time.monotonic() - started < 10
+
+
+def test_recover_workflows_finishes_a_crashed_run(tmp_path: Path) -> None:
+    storage, work, workflow_id = _crashed_crash20(tmp_path)
+    (work / "release").touch()
+    result = manage(storage, "recover_workflows", "--json")
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["recovered"] == {workflow_id: "completed"}
+    doc = _doc(storage, workflow_id)
+    assert doc["status"] == "completed"
+    assert doc["history"][-1]["event"] == "recover"
+    assert (work / "s09.count").read_text().count("ran") == 1
+    assert (work / "s10.count").read_text().count("ran") == 2
+    # Nothing left to recover: a second pass does nothing.
+    again = manage(storage, "recover_workflows", "--json")
+    assert orjson.loads(again.stdout)["recovered"] == {}
