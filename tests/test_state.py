@@ -222,3 +222,18 @@ def test_derived_views() -> None:
     state.started_at = "2026-11-27T11:00:00.000000Z"
     state.completed_at = "2026-11-27T11:00:04.500000Z"
     assert state.duration_ms() == 4500
+
+
+def test_store_bytes_equal_to_dict_bytes() -> None:
+    # The store serializes StepResult dataclasses natively (faster than to_dict()): the
+    # bytes must stay exactly those of the documented to_dict().
+    import dataclasses
+
+    import orjson
+
+    from wfstate.stores.jsonfile import DUMP_OPTIONS
+
+    state = sample()
+    state.states["publish"].status = "completed"  # type: ignore[assignment]
+    assert serialize(state) == orjson.dumps(state.to_dict(), option=DUMP_OPTIONS)
+    assert [f.name for f in dataclasses.fields(StepResult)] == STEP_KEYS

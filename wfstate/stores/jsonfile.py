@@ -48,7 +48,7 @@ DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 
 def serialize(state: WorkflowState) -> bytes:
     """The exact bytes of a state file: 2-space indent, keys in the model's order."""
-    return orjson.dumps(state.to_dict(), option=DUMP_OPTIONS)
+    return orjson.dumps(state.shallow_dict(), option=DUMP_OPTIONS)
 
 
 def _import(dotted: str) -> Any:

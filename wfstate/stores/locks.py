@@ -153,8 +153,11 @@ class FileLockBackend(LockBackend):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, self.file_mode)
         except OSError as exc:
             raise StorageError(f"could not open lock file {path}: {exc.strerror}") from exc
+        # Only when the umask or an old file left other bits: an fchmod every time
+        # would dirty the inode, which the next fsync then has to write out.
         with contextlib.suppress(OSError):
-            os.fchmod(fd, self.file_mode)
+            if os.fstat(fd).st_mode & 0o7777 != self.file_mode:
+                os.fchmod(fd, self.file_mode)
         return os.fdopen(fd, "r+b", buffering=0)
 
     @staticmethod
