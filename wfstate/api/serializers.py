@@ -17,6 +17,25 @@ from rest_framework.reverse import reverse
 from wfstate.models import RunStatusChoices, WorkflowRun
 from wfstate.state import RunStatus, StepStatus
 
+# Names as the workflow JSON Schema (wfstate/schema/workflow.schema.json) allows them.
+WORKFLOW_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+STATE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+
+
+# drf-spectacular appends "null" to the type list for allow_null.
+@extend_schema_field({"type": ["object", "array", "string", "number", "boolean"]})
+class AnyJSONField(serializers.JSONField):
+    """Any JSON value, null included.
+
+    (A plain ``JSONField(allow_null=True)`` becomes ``oneOf: [{}, {type: null}]`` in
+    drf-spectacular's OpenAPI 3.1, which null matches twice, so no value is valid.)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_null", True)
+        super().__init__(**kwargs)
+
+
 # --- runs: the index (lists) ----------------------------------------------------------
 
 
@@ -73,11 +92,7 @@ class StepResultSerializer(serializers.Serializer[dict[str, Any]]):
 
     name = serializers.CharField()
     status = serializers.ChoiceField(choices=[s.value for s in StepStatus])
-    # JSON fields take any value, null included (``allow_null`` would only make
-    # drf-spectacular wrap ``{}`` in a oneOf that null matches twice).
-    output = serializers.JSONField(
-        help_text="stdout of a command step, return value of a call step"
-    )
+    output = AnyJSONField(help_text="stdout of a command step, return value of a call step")
     stderr = serializers.CharField(allow_null=True, allow_blank=True)
     exit_code = serializers.IntegerField(allow_null=True)
     attempt = serializers.IntegerField()
@@ -105,14 +120,14 @@ class RunSerializer(serializers.Serializer[dict[str, Any]]):
     started_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(allow_null=True)
-    inputs = serializers.DictField(child=serializers.JSONField())
+    inputs = serializers.DictField(child=AnyJSONField())
     states = serializers.DictField(
         child=StepResultSerializer(), help_text="results by state name, in execution order"
     )
     revision = serializers.IntegerField(help_text="increases by one on every write; the ETag")
     error = serializers.CharField(allow_null=True, allow_blank=True)
     history = serializers.ListField(
-        child=serializers.DictField(child=serializers.JSONField()),
+        child=serializers.DictField(child=AnyJSONField()),
         help_text="step results a resume rewound past, and each resume's options",
     )
 
@@ -131,9 +146,11 @@ class CancelResultSerializer(serializers.Serializer[dict[str, Any]]):
 
 
 class RunCreateSerializer(serializers.Serializer[dict[str, Any]]):
-    workflow_name = serializers.CharField(max_length=128, help_text="a workflow's name")
+    workflow_name = serializers.RegexField(
+        WORKFLOW_NAME_PATTERN, max_length=128, help_text="a workflow's name"
+    )
     inputs = serializers.DictField(
-        child=serializers.JSONField(),
+        child=AnyJSONField(),
         required=False,
         default=dict,
         help_text="input values by name, in the types the definition declares",
@@ -145,7 +162,8 @@ class RunResumeSerializer(serializers.Serializer[dict[str, Any]]):
 
     def get_fields(self) -> dict[str, serializers.Field]:
         return {
-            "from": serializers.CharField(
+            "from": serializers.RegexField(
+                STATE_NAME_PATTERN,
                 max_length=128,
                 required=False,
                 default="current",
@@ -155,7 +173,7 @@ class RunResumeSerializer(serializers.Serializer[dict[str, Any]]):
                 ),
             ),
             "inputs": serializers.DictField(
-                child=serializers.JSONField(),
+                child=AnyJSONField(),
                 required=False,
                 allow_null=True,
                 default=None,
@@ -179,9 +197,9 @@ class InputDefSerializer(serializers.Serializer[Any]):
     # serializer metaclass moves declared fields out of the class namespace, so only
     # the type checker sees a clash.
     required = serializers.BooleanField()  # type: ignore[assignment]
-    default = serializers.JSONField(help_text="null when the input has no default")
+    default = AnyJSONField(help_text="null when the input has no default")
     description = serializers.CharField(allow_blank=True)
-    validation = serializers.DictField(child=serializers.JSONField())
+    validation = serializers.DictField(child=AnyJSONField())
 
 
 class GraphNodeSerializer(serializers.Serializer[dict[str, Any]]):
@@ -249,7 +267,7 @@ class ErrorSerializer(serializers.Serializer[dict[str, Any]]):
 
 class ValidationErrorSerializer(ErrorSerializer):
     errors = serializers.DictField(  # type: ignore[assignment]
-        child=serializers.JSONField(),
+        child=AnyJSONField(),
         required=False,
         help_text='messages by field, e.g. {"inputs": {"tag": ["This input is required."]}}',
     )
@@ -257,13 +275,13 @@ class ValidationErrorSerializer(ErrorSerializer):
 
 class ConflictErrorSerializer(ErrorSerializer):
     owner = serializers.DictField(
-        child=serializers.JSONField(),
+        child=AnyJSONField(),
         required=False,
         allow_null=True,
         help_text="with code run_locked: the executor holding the run (pid, host, since)",
     )
     errors = serializers.DictField(  # type: ignore[assignment]
-        child=serializers.JSONField(),
+        child=AnyJSONField(),
         required=False,
         help_text="with code invalid_definition: every problem of the definition",
     )

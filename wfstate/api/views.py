@@ -29,6 +29,7 @@ from drf_spectacular.utils import (
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.filters import OrderingFilter, SearchFilter
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -69,6 +70,25 @@ BAD_REQUEST = {
 CONFLICT = {409: _error("The run's state forbids this (see `code`).", s.ConflictErrorSerializer)}
 UNAVAILABLE = {503: _error("Storage failed (full disk, unreachable filesystem); retry later.")}
 
+# Django refuses NUL characters in form and search values (PostgreSQL cannot store
+# them): say so, so that a client (and schemathesis) knows such a value is invalid.
+NO_NUL = r"^[^\x00]*$"
+LIST_PARAMETERS = [
+    OpenApiParameter(
+        "search",
+        OpenApiTypes.STR,
+        OpenApiParameter.QUERY,
+        pattern=NO_NUL,
+        description="Runs whose id or workflow name contains this text.",
+    ),
+    OpenApiParameter(
+        "workflow_name",
+        OpenApiTypes.STR,
+        OpenApiParameter.QUERY,
+        pattern=NO_NUL,
+        description="Only runs of this workflow.",
+    ),
+]
 RUN_ID = OpenApiParameter(
     "workflow_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="The run's id (a UUID4)."
 )
@@ -136,8 +156,9 @@ def _matches(if_none_match: str, etag: str) -> bool:
             200: s.RunSummarySerializer(many=True),
             400: BAD_REQUEST[400],
             **AUTH_ERRORS,
-            404: _error("A page number past the last page."),
+            404: _error("A page that is not a positive integer, or past the last page."),
         },
+        parameters=LIST_PARAMETERS,
     ),
     create=extend_schema(
         summary="Start a run",
@@ -397,6 +418,13 @@ class SchemaView(AccessMixin, SpectacularAPIView):
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return exception_handler
 
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # DRF ignores an empty ``?format=``; a value outside the documented enum is a 404
+        # whether empty or not.
+        if not force and request.query_params.get("format", None) == "":
+            raise NotFound("Unknown format ''.")
+        return super().perform_content_negotiation(request, force)
+
     @extend_schema(
         summary="This OpenAPI schema",
         description=(
@@ -404,7 +432,11 @@ class SchemaView(AccessMixin, SpectacularAPIView):
             "them at. YAML by default; JSON with `Accept: application/vnd.oai.openapi+json` "
             "or `?format=json`."
         ),
-        responses={200: OpenApiResponse(OpenApiTypes.OBJECT), **AUTH_ERRORS},
+        responses={
+            200: OpenApiResponse(OpenApiTypes.OBJECT),
+            **AUTH_ERRORS,
+            404: _error("A `format` other than json or yaml."),
+        },
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
