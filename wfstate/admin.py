@@ -151,7 +151,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         "current_state",
         "progress",
         "duration",
-        "started_at",
+        "started",
     )
     list_display_links = ("short_id",)
     list_filter = ("status", "workflow_name", "started_at")
@@ -237,6 +237,16 @@ class WorkflowRunAdmin(admin.ModelAdmin):
             percent,
             obj.steps_done,
             total,
+        )
+
+    @admin.display(description=gettext_lazy("started"), ordering="started_at")
+    def started(self, obj: WorkflowRun) -> str:
+        if obj.started_at is None:
+            return "—"
+        return format_html(
+            '<span class="wf-time" title="{}">{}</span>',
+            obj.started_at.isoformat(),
+            formats.date_format(timezone.localtime(obj.started_at), "Y-m-d H:i:s"),
         )
 
     @admin.display(description=gettext_lazy("duration"), ordering="duration_ms")

@@ -24,7 +24,7 @@ import orjson
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time
+from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time
 
 # --- sizes of the drawing (px) ----------------------------------------------------------------
 
@@ -77,6 +77,8 @@ class Edge:
     kind: str = "default"
     label: str = ""
     back: bool = False  # goes to an earlier (or the same) layer: a loop
+    long: bool = False  # skips layers: routed down a lane on the left, around the nodes
+    lane: int = 0
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Layout:
     edges: list[Edge] = field(default_factory=list)
     width: float = 0.0
     height: float = 0.0
+    left_lane: float = 0.0
 
 
 def graph_from_states(state: WorkflowState) -> dict[str, Any]:
@@ -207,11 +210,18 @@ def layout(graph: dict[str, Any]) -> Layout:
     widest = max(len(m) for m in layers.values())
     content_w = widest * NODE_W + (widest - 1) * NODE_GAP
     has_loops = any(e.back for e in result.edges)
-    result.width = content_w + 2 * MARGIN + (LOOP_LANE if has_loops else 0)
+    long_targets: dict[str, int] = {}
+    for edge in result.edges:
+        if not edge.back and layer[edge.target] - layer[edge.source] > 1:
+            edge.long = True
+            edge.lane = long_targets.setdefault(edge.target, len(long_targets))
+    left_lane = (LOOP_LANE + 8 * max(0, len(long_targets) - 1)) if long_targets else 0
+    result.left_lane = left_lane
+    result.width = content_w + 2 * MARGIN + (LOOP_LANE if has_loops else 0) + left_lane
     result.height = len(layers) * NODE_H + (len(layers) - 1) * LAYER_GAP + 2 * MARGIN
     for depth, members in layers.items():
         row_w = len(members) * NODE_W + (len(members) - 1) * NODE_GAP
-        left = MARGIN + (content_w - row_w) / 2
+        left = MARGIN + left_lane + (content_w - row_w) / 2
         for i, name in enumerate(members):
             node = result.nodes[name]
             node.layer = depth
@@ -234,6 +244,17 @@ def _edge_path(edge: Edge, nodes: dict[str, Node], lane_x: float, offset: float)
             f"M{x1:.1f},{y1:.1f} C{lane:.1f},{y1:.1f} {lane:.1f},{y1:.1f} "
             f"{lane:.1f},{(y1 + y2) / 2:.1f}"
             f" C{lane:.1f},{y2:.1f} {lane:.1f},{y2:.1f} {x2 + 8:.1f},{y2:.1f}"
+        )
+    if edge.long:
+        # Out of the source's left side, down a lane left of every node, into the top
+        # of the target: edges that skip layers never cross the nodes between.
+        lane = MARGIN / 2 + 4 + 8 * edge.lane
+        x1, y1 = src.x, src.y + NODE_H / 2
+        x2, y2 = dst.x + NODE_W / 2 - 16 - 6 * edge.lane, dst.y - 8
+        return (
+            f"M{x1:.1f},{y1:.1f} C{lane:.1f},{y1:.1f} {lane:.1f},{y1:.1f} {lane:.1f},{y1 + 22:.1f}"
+            f" L{lane:.1f},{y2 - 30:.1f} C{lane:.1f},{y2 - 10:.1f} {x2:.1f},{y2 - 24:.1f}"
+            f" {x2:.1f},{y2:.1f}"
         )
     x1 = src.x + NODE_W / 2 + offset
     y1 = src.y + NODE_H
@@ -284,7 +305,13 @@ def render_svg(
     fan: dict[str, int] = {}
     parts.append('<g class="wf-edges">')
     for edge in drawing.edges:
-        key = f"back:{edge.target}" if edge.back else edge.source
+        key = (
+            f"back:{edge.target}"
+            if edge.back
+            else f"long:{edge.source}"
+            if edge.long
+            else edge.source
+        )
         n = fan.get(key, 0)
         fan[key] = n + 1
         offset = (n % 2 * 2 - 1) * ((n + 1) // 2) * 8 if n else 0
@@ -359,6 +386,7 @@ class Bar:
     duration_ms: int | None
     attempt: int
     label: str
+    rewound: bool = False  # an earlier attempt a resume rewound past (kept in history)
 
 
 def timeline(state: WorkflowState, now: datetime | None = None) -> dict[str, Any]:
@@ -367,23 +395,31 @@ def timeline(state: WorkflowState, now: datetime | None = None) -> dict[str, Any
     start = parse_time(state.started_at)
     final = RunStatus(state.status).is_final
     run_end = parse_time(state.completed_at) if final else now
+    entries: list[tuple[StepResult, bool]] = []
+    for event in state.history:
+        for raw in (event.get("rewound") or []) if isinstance(event, dict) else []:
+            try:
+                entries.append((StepResult.from_dict(raw), True))
+            except (KeyError, TypeError, ValueError):
+                continue
+    entries += [(step, False) for step in state.states.values()]
     steps = []
-    for step in state.states.values():
+    for step, rewound in entries:
         s = parse_time(step.started_at)
         if s is None:
             continue
         e = parse_time(step.completed_at)
         if e is None:
-            e = run_end if step.status == StepStatus.RUNNING else s
-        steps.append((step, s, e or s))
+            e = run_end if step.status == StepStatus.RUNNING and not rewound else s
+        steps.append((step, s, e or s, rewound))
     if start is None:
-        start = min((s for _, s, _ in steps), default=None)
+        start = min((s for _, s, _, _ in steps), default=None)
     if start is None or not steps:
         return {"bars": [], "ticks": [], "span_ms": 0}
-    end = max([e for _, _, e in steps] + ([run_end] if run_end else []))
+    end = max([e for _, _, e, _ in steps] + ([run_end] if run_end else []))
     span = max((end - start).total_seconds() * 1000, 1.0)
     bars = []
-    for step, s, e in sorted(steps, key=lambda item: item[1]):
+    for step, s, e, rewound in sorted(steps, key=lambda item: item[1]):
         left = max(0.0, (s - start).total_seconds() * 1000 / span * 100)
         width = max((e - s).total_seconds() * 1000 / span * 100, 0.4)
         duration = (
@@ -401,6 +437,7 @@ def timeline(state: WorkflowState, now: datetime | None = None) -> dict[str, Any
                 duration_ms=duration,
                 attempt=step.attempt,
                 label=human_duration(duration),
+                rewound=rewound,
             )
         )
     ticks = [{"left": p, "label": human_duration(span * p / 100)} for p in (0, 25, 50, 75, 100)]
