@@ -23,9 +23,9 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
-    extend_schema,
     extend_schema_view,
 )
+from drf_spectacular.utils import extend_schema as spectacular_extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -46,6 +46,27 @@ from wfstate.api.parsers import BoundedJSONParser
 from wfstate.api.permissions import AccessMixin
 from wfstate.models import WorkflowRun
 from wfstate.state import WorkflowState
+
+
+def extend_schema(**kwargs: Any) -> Callable[[Any], Any]:
+    """drf-spectacular's ``extend_schema``, based on drf-spectacular's ``AutoSchema``.
+
+    The original bases its annotations on the host's ``DEFAULT_SCHEMA_CLASS``, read at
+    import time; when a host leaves that at DRF's own ``AutoSchema``, generating the
+    schema fails. Naming the base on the method first makes the API's schema work in
+    any host (tests/test_host_install.py runs one without that setting).
+    """
+    decorate = spectacular_extend_schema(**kwargs)
+
+    def apply(method: Any) -> Any:
+        if getattr(method, "schema", None) is None and "schema" not in getattr(
+            method, "kwargs", {}
+        ):
+            method.schema = AutoSchema
+        return decorate(method)
+
+    return apply
+
 
 # --- the error responses every operation documents -------------------------------------
 
@@ -123,7 +144,8 @@ class WFStateAPIMixin(AccessMixin):
 
     parser_classes: Sequence[type[BaseParser]] = [BoundedJSONParser]
     renderer_classes: Sequence[type[BaseRenderer]] = [JSONRenderer]
-    # drf-spectacular's, whatever the host's DEFAULT_SCHEMA_CLASS.
+    # drf-spectacular's, whatever the host's DEFAULT_SCHEMA_CLASS: the decorators below
+    # fall back to that setting, and drf-spectacular re-bases them on this class.
     schema: ViewInspector | None = AutoSchema()
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
@@ -397,6 +419,9 @@ class WFStateSchemaGenerator(SchemaGenerator):
 
 class SchemaView(AccessMixin, SpectacularAPIView):
     generator_class = WFStateSchemaGenerator
+    # As on every wfstate view: drf-spectacular's inspector even when the host's
+    # DEFAULT_SCHEMA_CLASS is DRF's own (or unset).
+    schema: ViewInspector | None = AutoSchema()
     serve_public = True
     custom_settings = {
         "TITLE": "wfstate API",
