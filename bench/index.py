@@ -72,7 +72,9 @@ def write_files(start: int, stop: int) -> None:
         )
         state.status = STATUSES[i % len(STATUSES)]  # type: ignore[assignment]
         minute = i % 1440
-        state.started_at = f"2026-11-{1 + i % 27:02d}T{minute // 60:02d}:{minute % 60:02d}:00.000000Z"
+        state.started_at = (
+            f"2026-11-{1 + i % 27:02d}T{minute // 60:02d}:{minute % 60:02d}:00.000000Z"
+        )
         state.updated_at = state.started_at
         for n, name in enumerate(("build", "test", "publish")):
             state.states[name] = StepResult(
@@ -163,9 +165,7 @@ def main() -> int:
                 }
                 for name in PAGES
             },
-            "changelist_ratio": round(
-                max(large[name] / small[name] for name in PAGES), 2
-            ),
+            "changelist_ratio": round(max(large[name] / small[name] for name in PAGES), 2),
             "changelist_target": 1.5,
             "sync_s": round(sync_seconds, 3),
             "floor_scan_parse_s": round(floor, 3),
