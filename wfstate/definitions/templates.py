@@ -26,7 +26,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from wfstate.definitions import shell
 from wfstate.definitions.awf import STATE_FIELD_ALIASES, WORKFLOW_FIELD_ALIASES
 from wfstate.exceptions import TemplateError
-from wfstate.state import StepStatus, WorkflowState
+from wfstate.state import StepResult, StepStatus, WorkflowState
 
 __all__ = [
     "build_context",
@@ -182,28 +182,52 @@ def check_value(value: Any) -> None:
 
 _VISIBLE_STEP_STATUSES = (StepStatus.COMPLETED, StepStatus.FAILED)
 
+# name -> (the step result, its status and completed_at when seen, its fields)
+ContextCache = dict[str, tuple[StepResult, str, "str | None", dict[str, Any]]]
 
-def build_context(state: WorkflowState) -> dict[str, Any]:
+
+def _step_fields(step: StepResult) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "output": step.output,
+        "stderr": step.stderr,
+        "exit_code": step.exit_code,
+        "status": str(step.status),
+        "attempt": step.attempt,
+        "error": step.error,
+    }
+    for alias, field in STATE_FIELD_ALIASES.items():
+        fields[alias] = fields[field]
+    return fields
+
+
+def build_context(state: WorkflowState, cache: ContextCache | None = None) -> dict[str, Any]:
     """The names templates see: ``inputs``, ``states`` and ``workflow``.
 
     ``states`` holds each completed or failed step with its snake_case fields and awf's
     PascalCase aliases (``Output``, ``Stderr``, ``ExitCode``, ``Status``).
+
+    ``cache``, a dict the caller keeps for one run (the executor does), saves rebuilding
+    the fields of every finished step at every step (a cost that grows with the run):
+    a step's fields are reused while its result is the same object with the same status
+    and ``completed_at``. The executor never changes a finished result in place (a step
+    run again gets a new one) and builds contexts under the lock its writers hold, so a
+    reused entry is what a rebuild would give. Treat the fields as read-only.
     """
     states: dict[str, dict[str, Any]] = {}
     for name, step in state.states.items():
-        if step.status not in _VISIBLE_STEP_STATUSES:
+        status = step.status
+        if status not in _VISIBLE_STEP_STATUSES:
             continue
-        fields: dict[str, Any] = {
-            "output": step.output,
-            "stderr": step.stderr,
-            "exit_code": step.exit_code,
-            "status": str(step.status),
-            "attempt": step.attempt,
-            "error": step.error,
-        }
-        for alias, field in STATE_FIELD_ALIASES.items():
-            fields[alias] = fields[field]
-        states[name] = fields
+        if cache is None:
+            states[name] = _step_fields(step)
+            continue
+        seen = cache.get(name)
+        completed_at = step.completed_at
+        if seen is not None and seen[0] is step and seen[1] == status and seen[2] == completed_at:
+            states[name] = seen[3]
+        else:
+            fields = states[name] = _step_fields(step)
+            cache[name] = (step, status, completed_at, fields)
     workflow: dict[str, Any] = {
         "id": state.workflow_id,
         "name": state.workflow_name,

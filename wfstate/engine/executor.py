@@ -28,6 +28,7 @@ import orjson
 
 from wfstate.definitions.model import StateDef, WorkflowDefinition
 from wfstate.definitions.templates import (
+    ContextCache,
     build_context,
     evaluate,
     render_command,
@@ -87,6 +88,8 @@ class Executor:
         # mutation and the save.
         self._lock = threading.RLock()
         self._state: WorkflowState | None = None
+        # Template fields of finished steps, reused from step to step (see build_context).
+        self._context_cache: ContextCache = {}
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ class Executor:
     def _route(self, sdef: StateDef, result: StepResult) -> str | None:
         ok = result.status == StepStatus.COMPLETED or sdef.continue_on_error
         if sdef.transitions:
-            context = build_context(self._state_snapshot())
+            context = self._context()
             for transition in sdef.transitions:
                 if transition.when is None or evaluate(transition.when, context):
                     return transition.goto
@@ -180,6 +183,12 @@ class Executor:
     def _state_snapshot(self) -> WorkflowState:
         assert self._state is not None
         return self._state
+
+    def _context(self) -> dict[str, Any]:
+        """The template context now; under the lock, so no branch is half-way through
+        recording its result (which a cached entry would otherwise keep)."""
+        with self._lock:
+            return build_context(self._state_snapshot(), self._context_cache)
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -254,7 +263,7 @@ class Executor:
         state = self._state
         assert state is not None
         try:
-            context = build_context(state)
+            context = self._context()
             if sdef.command is not None:
                 command = render_command(sdef.command, context)
                 cwd = render_text(sdef.dir, context) if sdef.dir else None
@@ -409,7 +418,7 @@ class Executor:
         message = None
         if sdef.message:
             try:
-                message = render_text(sdef.message, build_context(state))
+                message = render_text(sdef.message, self._context())
             except WFStateError as exc:
                 message = f"{sdef.message} (message could not be rendered: {exc})"
         now = utcnow()
