@@ -175,7 +175,9 @@ class JSONFileStore(StateStore):
                     path=str(path),
                 )
             with open(fd, "rb", closefd=False) as fh:
-                return fh.read(self.max_bytes + 1)
+                # Ask for the size we know (plus one byte, to see a file that grew): a
+                # read(max_bytes) would allocate a 64 MiB buffer on every load.
+                return fh.read(st.st_size + 1)
         except OSError as exc:
             raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
         finally:
