@@ -285,7 +285,8 @@ class RunViewSet(WFStateAPIMixin, viewsets.GenericViewSet[WorkflowRun]):
     pagination_class = RunPagination
     filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
     filterset_class = WorkflowRunFilter
-    search_fields = ["workflow_id", "workflow_name"]
+    # An id by its first characters (as tools print them), a workflow by any part of its name.
+    search_fields = ["^workflow_id", "workflow_name"]
     ordering_fields = [
         "started_at",
         "updated_at",
