@@ -206,3 +206,32 @@ def test_no_w001_on_this_machines_real_filesystem(settings: Any, tmp_path: Path)
         pytest.skip(f"the test directory itself is on {fstype}")
     set_wfstate(settings, STORAGE_DIR=tmp_path)
     assert checks.check_storage() == []
+
+
+def test_e004_reports_an_invalid_definition_with_file_and_line(
+    settings: Any, tmp_path: Path
+) -> None:
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    bad = workflows / "bad.yaml"
+    bad.write_text(
+        "name: bad\nstates:\n  initial: a\n  a: {type: step, command: x, on_success: nowhere}\n"
+    )
+    set_wfstate(settings, WORKFLOW_DIRS=[workflows, tmp_path / "missing"])
+    messages = checks.check_definitions()
+    assert ids(messages) == ["wfstate.E004", "wfstate.W002"]
+    error = next(m for m in messages if m.id == "wfstate.E004")
+    assert f"{bad}:4" in error.msg and "nowhere" in error.msg
+
+
+def test_e005_reports_an_unimportable_api_permission_class(settings: Any) -> None:
+    set_wfstate(settings, API_PERMISSION_CLASSES=["rest_framework.permissions.IsAdminUser"])
+    assert checks.check_api_permissions() == []
+    set_wfstate(settings, API_PERMISSION_CLASSES=["rest_framework.permissions.Nope"])
+    assert ids(checks.check_api_permissions()) == ["wfstate.E005"]
+
+
+def test_the_project_passes_every_check() -> None:
+    from django.core.management import call_command
+
+    call_command("check", "--fail-level", "WARNING")

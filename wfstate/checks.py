@@ -5,6 +5,7 @@ exception at import time.
 * wfstate.E002 ``STORE["BACKEND"]`` is not an importable StateStore
 * wfstate.E003 ``LOCK_BACKEND`` is unknown
 * wfstate.E004 a workflow definition is invalid
+* wfstate.E005 an ``API_PERMISSION_CLASSES`` entry cannot be imported
 * wfstate.W001 the storage directory is on a network filesystem (advisory locks unreliable)
 * wfstate.W002 a ``WORKFLOW_DIRS`` entry does not exist
 """
@@ -121,3 +122,54 @@ def check_backends(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     return errors
+
+
+@checks.register("wfstate")
+def check_api_permissions(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A wrong dotted path would otherwise turn every API request into a 500."""
+    from wfstate.conf import conf
+
+    errors: list[checks.CheckMessage] = []
+    for path in conf.API_PERMISSION_CLASSES:
+        try:
+            import_string(path)
+        except ImportError as exc:
+            errors.append(
+                checks.Error(
+                    f"WFSTATE['API_PERMISSION_CLASSES'] entry {path!r} cannot be imported: {exc}",
+                    hint="Use dotted paths to DRF permission classes.",
+                    id="wfstate.E005",
+                )
+            )
+    return errors
+
+
+@checks.register("wfstate")
+def check_definitions(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Invalid workflow files are reported at start-up, each with its file and line."""
+    from django.conf import settings
+
+    from wfstate.conf import conf
+    from wfstate.definitions import get_registry
+
+    messages: list[checks.CheckMessage] = []
+    registry = get_registry()
+    # Only directories the project named: the default <BASE_DIR>/workflows may be absent.
+    configured = "WORKFLOW_DIRS" in (getattr(settings, "WFSTATE", None) or {})
+    for directory in conf.WORKFLOW_DIRS if configured else []:
+        if not Path(directory).is_dir():
+            messages.append(
+                checks.Warning(
+                    f"WFSTATE['WORKFLOW_DIRS'] entry {directory} does not exist.",
+                    id="wfstate.W002",
+                )
+            )
+    for error in registry.errors():
+        messages.append(
+            checks.Error(
+                str(error),
+                hint="Run `manage.py validate_workflow PATH` for the details.",
+                id="wfstate.E004",
+            )
+        )
+    return messages
