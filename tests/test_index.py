@@ -448,3 +448,169 @@ def test_list_workflow_runs_reads_the_index() -> None:
     out = StringIO()
     call_command("list_workflow_runs", "--json", stdout=out)
     assert json.loads(out.getvalue())["count"] == 0
+
+
+# --- sync's fast path: documents projected as they are parsed, and a worker process ------------
+
+
+def _odd_documents() -> list[tuple[str, Any]]:
+    """Variants of a healthy state document: some take sync's fast path, some the store's."""
+    base = make_state(
+        "demo", RunStatus.FAILED, {"greet": StepStatus.COMPLETED, "prepare": StepStatus.FAILED}
+    ).to_dict()
+    base["revision"] = 3
+
+    def variant(**changes: Any) -> dict[str, Any]:
+        document = json.loads(json.dumps(base))
+        for key, value in changes.items():
+            if value is ...:
+                document.pop(key, None)
+            else:
+                document[key] = value
+        return document
+
+    step = dict(base["states"]["greet"])
+    return [
+        ("plain", variant()),
+        ("running", variant(status="running", completed_at=None)),
+        ("no states", variant(states=None, history=None, inputs=None)),
+        ("run error", variant(error="x" * 900)),
+        (
+            "old schema",
+            {
+                k: v
+                for k, v in variant(id=base["workflow_id"]).items()
+                if k not in ("schema_version", "workflow_id", "history")
+            },
+        ),
+        ("newer schema", variant(schema_version=2)),
+        ("bool schema", variant(schema_version=True)),
+        ("revision as text", variant(revision="4")),
+        ("revision null", variant(revision=None)),
+        ("bad status", variant(status="sleeping")),
+        ("list status", variant(status=["running"])),
+        ("no name", variant(workflow_name=...)),
+        ("numeric name", variant(workflow_name=7)),
+        ("other run", variant(workflow_id="00000000-0000-4000-8000-000000000000")),
+        ("bad time", variant(updated_at="yesterday")),
+        ("naive time", variant(completed_at="2026-11-27T11:00:30")),
+        ("numeric current", variant(current_state=5)),
+        ("step not an object", variant(states={"greet": "done"})),
+        ("step without name", variant(states={"greet": {"status": "completed"}})),
+        ("step bad status", variant(states={"greet": {**step, "status": "great"}})),
+        ("step attempt text", variant(states={"greet": {**step, "attempt": "2"}})),
+        ("step attempt junk", variant(states={"greet": {**step, "attempt": "x"}})),
+        ("inputs a list", variant(inputs=[["a", 1]])),
+        ("a list", [1, 2]),
+    ]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sync_fast_path_rows_equal_the_stores_parser(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a file holds, sync's row is the one ``store.load()`` + ``row_fields()``
+    give, or the file is flagged corrupt with the store's own message."""
+    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
+    store = get_store()
+    expected: dict[str, Any] = {}
+    for _, document in _odd_documents():
+        state = make_state()
+        path = store.path_for(state.workflow_id)
+        if isinstance(document, dict):
+            document = {**document}
+            for key in ("workflow_id", "id"):  # this file's run, unless the case says not
+                if key in document and not document[key].startswith("00000000"):
+                    document[key] = state.workflow_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(json.dumps(document).encode())
+        try:
+            loaded = store.load(state.workflow_id)
+            expected[state.workflow_id] = {
+                "workflow_id": state.workflow_id,
+                **index.row_fields(loaded),
+            }
+        except index.CorruptState as exc:
+            expected[state.workflow_id] = str(exc)
+        except Exception as exc:  # a projection error: flagged corrupt by sync
+            expected[state.workflow_id] = f"projection: {exc}"
+    report = index.sync(store, workers=workers)
+    assert report.files == len(expected)
+    got = rows()
+    for workflow_id, want in expected.items():
+        if isinstance(want, dict):
+            assert got[workflow_id] == want, workflow_id
+            assert workflow_id not in report.corrupt
+        elif want.startswith("projection: "):
+            assert workflow_id in report.corrupt
+            assert want.removeprefix("projection: ") in report.corrupt[workflow_id]
+        else:
+            assert report.corrupt[workflow_id] == want
+    again = index.sync(store, workers=workers)
+    assert (again.created, again.updated, again.unchanged) == (0, 0, len(expected))
+
+
+@pytest.mark.django_db
+def test_sync_in_a_worker_process_equals_sync_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
+    monkeypatch.setattr(index, "SYNC_READ_CHUNK", 3)  # several batches through the worker
+    monkeypatch.setattr(index, "SYNC_BATCH", 4)  # and several write transactions
+    states = _files(11)
+    get_store().path_for(states[2].workflow_id).write_bytes(b"{")
+    progress: list[tuple[int, int]] = []
+    parallel = index.sync(workers=1, progress=lambda done, total: progress.append((done, total)))
+    parallel_rows = rows()
+    WorkflowRun.objects.all().delete()
+    serial = index.sync(workers=0)
+    assert rows() == parallel_rows
+    assert (
+        (parallel.created, len(parallel.corrupt))
+        == (serial.created, len(serial.corrupt))
+        == (
+            11,
+            1,
+        )
+    )
+    assert progress[0] == (0, 11)
+    assert progress[-1] == (11, 11)
+
+
+@pytest.mark.django_db
+def test_sync_reads_here_when_the_worker_process_dies(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
+    monkeypatch.setattr(index, "SYNC_READ_CHUNK", 2)
+
+    def dying(*args: Any) -> None:
+        import os
+
+        os._exit(3)
+
+    monkeypatch.setattr(index, "_worker_main", dying)
+    _files(5)
+    with caplog.at_level(logging.WARNING, logger="wfstate.index"):
+        report = index.sync(workers=1)
+    assert report.created == 5
+    assert any("worker process failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.django_db
+def test_prune_keeps_a_row_whose_file_appeared_after_the_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (early,) = _files(1)
+    late = make_state()
+    index.index_state(late)  # its row exists; its file is written "during" the sync
+    real_list = type(get_store()).list
+
+    def listing(store: Any) -> list[str]:
+        listed = real_list(store)
+        store.save(late)
+        return listed
+
+    monkeypatch.setattr(type(get_store()), "list", listing)
+    report = index.sync(prune=True)
+    assert report.pruned == 0
+    assert set(rows()) == {early.workflow_id, late.workflow_id}

@@ -20,16 +20,24 @@ Three ways in:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import multiprocessing
+import multiprocessing.process
+import multiprocessing.queues
 import os
+import queue
 import shutil
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+from django.conf import settings
 from django.db import connections, models, router, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -37,9 +45,9 @@ from django.utils.dateparse import parse_datetime
 
 from wfstate.exceptions import CorruptState, RunNotFound
 from wfstate.models import RunStatusChoices, WorkflowRun
-from wfstate.state import WorkflowState, parse_time
+from wfstate.state import SCHEMA_VERSION, RunStatus, StepStatus, WorkflowState, parse_time
 from wfstate.stores.base import StateStore
-from wfstate.stores.jsonfile import parse_state
+from wfstate.stores.jsonfile import JSONFileStore
 
 logger = logging.getLogger("wfstate.index")
 
@@ -66,9 +74,6 @@ ROW_FIELDS = (
     "error",
     "corrupt",
 )
-
-# How many files a sync reads, compares and writes at a time.
-SYNC_CHUNK = 900  # under SQLite's historical 999 bound parameters
 
 StepCounter = Callable[[str], "int | None"]
 Progress = Callable[[int, int], None]
@@ -115,56 +120,128 @@ def _summary(text: str | None) -> str:
     return text
 
 
-def error_summary(state: WorkflowState) -> str:
-    """The run's error, else the first failed step's, cut to a summary."""
-    if state.error:
-        return _summary(state.error)
-    for step in state.states.values():
-        if step.status == "failed" and step.error:
-            return _summary(f"{step.name}: {step.error}")
-    return ""
-
-
 _DONE = frozenset({"completed", "failed", "skipped"})
 _FINAL = frozenset({"completed", "failed", "cancelled"})
+_RUN_STATUSES = frozenset(str(s) for s in RunStatus)
+_STEP_STATUSES = frozenset(str(s) for s in StepStatus)
 
 
-def row_fields(state: WorkflowState, step_count: StepCounter | None = None) -> dict[str, Any]:
-    """The columns of a run's row, computed from its state alone.
+def project(document: Mapping[str, Any], step_count: StepCounter | None = None) -> dict[str, Any]:
+    """The columns of a run's row, from its state document alone: THE projection.
+
+    ``document`` is a state as ``WorkflowState.to_dict()`` shapes it (the step results
+    may be any mapping with the ``StepResult`` fields). :func:`row_fields` projects a
+    loaded state through this function, and ``sync`` projects a parsed file through it
+    directly, so the two can never disagree.
 
     ``steps_total`` is the definition's number of non-terminal states while the run is
     live (at least the states the run reached), and the states the run reached once it
     is final, so a finished run's progress bar reads what it did, not what it skipped.
     (Written for speed: ``sync`` calls it for every file.)
     """
-    steps = state.states
+    steps = document.get("states") or {}
     reached = len(steps)
-    done = sum(1 for step in steps.values() if step.status in _DONE)
-    status = str(state.status)
+    done = 0
+    failed = ""  # the first failed step's error
+    for step in steps.values():
+        step_status = step.get("status", "running")
+        if step_status in _DONE:
+            done += 1
+            if step_status == "failed" and not failed and step.get("error"):
+                failed = f"{step['name']}: {step['error']}"
+    status = str(document["status"])
+    name = document["workflow_name"]
     if status in _FINAL:
         total = reached
     else:
-        total = max((step_count or definition_step_count)(state.workflow_name) or 0, reached)
-    started = parse_time(state.started_at)
-    updated = parse_time(state.updated_at)
-    completed = parse_time(state.completed_at)
+        total = max((step_count or definition_step_count)(name) or 0, reached)
+    started = parse_time(document.get("started_at"))
+    updated = parse_time(document.get("updated_at"))
+    completed = parse_time(document.get("completed_at"))
     end = completed or updated
     duration = int((end - started).total_seconds() * 1000) if started and end else None
+    error = document.get("error")
     return {
-        "workflow_name": state.workflow_name[:128],
-        "workflow_version": (state.workflow_version or "")[:64],
+        "workflow_name": name[:128],
+        "workflow_version": (document.get("workflow_version") or "")[:64],
         "status": status,
-        "current_state": (state.current_state or "")[:128],
+        "current_state": (document.get("current_state") or "")[:128],
         "started_at": started,
         "updated_at": updated,
         "completed_at": completed,
         "duration_ms": duration,
         "steps_done": done,
         "steps_total": max(total, done),
-        "revision": state.revision,
-        "error": error_summary(state),
+        "revision": document.get("revision") or 0,
+        "error": _summary(error) if error else _summary(failed),
         "corrupt": False,
     }
+
+
+def _document(state: WorkflowState) -> dict[str, Any]:
+    """``state.to_dict()`` without copying the step results (their fields are read as is)."""
+    document = state.shallow_dict()
+    document["states"] = {name: vars(step) for name, step in state.states.items()}
+    return document
+
+
+def row_fields(state: WorkflowState, step_count: StepCounter | None = None) -> dict[str, Any]:
+    """The columns of a run's row, computed from its state alone (see :func:`project`)."""
+    return project(_document(state), step_count)
+
+
+def error_summary(state: WorkflowState) -> str:
+    """The run's error, else the first failed step's, cut to a summary."""
+    return str(row_fields(state, lambda name: None)["error"])
+
+
+def _plain_document(document: Any, workflow_id: str) -> bool:
+    """Whether a parsed file is a current, well-typed state document of ``workflow_id``.
+
+    For such a document ``WorkflowState.from_dict()`` succeeds and changes nothing that
+    :func:`project` reads, so projecting the document is projecting the loaded state.
+    Anything else (an older schema, a missing or odd-typed key, another run's id) is
+    left to the store's own parser, which upgrades it or says precisely what is wrong.
+    """
+    if type(document) is not dict:
+        return False
+    get = document.get
+    version = get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:
+        return False
+    if get("workflow_id") != workflow_id or type(get("workflow_name")) is not str:
+        return False
+    if type(get("status")) is not str or get("status") not in _RUN_STATUSES:
+        return False
+    started, updated = get("started_at"), get("updated_at")
+    if type(started) is not str or type(updated) is not str or not started or not updated:
+        return False
+    revision = get("revision")
+    if type(revision) is not int or revision < 0:
+        return False
+    for key in ("workflow_version", "current_state", "completed_at"):
+        value = get(key)
+        if value is not None and type(value) is not str:
+            return False
+    inputs, history, states = get("inputs"), get("history"), get("states")
+    if inputs is not None and type(inputs) is not dict:
+        return False
+    if history is not None and type(history) is not list:
+        return False
+    if states is None:
+        return True
+    if type(states) is not dict:
+        return False
+    for step in states.values():
+        if type(step) is not dict or "name" not in step:
+            return False
+        step_status = step.get("status", "running")
+        if type(step_status) is not str or step_status not in _STEP_STATUSES:
+            return False
+        attempt = step.get("attempt")
+        if attempt is not None and type(attempt) is not int:
+            return False
+    return True
 
 
 def corrupt_fields(error: BaseException | str) -> dict[str, Any]:
@@ -418,77 +495,251 @@ class SyncReport:
         }
 
 
+# How many files a sync reads and compares before it writes what changed, in one short
+# transaction: the database is locked while a batch is written, never while files are
+# read. Large batches make few commits (each one is a disk sync on SQLite).
+SYNC_BATCH = 10_000
+# How many files a worker reads per task (small: the pipeline fills and drains fast).
+SYNC_READ_CHUNK = 2000
+# How often (in files) a sync reports its progress.
+SYNC_PROGRESS_EVERY = 1000
+# From how many files a sync reads and parses them in a worker process while this one
+# compares and writes (forking a worker costs a fraction of a second).
+SYNC_PARALLEL_MIN = 10_000
+
+# What projecting a state that parsed but holds nonsense (a time that is not ISO 8601,
+# naive and aware times mixed, a name that is not text) raises.
+_PROJECTION_ERRORS = (TypeError, ValueError, AttributeError, OverflowError)
+
+# One read result: the row's comparable values, a corrupt file's error, or None for a
+# file the worker left to this process's slow path.
+_Values = tuple[Any, ...]
+
+
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _load(store: StateStore, workflow_id: str) -> WorkflowState:
-    """``store.load()``, with a fast path for the file store's plain, healthy files.
+def _comparable(fields: dict[str, Any], text_times: bool, tz: dt.tzinfo) -> _Values:
+    """A row's values in ``ROW_FIELDS`` order, as the index table returns them.
 
-    One ``os.read`` of the file's size (no symlink followed, size-limited like the
-    store's own reader); anything unusual (missing, a link, too big, unreadable) goes
-    through ``store.load()``, which raises the precise error.
-
-    Raises:
-        RunNotFound, CorruptState, StorageError.
+    With ``text_times`` (SQLite) a datetime is the text Django's SQLite backend stores
+    for it (``adapt_datetimefield_value``: naive, in the connection's time zone).
     """
-    path_for = getattr(store, "path_for", None)
-    max_bytes = getattr(store, "max_bytes", None)
-    if path_for is None or max_bytes is None:
-        return store.load(workflow_id)
-    path = path_for(workflow_id)
+    values = [fields[name] for name in ROW_FIELDS]
+    if text_times:
+        for i in _DATETIME_AT:
+            value = values[i]
+            if value is not None:
+                values[i] = str(value.astimezone(tz).replace(tzinfo=None))
+    return tuple(values)
+
+
+_DATETIME_AT = tuple(
+    i for i, name in enumerate(ROW_FIELDS) if name in ("started_at", "updated_at", "completed_at")
+)
+
+
+def _read_plain(path: str, max_bytes: int) -> bytes | None:
+    """A plain state file's bytes in one ``os.read``, or None for anything unusual
+    (missing, a link, not a regular file, too big, growing, unreadable): the store's
+    own reader then says precisely what is wrong."""
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
     except OSError:
-        return store.load(workflow_id)
+        return None
     try:
-        size = os.fstat(fd).st_size
-        if size > max_bytes:
-            return store.load(workflow_id)
-        chunks = []
-        remaining = max_bytes + 1
-        while remaining > 0:
-            data = os.read(fd, min(remaining, max(size + 1, 65536)))
-            if not data:
-                break
-            chunks.append(data)
-            remaining -= len(data)
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode) or size > max_bytes:
+            return None
+        data = os.read(fd, size + 1)
     except OSError:
-        return store.load(workflow_id)
+        return None
     finally:
         os.close(fd)
-    if remaining <= 0:  # grew past the limit while we read it
-        return store.load(workflow_id)
-    return parse_state(b"".join(chunks), path, workflow_id)
+    return data if len(data) <= size else None
 
 
-def _read_chunk(
-    store: StateStore, ids: Iterable[str], steps: StepCounter
-) -> Iterator[tuple[str, dict[str, Any] | CorruptState]]:
-    for workflow_id in ids:
+@dataclass(frozen=True)
+class _PlainReader:
+    """Reads, parses and projects the file store's plain, current state files.
+
+    One ``os.read`` per file, ``orjson``, and :func:`project` on the document: no
+    ``WorkflowState`` is built. A file that is anything but plain (missing, a link,
+    broken, an older schema, odd types) comes back as None, for ``store.load()`` to
+    upgrade or to name what is wrong. No database, no shared state: this is what the
+    worker process of a parallel sync runs.
+    """
+
+    prefix: str  # the store's directory, with a trailing separator
+    max_bytes: int
+    steps: StepCounter
+    text_times: bool
+    tz: dt.tzinfo
+
+    def __call__(self, ids: list[str]) -> list[tuple[str, _Values | None]]:
+        out: list[tuple[str, _Values | None]] = []
+        for workflow_id in ids:
+            values = None
+            data = _read_plain(f"{self.prefix}{workflow_id}.json", self.max_bytes)
+            if data is not None:
+                try:
+                    document = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    document = None
+                if document is not None and _plain_document(document, workflow_id):
+                    try:
+                        fields = project(document, self.steps)
+                        values = _comparable(fields, self.text_times, self.tz)
+                    except _PROJECTION_ERRORS:
+                        values = None  # e.g. a time that is not ISO 8601
+            out.append((workflow_id, values))
+        return out
+
+
+def _can_fork_worker() -> bool:
+    """A worker process helps (a spare core) and is safe to fork: fork is available and
+    this process has no other thread (a thread holding a lock at the fork would leave
+    it locked in the child) and is no daemon (which may not have children)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return (
+        cores > 1
+        and "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and not multiprocessing.current_process().daemon
+    )
+
+
+# How many read batches a sync's worker process may be ahead of the rows written, and
+# how long a sync waits for it to send one before it reads the files itself.
+SYNC_WORKER_AHEAD = 10
+SYNC_WORKER_TIMEOUT = 60.0
+
+
+def _worker_main(
+    reader: _PlainReader,
+    batches: list[list[str]],
+    results: multiprocessing.queues.Queue[Any],
+    credits: Any,
+) -> None:
+    """The worker process of a parallel sync: reads its (inherited) batches in order and
+    queues each result, at most ``SYNC_WORKER_AHEAD`` batches ahead of its reader."""
+    for batch in batches:
+        credits.acquire()
+        results.put(reader(batch))
+    results.close()
+    results.join_thread()
+
+
+def _read_batches(
+    reader: _PlainReader | None, batches: list[list[str]], parallel: bool
+) -> Iterator[list[tuple[str, _Values | None]]]:
+    """The plain reader's results, batch by batch, in order.
+
+    With ``parallel``, a forked worker process reads and parses them while this one
+    compares and writes. No thread is started here: results are received by the
+    caller's own thread when it wants the next batch (a receiving thread would contend
+    for the GIL with the database writes). If the worker fails or stalls, the remaining
+    batches are read here: a sync never fails for want of a worker.
+    """
+    if reader is None:
+        for batch in batches:
+            yield [(workflow_id, None) for workflow_id in batch]
+        return
+    worker = None
+    if parallel:
+        context = multiprocessing.get_context("fork")
         try:
-            state = _load(store, workflow_id)
-        except RunNotFound:
-            continue  # deleted since we listed it
-        except CorruptState as exc:
-            yield workflow_id, exc
-            continue
-        yield workflow_id, row_fields(state, steps)
+            results: multiprocessing.queues.Queue[Any] = context.Queue()
+            credits = context.Semaphore(SYNC_WORKER_AHEAD)
+            worker = context.Process(
+                target=_worker_main,
+                args=(reader, batches, results, credits),
+                name="wfstate-sync-reader",
+                daemon=True,
+            )
+            worker.start()
+        except Exception:
+            logger.warning("sync: no worker process; reading in this one", exc_info=True)
+            worker = None
+    try:
+        for batch in batches:
+            if worker is not None:
+                try:
+                    result = _receive(worker, results)
+                    credits.release()
+                except Exception:
+                    logger.warning("sync: the worker process failed; reading here", exc_info=True)
+                    worker.kill()
+                    worker.join()
+                    worker = None
+                else:
+                    yield result
+                    continue
+            yield reader(batch)
+    finally:
+        if worker is not None:
+            if worker.is_alive():
+                worker.kill()  # the caller stopped early
+            worker.join()
+
+
+def _receive(worker: multiprocessing.process.BaseProcess, results: Any) -> Any:
+    """The worker's next result; raises if it died or sent nothing for too long."""
+    deadline = time.monotonic() + SYNC_WORKER_TIMEOUT
+    while True:
+        try:
+            return results.get(timeout=0.5)
+        except queue.Empty:
+            if not worker.is_alive():
+                raise RuntimeError(f"the worker exited ({worker.exitcode})") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no batch within {SYNC_WORKER_TIMEOUT:g}s") from None
+
+
+def _read_slow(
+    store: StateStore, workflow_id: str, steps: StepCounter, table: _Table
+) -> _Values | CorruptState | None:
+    """``store.load()`` and :func:`row_fields`: the row's values, the CorruptState the
+    file raises, or None when the file is gone (deleted since the listing)."""
+    try:
+        state = store.load(workflow_id)
+    except RunNotFound:
+        return None
+    except CorruptState as exc:
+        return exc
+    try:
+        return table.comparable(row_fields(state, steps))
+    except _PROJECTION_ERRORS as exc:
+        return CorruptState(f"run {workflow_id} is not a valid state: {exc}")
 
 
 class _Table:
     """Raw, set-based reads and writes of the index table for ``sync``.
 
     The ORM's ``bulk_create`` spends most of its time preparing values field by field;
-    here a chunk is one ``SELECT ... IN`` and one ``executemany`` upsert (``INSERT ...
+    here a batch is a few ``SELECT ... IN`` and one ``executemany`` upsert (``INSERT ...
     ON CONFLICT (workflow_id) DO UPDATE``, which SQLite and PostgreSQL share). Other
     backends take the ORM's ``bulk_create(update_conflicts=True)``.
+
+    Rows are compared in the form the database returns them: on SQLite the datetime
+    columns are read as their stored text (``CAST(... AS TEXT)``, nothing parsed) and
+    the file's values are put in that same text form, which is also what is written.
     """
 
     def __init__(self) -> None:
         self.connection = connections[router.db_for_write(WorkflowRun)]
-        self.fast = self.connection.vendor in ("sqlite", "postgresql")
+        vendor = self.connection.vendor
+        self.fast = vendor in ("sqlite", "postgresql")
+        # SQLite keeps datetimes as text: compare and write that text directly.
+        self.text_times = vendor == "sqlite" and bool(settings.USE_TZ)
+        self.tz: dt.tzinfo = self.connection.timezone or dt.UTC
+        self.lookup = min(self.connection.features.max_query_params or 5000, 5000) - 99
         meta = WorkflowRun._meta
         quote = self.connection.ops.quote_name
         self.table = quote(meta.db_table)
@@ -496,11 +747,7 @@ class _Table:
         self.columns = [quote(self._column(name)) for name in ROW_FIELDS]
         self.indexed_at = quote(self._column("indexed_at"))
         self.corrupt_at = ROW_FIELDS.index("corrupt")
-        self.datetimes = {
-            i
-            for i, name in enumerate(ROW_FIELDS)
-            if isinstance(meta.get_field(name), models.DateTimeField)
-        }
+        self.started_at = ROW_FIELDS.index("started_at")
 
     @staticmethod
     def _column(name: str) -> str:
@@ -508,29 +755,29 @@ class _Table:
         assert isinstance(field, models.Field)
         return str(field.column)
 
-    def adapt(self, fields: dict[str, Any]) -> tuple[Any, ...]:
-        """The row's values as the database driver takes them."""
-        adapt = self.connection.ops.adapt_datetimefield_value
-        return tuple(
-            adapt(fields[name]) if i in self.datetimes else fields[name]
-            for i, name in enumerate(ROW_FIELDS)
-        )
+    def comparable(self, fields: dict[str, Any]) -> _Values:
+        """The row's values as :meth:`existing` returns them."""
+        return _comparable(fields, self.text_times, self.tz)
 
-    def existing(self, ids: list[str]) -> dict[str, tuple[Any, ...]]:
-        """The chunk's rows, as comparable to ``row_fields()`` values (aware datetimes)."""
-        placeholders = ", ".join(["%s"] * len(ids))
-        sql = (
-            f"SELECT {self.key}, {', '.join(self.columns)} FROM {self.table} "  # noqa: S608 - quoted names, bound values
-            f"WHERE {self.key} IN ({placeholders})"
-        )
+    def existing(self, ids: list[str]) -> dict[str, _Values]:
+        """The rows of ``ids`` that exist, as comparable to :meth:`comparable` values."""
+        columns = [
+            f"CAST({c} AS TEXT)" if self.text_times and i in _DATETIME_AT else c
+            for i, c in enumerate(self.columns)
+        ]
+        select = f"SELECT {self.key}, {', '.join(columns)} FROM {self.table} WHERE {self.key} IN"  # noqa: S608 - quoted names, bound values
+        fetched: list[Any] = []
         with self.connection.cursor() as cursor:
-            cursor.execute(sql, ids)
-            fetched = cursor.fetchall()
-        tz = self.connection.timezone
+            for part in _chunks(ids, self.lookup):
+                cursor.execute(f"{select} ({', '.join(['%s'] * len(part))})", part)
+                fetched.extend(cursor.fetchall())
+        if self.text_times:
+            return {raw[0]: (*raw[1:-1], bool(raw[-1])) for raw in fetched}
+        tz = self.tz
         rows = {}
         for raw in fetched:
             values = list(raw[1:])
-            for i in self.datetimes:
+            for i in _DATETIME_AT:
                 value = values[i]
                 if isinstance(value, str):  # a driver without converters
                     value = parse_datetime(value)
@@ -541,13 +788,29 @@ class _Table:
             rows[raw[0]] = tuple(values)
         return rows
 
-    def upsert(self, rows: list[tuple[str, dict[str, Any], tuple[Any, ...]]]) -> None:
+    def run_ids(self) -> Iterator[str]:
+        """Every row's run id."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"SELECT {self.key} FROM {self.table}")  # noqa: S608 - quoted names
+            while batch := cursor.fetchmany(10_000):
+                for (workflow_id,) in batch:
+                    yield workflow_id
+
+    def upsert(self, rows: list[tuple[str, _Values]]) -> None:
+        """Insert or overwrite rows (values as :meth:`comparable` gives them)."""
         if not rows:
             return
+        # In start order: the listing indexes (started_at, and status or name with it)
+        # then grow at a few places instead of at random ones, which is faster.
+        at = self.started_at
+        rows = sorted(rows, key=lambda row: (row[1][at] is not None, row[1][at] or 0))
         now = timezone.now()
         if not self.fast:
             objs = [
-                WorkflowRun(workflow_id=wid, indexed_at=now, **fields) for wid, fields, _ in rows
+                WorkflowRun(
+                    workflow_id=wid, indexed_at=now, **dict(zip(ROW_FIELDS, values, strict=True))
+                )
+                for wid, values in rows
             ]
             WorkflowRun.objects.bulk_create(
                 objs,
@@ -564,8 +827,16 @@ class _Table:
             f"ON CONFLICT ({self.key}) DO UPDATE SET {updates}"
         )
         stamp = self.connection.ops.adapt_datetimefield_value(now)
+        if self.text_times:
+            params = [(wid, *values, stamp) for wid, values in rows]
+        else:
+            adapt = self.connection.ops.adapt_datetimefield_value
+            params = [
+                (wid, *(adapt(v) if i in _DATETIME_AT else v for i, v in enumerate(values)), stamp)
+                for wid, values in rows
+            ]
         with self.connection.cursor() as cursor:
-            cursor.executemany(sql, [(wid, *values, stamp) for wid, _, values in rows])
+            cursor.executemany(sql, params)
 
 
 def _walk(
@@ -574,28 +845,54 @@ def _walk(
     write: bool,
     prune: bool,
     progress: Progress | None,
-    chunk_size: int = SYNC_CHUNK,
+    workers: int | None = None,
+    batch_size: int = SYNC_BATCH,
 ) -> SyncReport:
     started = time.perf_counter()
     report = SyncReport()
     ids = store.list()
-    report.files = len(ids)
+    total = report.files = len(ids)
     steps = _CachedStepCounter()
     table = _Table()
-    done = 0
     if progress:
-        progress(0, report.files)
-    for chunk in _chunks(ids, chunk_size):
+        progress(0, total)
+    reader = None
+    if isinstance(store, JSONFileStore):
+        reader = _PlainReader(
+            os.path.join(os.fspath(store.directory), ""),
+            store.max_bytes,
+            steps,
+            table.text_times,
+            table.tz,
+        )
+    if workers is None:
+        parallel = total >= SYNC_PARALLEL_MIN and _can_fork_worker()
+    else:
+        parallel = workers > 0 and _can_fork_worker()
+    corrupt_status = corrupt_fields("")["status"]
+    status_at, error_at = ROW_FIELDS.index("status"), ROW_FIELDS.index("error")
+    chunks = list(_chunks(ids, SYNC_READ_CHUNK))
+    to_write: list[tuple[str, _Values]] = []
+    corrupt_updates: list[tuple[str, dict[str, Any]]] = []
+    done = 0
+    for chunk, read in zip(chunks, _read_batches(reader, chunks, parallel), strict=True):
         existing = table.existing(chunk)
-        to_write: list[tuple[str, dict[str, Any], tuple[Any, ...]]] = []
-        corrupt_updates: list[tuple[str, dict[str, Any]]] = []
-        for workflow_id, result in _read_chunk(store, chunk, steps):
+        for workflow_id, plain in read:
+            done += 1
+            if progress and done % SYNC_PROGRESS_EVERY == 0 and done < total:
+                progress(done, total)
+            result = plain if plain is not None else _read_slow(store, workflow_id, steps, table)
+            if result is None:
+                continue  # deleted since we listed it
             row = existing.get(workflow_id)
             if isinstance(result, CorruptState):
                 report.corrupt[workflow_id] = str(result)
                 wanted = corrupt_fields(result)
-                if row is not None and all(
-                    row[ROW_FIELDS.index(name)] == value for name, value in wanted.items()
+                if (
+                    row is not None
+                    and row[status_at] == corrupt_status
+                    and row[table.corrupt_at] is True
+                    and row[error_at] == wanted["error"]
                 ):
                     report.unchanged += 1
                     continue
@@ -606,32 +903,37 @@ def _walk(
                 else:
                     report.updated += write
                 continue
-            values = tuple(result[name] for name in ROW_FIELDS)
             if row is None:
                 report.missing_rows.append(workflow_id)
                 report.created += write
-            elif row == values:
+            elif row == result:
                 report.unchanged += 1
                 continue
             else:
                 diff = {
-                    name: {"row": row[i], "file": values[i]}
+                    name: {"row": row[i], "file": result[i]}
                     for i, name in enumerate(ROW_FIELDS)
-                    if row[i] != values[i]
+                    if row[i] != result[i]
                 }
                 report.drifted[workflow_id] = {
                     name: diff[name] for name in ("revision", "status") if name in diff
                 } or {"fields": sorted(diff)}
                 report.updated += write
-            to_write.append((workflow_id, result, table.adapt(result)))
-        if write:
-            with transaction.atomic(using=table.connection.alias):
-                table.upsert(to_write)
-                _write_corrupt(corrupt_updates)
-        done += len(chunk)
-        if progress:
-            progress(done, report.files)
-    stale = _stale_rows(set(ids))
+            to_write.append((workflow_id, result))
+        if not write:
+            to_write, corrupt_updates = [], []
+        elif len(to_write) + len(corrupt_updates) >= batch_size or chunk is chunks[-1]:
+            if to_write or corrupt_updates:
+                # One short transaction per batch: its files were read before it began.
+                with transaction.atomic(using=table.connection.alias):
+                    table.upsert(to_write)
+                    _write_corrupt(corrupt_updates)
+            to_write, corrupt_updates = [], []
+    if progress and total:
+        progress(total, total)
+    file_ids = set(ids)
+    # A row whose file appeared after the listing (a run started meanwhile) is not stale.
+    stale = [wid for wid in table.run_ids() if wid not in file_ids and not store.exists(wid)]
     if prune and write:
         report.pruned = _prune(stale)
     else:
@@ -647,16 +949,6 @@ def _write_corrupt(corrupt: list[tuple[str, dict[str, Any]]]) -> None:
             WorkflowRun.objects.create(workflow_id=workflow_id, workflow_name="?", **fields)
 
 
-def _stale_rows(file_ids: set[str]) -> list[str]:
-    return [
-        workflow_id
-        for workflow_id in WorkflowRun.objects.values_list("workflow_id", flat=True).iterator(
-            chunk_size=5000
-        )
-        if workflow_id not in file_ids
-    ]
-
-
 def _prune(stale: list[str]) -> int:
     pruned = 0
     for chunk in _chunks(stale, 500):
@@ -666,7 +958,11 @@ def _prune(stale: list[str]) -> int:
 
 
 def sync(
-    store: StateStore | None = None, *, prune: bool = False, progress: Progress | None = None
+    store: StateStore | None = None,
+    *,
+    prune: bool = False,
+    progress: Progress | None = None,
+    workers: int | None = None,
 ) -> SyncReport:
     """Rebuild the index from the files; the file always wins.
 
@@ -674,18 +970,29 @@ def sync(
     (whatever the revisions: a file edited by hand wins), a file without a row gets one,
     a corrupt file's row is flagged ``corrupt`` with the error (never fatal). Rows whose
     file is gone are reported, and deleted with ``prune=True``. Writes go in bulk, a
-    chunk of files at a time. ``progress(done, total)`` is called after each chunk.
+    batch of files at a time, each batch in one short transaction.
+    ``progress(done, total)`` is called every thousand files and at the end.
+
+    ``workers``: None reads and parses the files of a big store (``SYNC_PARALLEL_MIN``
+    files or more) in one forked worker process while this one compares and writes,
+    when there is a spare core and forking is safe (no other thread); 0 reads here;
+    1 asks for the worker whatever the number of files.
     """
     from wfstate.stores import get_store
 
-    return _walk(store or get_store(), write=True, prune=prune, progress=progress)
+    return _walk(store or get_store(), write=True, prune=prune, progress=progress, workers=workers)
 
 
-def inspect(store: StateStore | None = None, *, progress: Progress | None = None) -> SyncReport:
+def inspect(
+    store: StateStore | None = None,
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> SyncReport:
     """What :func:`sync` would change, without writing anything (for ``doctor``)."""
     from wfstate.stores import get_store
 
-    return _walk(store or get_store(), write=False, prune=False, progress=progress)
+    return _walk(store or get_store(), write=False, prune=False, progress=progress, workers=workers)
 
 
 # --- quarantine ------------------------------------------------------------------------------
