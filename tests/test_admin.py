@@ -95,6 +95,43 @@ def test_changelist_shows_badges_progress_and_filters(
     assert "started_at__day=27" in html
 
 
+def test_search_by_id_prefix_and_name_prefix() -> None:
+    from wfstate.admin import search_q
+
+    ids = [
+        "3f2a0000-0000-4000-8000-000000000001",
+        "3f2b0000-0000-4000-8000-000000000002",
+        "ab000000-0000-4000-8000-000000000003",
+    ]
+    for workflow_id, name in zip(ids, ("release", "release-nightly", "Backup"), strict=True):
+        WorkflowRun.objects.create(workflow_id=workflow_id, workflow_name=name, status="running")
+
+    def found(*words: str) -> set[str]:
+        queryset = WorkflowRun.objects.all()
+        for word in words:
+            queryset = queryset.filter(search_q(word))
+        return {workflow_id[:4] for workflow_id in queryset.values_list("workflow_id", flat=True)}
+
+    assert found("3f2") == {"3f2a", "3f2b"}
+    assert found("3F2A") == {"3f2a"}  # ids in any case
+    assert found(ids[1]) == {"3f2b"}  # the whole id
+    assert found(ids[1][:10]) == {"3f2b"}  # through the dash
+    assert found("rel") == {"3f2a", "3f2b"}
+    assert found("release-n") == {"3f2b"}
+    assert found("Back") == {"ab00"}
+    assert found("back") == set()  # names are case-sensitive...
+    assert found("B") == {"ab00"}
+    assert found("ab") == {"ab00"}  # hex: an id prefix, or a name prefix
+    assert found("eas") == set()  # ...and matched from their beginning
+    assert found("rel", "3f2b") == {"3f2b"}  # several words: each must match
+    assert found("zzz") == set()
+
+
+def test_search_help_text_tells_how_search_works(admin_client: Client) -> None:
+    html = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert "beginning of a workflow name" in html
+
+
 def test_date_hierarchy_offers_every_period_between_first_and_last(admin_client: Client) -> None:
     for started in (
         "2025-03-02T10:00:00.000000Z",

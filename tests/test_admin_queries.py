@@ -78,3 +78,22 @@ def test_changelist_queries_are_constant_from_100_to_100000_runs(admin_client: C
     # Still a full page of runs at 100,000 rows.
     html = admin_client.get(reverse("admin:wfstate_workflowrun_changelist")).content.decode()
     assert html.count('class="wf-progress"') == 50
+
+
+def test_searches_are_answered_from_indexes() -> None:
+    """Every search word is an index range: no plan scans the table (SQLite)."""
+    from wfstate.admin import search_q
+
+    if connection.vendor != "sqlite":
+        pytest.skip("EXPLAIN QUERY PLAN is SQLite's")
+    add_runs(0, 500)
+    for words in (["0000"], ["backup"], ["Backup"], ["deploy", "0000"], [str(uuid.UUID(int=7))]):
+        queryset = WorkflowRun.objects.all()
+        for word in words:
+            queryset = queryset.filter(search_q(word))
+        sql, params = queryset.order_by("-started_at", "-id")[:50].query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            plan = " | ".join(str(row[-1]) for row in cursor.fetchall())
+        assert "USING INDEX" in plan, (words, plan)
+        assert "SCAN wfstate_workflowrun" not in plan, (words, plan)
