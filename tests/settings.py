@@ -24,7 +24,8 @@ if os.environ.get("WFSTATE_TEST_DB") == "postgres":
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",
-            "NAME": "test",
+            # Children of a test (workers) are handed the test database's name.
+            "NAME": os.environ.get("WFSTATE_TEST_PG_NAME", "test"),
             "USER": os.environ.get("PGUSER", "postgres"),
             "HOST": "127.0.0.1",
             "PORT": "5432",
@@ -40,3 +41,33 @@ WFSTATE = {
     "WORKFLOW_DIRS": [BASE_DIR / "project" / "workflows", BASE_DIR / "tests" / "workflows"],
     "LOCK_TIMEOUT": 2.0,
 }
+
+# Scale-out tests (tests/test_scale.py) start RQ workers with these switches; each test
+# has its own queue name and Redis key prefix, so concurrent test runs never meet.
+if os.environ.get("WFSTATE_TEST_TASKS") == "rq":
+    _rq_queue = os.environ.get("WFSTATE_TEST_RQ_QUEUE", "default")
+    INSTALLED_APPS = [*INSTALLED_APPS, "django_rq", "django_tasks_rq"]  # noqa: F405
+    # "default" stays valid: wfstate's task is declared on it (checked at import).
+    TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default", _rq_queue]}}
+    RQ_QUEUES = {
+        name: {
+            "URL": os.environ.get("WFSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "DEFAULT_TIMEOUT": -1,
+        }
+        for name in ("default", _rq_queue)
+    }
+    WFSTATE["TASK_QUEUE"] = _rq_queue
+if os.environ.get("WFSTATE_TEST_LOCK_BACKEND") == "redis":
+    WFSTATE["LOCK_BACKEND"] = "redis"
+    WFSTATE["STORE"] = {
+        "BACKEND": "wfstate.stores.JSONFileStore",
+        "OPTIONS": {
+            "lock_options": {
+                "redis_url": os.environ.get("WFSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                "prefix": os.environ.get("WFSTATE_TEST_REDIS_PREFIX", "wfstate-test"),
+            }
+        },
+    }
+if os.environ.get("WFSTATE_TEST_WORKFLOW_DIR"):
+    _extra_dir = Path(os.environ["WFSTATE_TEST_WORKFLOW_DIR"])
+    WFSTATE["WORKFLOW_DIRS"] = [*WFSTATE["WORKFLOW_DIRS"], _extra_dir]

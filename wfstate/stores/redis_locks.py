@@ -69,8 +69,14 @@ RUN_THREAD_SLEEP = 0.02
 # live but silent holder. Generous, so that a loaded machine never reaps a live one.
 UNAVAILABLE_TIMEOUT = 2.0
 # A taker of the run lock that finds the channel busy with other takers (two deliveries
-# of one run racing) retries this long before it reports the run as locked.
-RUN_LOCK_SETTLE = 0.2
+# of one run racing) retries this long, every RUN_CHECK_INTERVAL, before it reports the
+# run as locked. A conclusive answer ("held") ends it at once; only a probe spoilt by a
+# rival leaving mid-probe is retried, and the elected rival must have the time to win,
+# or both takers would give up and nobody execute the run.
+RUN_LOCK_SETTLE = 1.0
+RUN_CHECK_INTERVAL = 0.01
+# A holder writes its owner record just after locking: how long a reader waits for it.
+OWNER_SETTLE = 0.2
 
 
 class RedisLockBackend(LockBackend):
@@ -202,7 +208,12 @@ class RedisLockBackend(LockBackend):
 
     @contextlib.contextmanager
     def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
-        lock = self._lock(workflow_id, "run", thread_sleep_time=RUN_THREAD_SLEEP)
+        lock = self._lock(
+            workflow_id,
+            "run",
+            thread_sleep_time=RUN_THREAD_SLEEP,
+            check_interval=RUN_CHECK_INTERVAL,
+        )
         try:
             # fail_when_locked: the first conclusive probe that shows a holder raises at
             # once; the short timeout only covers inconclusive probes (two takers racing
@@ -259,7 +270,7 @@ class RedisLockBackend(LockBackend):
                 return None  # nobody on the channel: the lock is free
             # Someone is subscribed: the holder, or takers that are about to give up.
             # Ask who holds it, and believe only an owner record written by a live holder.
-            deadline = time.monotonic() + RUN_LOCK_SETTLE
+            deadline = time.monotonic() + OWNER_SETTLE
             while True:
                 try:
                     holders = _live_holders(RedisLock(channel, connection=self.connection))
