@@ -28,6 +28,7 @@ import multiprocessing.queues
 import os
 import queue
 import shutil
+import signal
 import stat
 import threading
 import time
@@ -628,7 +629,9 @@ def _worker_main(
     credits: Any,
 ) -> None:
     """The worker process of a parallel sync: reads its (inherited) batches in order and
-    queues each result, at most ``SYNC_WORKER_AHEAD`` batches ahead of its reader."""
+    queues each result, at most ``SYNC_WORKER_AHEAD`` batches ahead of its reader.
+    Ctrl-C is the parent's to handle: it stops (kills) the worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for batch in batches:
         credits.acquire()
         results.put(reader(batch))
