@@ -32,8 +32,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check wfstate tests project bench
 	$(VENV)/bin/mypy
 
+# Then the index, admin, API and scale tests again with the index on the machine's
+# PostgreSQL (pytest-django creates test_<NAME>); the wildcard skips absent files.
 test: $(STAMP) browser lint
 	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	WFSTATE_TEST_DB=postgres $(VENV)/bin/pytest -p no:cacheprovider -m "not browser" \
+		$(wildcard tests/test_index.py tests/test_admin*.py tests/test_api*.py \
+			tests/test_sync_doctor.py tests/test_scale.py) $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(PY) manage.py migrate --noinput -v 0
