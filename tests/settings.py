@@ -3,6 +3,7 @@
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 from project.settings import *  # noqa: F403
 from project.settings import BASE_DIR
@@ -48,7 +49,11 @@ if os.environ.get("WFSTATE_TEST_TASKS") == "rq":
     _rq_queue = os.environ.get("WFSTATE_TEST_RQ_QUEUE", "default")
     INSTALLED_APPS = [*INSTALLED_APPS, "django_rq", "django_tasks_rq"]  # noqa: F405
     # "default" stays valid: wfstate's task is declared on it (checked at import).
-    TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default", _rq_queue]}}
+    _rq_backend: dict[str, Any] = {
+        "BACKEND": "django_tasks_rq.RQBackend",
+        "QUEUES": ["default", _rq_queue],
+    }
+    TASKS = {"default": _rq_backend}
     RQ_QUEUES = {
         name: {
             "URL": os.environ.get("WFSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -70,4 +75,4 @@ if os.environ.get("WFSTATE_TEST_LOCK_BACKEND") == "redis":
     }
 if os.environ.get("WFSTATE_TEST_WORKFLOW_DIR"):
     _extra_dir = Path(os.environ["WFSTATE_TEST_WORKFLOW_DIR"])
-    WFSTATE["WORKFLOW_DIRS"] = [*WFSTATE["WORKFLOW_DIRS"], _extra_dir]
+    WFSTATE["WORKFLOW_DIRS"] = [*cast("list[Path]", WFSTATE["WORKFLOW_DIRS"]), _extra_dir]
