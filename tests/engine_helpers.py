@@ -21,6 +21,10 @@ def child_env(storage: Path, **extra: str) -> dict[str, str]:
         "WFSTATE_INDEX_ON_WRITE": "0",
         "PYTHONUNBUFFERED": "1",
     }
+    from django.db import connection
+
+    # On PostgreSQL the test database has its own name (test_test): hand it on.
+    env["WFSTATE_TEST_PG_NAME"] = str(connection.settings_dict["NAME"])
     env.update(extra)
     return env
 

@@ -556,8 +556,11 @@ def worker(
         **os.environ,
         "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings"),
         "WFSTATE_STORAGE_DIR": str(wfstate_settings["STORAGE_DIR"]),
+        # On PostgreSQL the test database has its own name: hand it to the worker.
+        "WFSTATE_TEST_PG_NAME": str(connection.settings_dict["NAME"]),
     }
-    assert connection.settings_dict["NAME"] == settings.DATABASES["default"]["TEST"]["NAME"]
+    if connection.vendor == "sqlite":
+        assert connection.settings_dict["NAME"] == settings.DATABASES["default"]["TEST"]["NAME"]
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "db_worker", "--interval", "0.05", "--no-startup-delay"],
         cwd=ROOT,

@@ -148,3 +148,18 @@ def test_recover_workflows_finishes_a_crashed_run(tmp_path: Path) -> None:
     # Nothing left to recover: a second pass does nothing.
     again = manage(storage, "recover_workflows", "--json")
     assert orjson.loads(again.stdout)["recovered"] == {}
+
+
+def test_recover_detached_keeps_the_interrupted_step_in_history(
+    tmp_path: Path, settings: Any
+) -> None:
+    storage, work, workflow_id = _crashed_crash20(tmp_path)
+    settings.WFSTATE = {**settings.WFSTATE, "STORAGE_DIR": storage, "INDEX_ON_WRITE": False}
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}}
+    (work / "release").touch()
+    assert runs.recover_runs(detach=True) == [workflow_id]
+    doc = _doc(storage, workflow_id)
+    assert doc["status"] == "completed"
+    assert doc["history"][-1]["event"] == "recover"
+    assert doc["history"][-1]["rewound"][0]["name"] == "s10"
+    assert (work / "s10.count").read_text().count("ran") == 2

@@ -302,6 +302,14 @@ def recover_runs(
             if detach:
                 from wfstate.tasks import enqueue_execution
 
+                if state.status == RunStatus.RUNNING:
+                    # Rewind here, under the run lock, so the interrupted step goes to
+                    # history exactly as when recovering in this process.
+                    with store.run_lock(workflow_id):
+                        current = store.load(workflow_id)
+                        _recover(current, get_definition(current.workflow_name))
+                        store.save(current)
+                    _index(current)
                 enqueue_execution(workflow_id)
                 outcome = "enqueued"
             elif state.status == RunStatus.RUNNING:

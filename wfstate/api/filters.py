@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from typing import Any
 
 import django_filters
@@ -26,7 +27,17 @@ class StrictIsoDateTimeField(IsoDateTimeField):
     def clean(self, value: Any) -> Any:
         if value == "":
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
-        return super().clean(value)
+        cleaned = super().clean(value)
+        if cleaned is None:
+            return None
+        # Compare in UTC: PostgreSQL refuses offsets beyond ±15:59 that ISO 8601 allows
+        # (a 500 otherwise), and a time near year 1 may not survive the conversion.
+        try:
+            return cleaned.astimezone(UTC)
+        except (OverflowError, ValueError):
+            raise forms.ValidationError(
+                "Enter a date and time that can be expressed in UTC.", code="invalid"
+            ) from None
 
 
 class StrictIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
