@@ -6,25 +6,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from wfstate.index import ROW_FIELDS
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState
 
-COMPARED = (
-    "workflow_id",
-    "workflow_name",
-    "workflow_version",
-    "status",
-    "current_state",
-    "started_at",
-    "updated_at",
-    "completed_at",
-    "duration_ms",
-    "steps_done",
-    "steps_total",
-    "revision",
-    "error",
-    "corrupt",
-)
+COMPARED = ("workflow_id", *ROW_FIELDS)
 
 
 def make_state(

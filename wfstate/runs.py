@@ -211,15 +211,23 @@ def resume_run(
 
     if not detach:
         return execute(workflow_id, progress=progress, cancel_event=cancel_event, prepare=prepare)
+    state = _prepare_detached(workflow_id, prepare)
+    from wfstate.tasks import enqueue_execution
+
+    enqueue_execution(workflow_id)
+    return state
+
+
+def _prepare_detached(
+    workflow_id: str, prepare: Callable[[WorkflowState, WorkflowDefinition], None]
+) -> WorkflowState:
+    """Check and rewind a run under its run lock and save it, for a worker to execute."""
     store = get_store()
     with store.run_lock(workflow_id):
         state = store.load(workflow_id)
         prepare(state, get_definition(state.workflow_name))
         store.save(state)
     _index(state)
-    from wfstate.tasks import enqueue_execution
-
-    enqueue_execution(workflow_id)
     return state
 
 
@@ -303,13 +311,9 @@ def recover_runs(
                 from wfstate.tasks import enqueue_execution
 
                 if state.status == RunStatus.RUNNING:
-                    # Rewind here, under the run lock, so the interrupted step goes to
-                    # history exactly as when recovering in this process.
-                    with store.run_lock(workflow_id):
-                        current = store.load(workflow_id)
-                        _recover(current, get_definition(current.workflow_name))
-                        store.save(current)
-                    _index(current)
+                    # Rewind here, so the interrupted step goes to history exactly as
+                    # when recovering in this process.
+                    _prepare_detached(workflow_id, _recover)
                 enqueue_execution(workflow_id)
                 outcome = "enqueued"
             elif state.status == RunStatus.RUNNING:

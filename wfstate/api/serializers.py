@@ -14,6 +14,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
+from wfstate.index import ROW_FIELDS
 from wfstate.models import RunStatusChoices, WorkflowRun
 from wfstate.state import RunStatus, StepStatus
 
@@ -64,23 +65,8 @@ class RunSummarySerializer(serializers.ModelSerializer[WorkflowRun]):
 
     class Meta:
         model = WorkflowRun
-        fields = [
-            "workflow_id",
-            "url",
-            "workflow_name",
-            "workflow_version",
-            "status",
-            "current_state",
-            "started_at",
-            "updated_at",
-            "completed_at",
-            "duration_ms",
-            "steps_done",
-            "steps_total",
-            "revision",
-            "error",
-            "corrupt",
-        ]
+        # The index's columns, as the index defines them.
+        fields = ["workflow_id", "url", *ROW_FIELDS]
         read_only_fields = fields
 
 
