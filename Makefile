@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export DJANGO_SETTINGS_MODULE ?= project.settings
 
 .PHONY: run test lint serve worker bench browser clean
 
@@ -35,8 +34,8 @@ lint: $(STAMP)
 # Then the index, admin, API and scale tests again with the index on the machine's
 # PostgreSQL (pytest-django creates test_<NAME>); the wildcard skips absent files.
 test: $(STAMP) browser lint
-	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
-	WFSTATE_TEST_DB=postgres $(VENV)/bin/pytest -p no:cacheprovider -m "not browser" \
+	$(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings $(PYTEST_ARGS)
+	WFSTATE_TEST_DB=postgres $(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings -m "not browser" \
 		$(wildcard tests/test_index.py tests/test_admin*.py tests/test_api*.py \
 			tests/test_sync_doctor.py tests/test_scale.py) $(PYTEST_ARGS)
 
