@@ -26,7 +26,14 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 def temp_name(target: Path) -> Path:
     """``.<name>.<random>.tmp`` beside the target: hidden, and recognisable by sweeps."""
-    return target.with_name(f".{target.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    return Path(_temp_path(os.fspath(target)))
+
+
+def _temp_path(target: str) -> str:
+    # Plain strings on the checkpoint path: pathlib's conversions cost more than the
+    # system calls they wrap.
+    head, name = os.path.split(target)
+    return os.path.join(head, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
 
 
 def target_of_temp(path: Path) -> str | None:
@@ -41,7 +48,7 @@ def target_of_temp(path: Path) -> str | None:
     return target
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
     fd = os.open(directory, os.O_RDONLY | _CLOEXEC)
     try:
         os.fsync(fd)
@@ -49,12 +56,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _storage_error(action: str, path: Path, exc: OSError) -> StorageError:
+def _storage_error(action: str, path: str | os.PathLike[str], exc: OSError) -> StorageError:
     cls = DiskFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else StorageError
     return cls(f"could not {action} {path}: {exc.strerror or exc}", path=str(path))
 
 
-def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, durable: bool = True) -> None:
+def atomic_write(
+    target: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, durable: bool = True
+) -> None:
     """Replace ``target`` with ``data`` atomically.
 
     With ``durable=False`` the two fsyncs are skipped: the replacement is still atomic
@@ -64,7 +73,8 @@ def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, durable: bool 
         StorageError: any OS error (``DiskFull`` for ENOSPC); ``target`` is intact and
             no temp file is left behind.
     """
-    tmp = temp_name(target)
+    target = os.fspath(target)
+    tmp = _temp_path(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode)
     except OSError as exc:
@@ -72,7 +82,7 @@ def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, durable: bool 
     # A second name for the previous version, so that a failed directory fsync (after
     # which the rename may or may not survive) can be rolled back: a save either
     # succeeds durably or leaves the previous file as it was. A link costs no copy.
-    backup: Path | None = None
+    backup: str | None = None
     try:
         try:
             # The mode asked for, whatever the umask (which can only have removed bits).
@@ -87,7 +97,7 @@ def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, durable: bool 
         finally:
             os.close(fd)
         if durable:
-            backup = temp_name(target)
+            backup = _temp_path(target)
             try:
                 os.link(target, backup, follow_symlinks=False)
             except FileNotFoundError:
@@ -102,7 +112,7 @@ def atomic_write(target: Path, data: bytes, *, mode: int = 0o600, durable: bool 
     if not durable:
         return
     try:
-        fsync_dir(target.parent)
+        fsync_dir(os.path.dirname(target))
     except OSError as exc:
         # The rename may not survive a power cut: put the previous version back (or
         # remove the new file if there was none), so the caller sees a failed save.

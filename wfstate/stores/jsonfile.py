@@ -80,6 +80,7 @@ class JSONFileStore(StateStore):
     ) -> None:
         self.root = Path(root)
         self.directory = self.root / "states"
+        self._directory_str = str(self.directory)
         self.file_mode = file_mode
         self.lock_timeout = lock_timeout
         self.max_bytes = max_bytes
@@ -127,10 +128,11 @@ class JSONFileStore(StateStore):
     # --- reading and writing ---------------------------------------------------------------
 
     def save(self, state: WorkflowState, *, durable: bool = True) -> None:
-        path = self.path_for(state.workflow_id)
+        # A plain string: pathlib's conversions would cost more than the syscalls here.
+        path = os.path.join(self._directory_str, f"{validate_id(state.workflow_id)}.json")
         self._ensure_dir()
         with self.write_lock(state.workflow_id):
-            if path.is_symlink():
+            if os.path.islink(path):
                 raise StorageError(
                     f"refusing to write run {state.workflow_id}: {path} is a symlink",
                     path=str(path),

@@ -145,10 +145,11 @@ class FileLockBackend(LockBackend):
     def __init__(self, directory: Path, file_mode: int = 0o600) -> None:
         super().__init__()
         self.directory = directory
+        self._directory_str = str(directory)
         self.file_mode = file_mode
 
     def _open(self, name: str) -> IO[bytes]:
-        path = self.directory / name
+        path = os.path.join(self._directory_str, name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, self.file_mode)
         except OSError as exc:
