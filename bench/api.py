@@ -20,6 +20,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -91,8 +92,13 @@ def add_rows(start: int, stop: int) -> None:
         started = base + timedelta(seconds=37 * i)
         batch.append(
             WorkflowRun(
+                # Spread like real UUID4s (deterministic): an id prefix then matches one
+                # run, as it does in real life, not thousands of zero-led ids.
                 workflow_id=str(
-                    uuid.UUID(int=(i * 2654435761) % (1 << 122) | (4 << 76), version=4)
+                    uuid.UUID(
+                        bytes=hashlib.blake2b(i.to_bytes(8, "big"), digest_size=16).digest(),
+                        version=4,
+                    )
                 ),
                 workflow_name=NAMES[i % 4],
                 workflow_version="1.0",
@@ -147,9 +153,7 @@ def bench_list(client: Client, small: int, large: int, repeat: int) -> dict[str,
         f"ms_at_{large}": at_large,
         "ratio": ratios,
         "target_ratio": 1.5,
-        "target_met": all(
-            ratios[k] <= 1.5 for k in ("first_page", "status_filter", "workflow_filter")
-        ),
+        "target_met": all(ratios[k] <= 1.5 for k in ratios),
     }
 
 

@@ -96,7 +96,7 @@ def test_changelist_shows_badges_progress_and_filters(
 
 
 def test_search_by_id_prefix_and_name_prefix() -> None:
-    from wfstate.admin import search_q
+    from wfstate.index import search_q
 
     ids = [
         "3f2a0000-0000-4000-8000-000000000001",

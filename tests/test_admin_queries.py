@@ -82,7 +82,7 @@ def test_changelist_queries_are_constant_from_100_to_100000_runs(admin_client: C
 
 def test_searches_are_answered_from_indexes() -> None:
     """Every search word is an index range: no plan scans the table (SQLite)."""
-    from wfstate.admin import search_q
+    from wfstate.index import search_q
 
     if connection.vendor != "sqlite":
         pytest.skip("EXPLAIN QUERY PLAN is SQLite's")

@@ -21,7 +21,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import models
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -34,6 +34,7 @@ from django.utils.translation import gettext_lazy, ngettext
 
 from wfstate import graph
 from wfstate.exceptions import WFStateError
+from wfstate.index import search_runs
 from wfstate.models import WorkflowRun
 
 
@@ -170,33 +171,6 @@ class WorkflowNameFilter(admin.SimpleListFilter):
         return queryset.filter(workflow_name=value) if value else queryset
 
 
-_ID_CHARS = frozenset("0123456789abcdef-")
-
-
-def prefix_range(field: str, prefix: str) -> Q:
-    """``field`` begins with ``prefix``, as a range a B-tree index answers.
-
-    The range is exact under a byte-wise collation (SQLite's default, PostgreSQL's
-    ``"C"``); the ``startswith`` beside it keeps the result exact under any other.
-    """
-    successor = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return Q(**{f"{field}__gte": prefix, f"{field}__lt": successor}) & Q(
-        **{f"{field}__startswith": prefix}
-    )
-
-
-def search_q(word: str) -> Q:
-    """The runs one search word finds: by run-id prefix (a word of hex digits and
-    dashes, any case) or by workflow-name prefix (as typed, or in lower case)."""
-    match = Q()
-    lower = word.lower()
-    if set(lower) <= _ID_CHARS:
-        match |= prefix_range("workflow_id", lower[:36])
-    for name in dict.fromkeys((word[:128], lower[:128])):
-        match |= prefix_range("workflow_name", name)
-    return match
-
-
 # How many runs a confirmation page lists by name.
 CONFIRM_SHOWN = 100
 
@@ -282,12 +256,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         workflow_id < 'ac'`` is what both SQLite and PostgreSQL answer from a B-tree,
         where ``LIKE 'ab%'`` is not on SQLite (``LIKE`` is case-insensitive there).
         """
-        words = search_term.split()
-        if not words:
-            return queryset, False
-        for word in words:
-            queryset = queryset.filter(search_q(word))
-        return queryset, False
+        return search_runs(queryset, search_term), False
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return WorkflowRunChangeList

@@ -44,6 +44,7 @@ from wfstate.api.exceptions import exception_handler
 from wfstate.api.filters import RunPagination, WorkflowRunFilter
 from wfstate.api.parsers import BoundedJSONParser
 from wfstate.api.permissions import AccessMixin
+from wfstate.index import search_runs
 from wfstate.models import WorkflowRun
 from wfstate.state import WorkflowState
 
@@ -162,6 +163,14 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return any(tag == "*" or tag.removeprefix("W/") == etag for tag in tags)
 
 
+class IndexSearchFilter(SearchFilter):
+    """DRF's search parameter, answered by the index's prefix ranges (as in the admin)
+    instead of ``LIKE`` scans, so a search costs the same at 1,000 and 100,000 runs."""
+
+    def filter_queryset(self, request: Request, queryset: Any, view: Any) -> Any:
+        return search_runs(queryset, " ".join(self.get_search_terms(request)))
+
+
 # --- runs ----------------------------------------------------------------------------------
 
 
@@ -171,8 +180,8 @@ def _matches(if_none_match: str, etag: str) -> bool:
         description=(
             "Runs from the index (never the state files), newest first, paginated. "
             "Filter by `status`, `workflow_name` and start time; `search` matches the "
-            "run id and the workflow name; `ordering` takes the listed fields (`-` for "
-            "descending)."
+            "start of the run id or of the workflow name; `ordering` takes the listed "
+            "fields (`-` for descending)."
         ),
         responses={
             200: s.RunSummarySerializer(many=True),
@@ -283,10 +292,11 @@ class RunViewSet(WFStateAPIMixin, viewsets.GenericViewSet[WorkflowRun]):
     # not a UUID4 (traversal included) into a 404 before a path is built.
     lookup_value_regex = "[^/]+"
     pagination_class = RunPagination
-    filter_backends = [DjangoFilterBackend, SearchFilter, OrderingFilter]
+    filter_backends = [DjangoFilterBackend, IndexSearchFilter, OrderingFilter]
     filterset_class = WorkflowRunFilter
-    # An id by its first characters (as tools print them), a workflow by any part of its name.
-    search_fields = ["^workflow_id", "workflow_name"]
+    # An id by its first characters (as tools print them), a workflow by the start of its
+    # name: both answered by an index (see wfstate.index.search_q).
+    search_fields = ["^workflow_id", "^workflow_name"]
     ordering_fields = [
         "started_at",
         "updated_at",
