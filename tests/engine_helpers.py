@@ -76,3 +76,18 @@ def pid_alive(pid: int) -> bool:
             return fh.read().split(") ")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def call(*args: str) -> tuple[int, str, str]:
+    """``call_command`` as a script sees it: (exit code, stdout, message or stderr)."""
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    out, err = StringIO(), StringIO()
+    try:
+        call_command(*args, stdout=out, stderr=err)
+    except CommandError as exc:
+        return exc.returncode, out.getvalue(), str(exc)
+    return 0, out.getvalue(), err.getvalue()

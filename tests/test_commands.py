@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from django.core.management import call_command
-from django.core.management.base import CommandError
+
+from tests.engine_helpers import call
 
 BAD = Path(__file__).parent / "bad_workflows" / "broken.yaml"
 
@@ -24,13 +23,7 @@ def _storage(settings: Any, tmp_path: Path) -> None:
     }
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command(*args, stdout=out, stderr=err)
-    except CommandError as exc:
-        return exc.returncode, out.getvalue(), str(exc)
-    return 0, out.getvalue(), err.getvalue()
+run = call
 
 
 def test_success_prints_id_status_and_file() -> None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from io import StringIO
 from typing import Any
 
 import pytest
-from django.core.management import call_command
-from django.core.management.base import CommandError
 
+from tests.engine_helpers import call
 from tests.fixtures_index import make_state
 from wfstate import index
 from wfstate.models import WorkflowRun
@@ -20,13 +18,7 @@ from wfstate.stores import get_store
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("wfstate_settings")]
 
 
-def command(*args: str) -> tuple[int, str, str]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command(*args, stdout=out, stderr=err)
-    except CommandError as exc:
-        return exc.returncode, out.getvalue(), str(exc)
-    return 0, out.getvalue(), err.getvalue()
+command = call
 
 
 def doctor(*args: str) -> tuple[int, dict[str, Any]]:
