@@ -131,7 +131,8 @@ class JSONFileStore(StateStore):
         # A plain string: pathlib's conversions would cost more than the syscalls here.
         path = os.path.join(self._directory_str, f"{validate_id(state.workflow_id)}.json")
         self._ensure_dir()
-        with self.write_lock(state.workflow_id):
+        # The backend's lock directly: the id is checked and the directory made above.
+        with self.locks.write_lock(state.workflow_id, self.lock_timeout):
             if os.path.islink(path):
                 raise StorageError(
                     f"refusing to write run {state.workflow_id}: {path} is a symlink",

@@ -34,6 +34,13 @@ import portalocker
 from wfstate.exceptions import RunLocked, StateLocked, StorageError
 from wfstate.state import utcnow
 
+# portalocker's flock locker, bound once: the module-level ``portalocker.lock()`` checks
+# its flags and resolves the platform's locker on every call, which on the checkpoint
+# path cost more than the flock itself (docs/storage.md has the figures).
+_FLOCK = getattr(portalocker.portalocker, "FlockLocker", None)
+_LOCKER: Any = _FLOCK() if _FLOCK is not None else None
+_EXCLUSIVE_NB = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -67,9 +74,9 @@ class LockBackend(ABC):
     """Where the locks of runs live. Options come from the store's constructor."""
 
     def __init__(self) -> None:
-        # Re-entrancy of write locks: (thread id, workflow id) -> depth.
-        self._held: dict[tuple[int, str], int] = {}
-        self._held_guard = threading.Lock()
+        # Re-entrancy of write locks: per thread, workflow id -> depth. Thread-local, so
+        # no guard is needed; another thread of this process still waits on the lock.
+        self._local = threading.local()
 
     @contextlib.contextmanager
     def write_lock(self, workflow_id: str, timeout: float) -> Iterator[None]:
@@ -78,26 +85,20 @@ class LockBackend(ABC):
         Raises:
             StateLocked: not acquired within ``timeout`` seconds.
         """
-        key = (threading.get_ident(), workflow_id)
-        with self._held_guard:
-            depth = self._held.get(key, 0)
-            if depth:
-                self._held[key] = depth + 1
-        if depth:
+        depths: dict[str, int] = self._local.__dict__.setdefault("depths", {})
+        if depths.get(workflow_id):
+            depths[workflow_id] += 1
             try:
                 yield
             finally:
-                with self._held_guard:
-                    self._held[key] -= 1
+                depths[workflow_id] -= 1
             return
         with self._acquire_write(workflow_id, timeout):
-            with self._held_guard:
-                self._held[key] = 1
+            depths[workflow_id] = 1
             try:
                 yield
             finally:
-                with self._held_guard:
-                    del self._held[key]
+                del depths[workflow_id]
 
     @abstractmethod
     def _acquire_write(
@@ -149,6 +150,9 @@ class FileLockBackend(LockBackend):
         self.file_mode = file_mode
 
     def _open(self, name: str) -> IO[bytes]:
+        return os.fdopen(self._open_fd(name), "r+b", buffering=0)
+
+    def _open_fd(self, name: str) -> int:
         path = os.path.join(self._directory_str, name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, self.file_mode)
@@ -159,25 +163,35 @@ class FileLockBackend(LockBackend):
         with contextlib.suppress(OSError):
             if os.fstat(fd).st_mode & 0o7777 != self.file_mode:
                 os.fchmod(fd, self.file_mode)
-        return os.fdopen(fd, "r+b", buffering=0)
+        return fd
 
     @staticmethod
-    def _try_lock(fh: IO[bytes]) -> bool:
+    def _try_lock(fh: IO[bytes] | int) -> bool:
         try:
-            portalocker.lock(
-                fh, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
-            )
+            if _LOCKER is not None:
+                _LOCKER.lock(fh, _EXCLUSIVE_NB)
+            else:
+                portalocker.lock(fh, _EXCLUSIVE_NB)
         except portalocker.AlreadyLocked:
             return False
         except portalocker.LockException as exc:
-            raise StorageError(f"could not lock {fh.name}: {exc}") from exc
+            raise StorageError(f"could not lock {getattr(fh, 'name', fh)}: {exc}") from exc
         return True
+
+    @staticmethod
+    def _unlock(fh: IO[bytes] | int) -> None:
+        if _LOCKER is not None:
+            _LOCKER.unlock(fh)
+        else:
+            portalocker.unlock(fh)
 
     @contextlib.contextmanager
     def _acquire_write(self, workflow_id: str, timeout: float) -> Iterator[None]:
-        fh = self._open(f"{workflow_id}.lock")
+        # A bare descriptor: the write lock is taken at every checkpoint, and a file
+        # object around it would only add cost.
+        fd = self._open_fd(f"{workflow_id}.lock")
         try:
-            if not _poll(lambda: self._try_lock(fh), timeout):
+            if not self._try_lock(fd) and not _poll(lambda: self._try_lock(fd), timeout):
                 raise StateLocked(
                     f"run {workflow_id}: write lock not acquired within {timeout:g}s "
                     f"({self.directory / (workflow_id + '.lock')})",
@@ -186,9 +200,9 @@ class FileLockBackend(LockBackend):
             try:
                 yield
             finally:
-                portalocker.unlock(fh)
+                self._unlock(fd)
         finally:
-            fh.close()
+            os.close(fd)
 
     @contextlib.contextmanager
     def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
@@ -228,7 +242,7 @@ class FileLockBackend(LockBackend):
                 with contextlib.suppress(OSError):
                     fh.seek(0)
                     fh.truncate()
-                portalocker.unlock(fh)
+                self._unlock(fh)
         finally:
             fh.close()
 
@@ -261,7 +275,7 @@ class FileLockBackend(LockBackend):
                     except OSError:
                         pass
                     finally:
-                        portalocker.unlock(fh)
+                        self._unlock(fh)
                     found = None
                     return True
                 found = self._read_owner(fh)
