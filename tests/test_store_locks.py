@@ -245,6 +245,37 @@ def test_write_lock_is_reentrant_in_a_thread(lock_store: JSONFileStore, run_id: 
     assert lock_store.load(run_id).revision == 2
 
 
+def _other_thread_can_save(store: JSONFileStore, run_id: str) -> bool:
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            store.save(store.load(run_id))
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    return not errors
+
+
+def test_nested_write_lock_is_held_until_the_outermost_exit(
+    lock_store: JSONFileStore, run_id: str
+) -> None:
+    with lock_store.write_lock(run_id):
+        with lock_store.write_lock(run_id):
+            pass
+        assert not _other_thread_can_save(lock_store, run_id)
+    assert _other_thread_can_save(lock_store, run_id)
+    same = lock_store.write_lock(run_id)
+    with same:
+        with same:  # one lock object entered twice
+            pass
+        assert not _other_thread_can_save(lock_store, run_id)
+    assert _other_thread_can_save(lock_store, run_id)
+
+
 def test_write_lock_excludes_another_thread(lock_store: JSONFileStore, run_id: str) -> None:
     errors: list[BaseException] = []
 

@@ -78,27 +78,13 @@ class LockBackend(ABC):
         # no guard is needed; another thread of this process still waits on the lock.
         self._local = threading.local()
 
-    @contextlib.contextmanager
-    def write_lock(self, workflow_id: str, timeout: float) -> Iterator[None]:
-        """Hold the write lock of a run.
+    def write_lock(self, workflow_id: str, timeout: float) -> _WriteLock:
+        """Hold the write lock of a run (a context manager, re-entrant per thread).
 
         Raises:
             StateLocked: not acquired within ``timeout`` seconds.
         """
-        depths: dict[str, int] = self._local.__dict__.setdefault("depths", {})
-        if depths.get(workflow_id):
-            depths[workflow_id] += 1
-            try:
-                yield
-            finally:
-                depths[workflow_id] -= 1
-            return
-        with self._acquire_write(workflow_id, timeout):
-            depths[workflow_id] = 1
-            try:
-                yield
-            finally:
-                del depths[workflow_id]
+        return _WriteLock(self, workflow_id, timeout)
 
     @abstractmethod
     def _acquire_write(
@@ -122,6 +108,39 @@ class LockBackend(ABC):
         """Drop whatever the backend keeps for a deleted run."""
 
 
+class _WriteLock:
+    """The write lock as a plain context manager (taken at every checkpoint, so no
+    generator machinery): the first entry in a thread acquires, the last exit releases."""
+
+    __slots__ = ("backend", "held", "timeout", "workflow_id")
+
+    def __init__(self, backend: LockBackend, workflow_id: str, timeout: float) -> None:
+        self.backend = backend
+        self.workflow_id = workflow_id
+        self.timeout = timeout
+        self.held: contextlib.AbstractContextManager[None] | None = None
+
+    def __enter__(self) -> None:
+        depths: dict[str, int] = self.backend._local.__dict__.setdefault("depths", {})
+        depth = depths.get(self.workflow_id, 0)
+        if not depth:
+            held = self.backend._acquire_write(self.workflow_id, self.timeout)
+            held.__enter__()
+            self.held = held
+        depths[self.workflow_id] = depth + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        depths: dict[str, int] = self.backend._local.__dict__["depths"]
+        remaining = depths[self.workflow_id] - 1
+        if remaining:
+            depths[self.workflow_id] = remaining
+            return
+        del depths[self.workflow_id]
+        held, self.held = self.held, None
+        if held is not None:
+            held.__exit__(None, None, None)
+
+
 def _poll(try_once: Any, timeout: float) -> bool:
     """Call ``try_once`` until it returns True or ``timeout`` passes.
 
@@ -138,6 +157,40 @@ def _poll(try_once: Any, timeout: float) -> bool:
             return False
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, 0.02)
+
+
+class _FlockHold:
+    """flock on ``<id>.lock`` through a bare descriptor, for as long as it is entered."""
+
+    __slots__ = ("backend", "fd", "timeout", "workflow_id")
+
+    def __init__(self, backend: FileLockBackend, workflow_id: str, timeout: float) -> None:
+        self.backend = backend
+        self.workflow_id = workflow_id
+        self.timeout = timeout
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        backend, workflow_id = self.backend, self.workflow_id
+        fd = backend._open_fd(f"{workflow_id}.lock")
+        try:
+            if not backend._try_lock(fd) and not _poll(lambda: backend._try_lock(fd), self.timeout):
+                raise StateLocked(
+                    f"run {workflow_id}: write lock not acquired within {self.timeout:g}s "
+                    f"({backend.directory / (workflow_id + '.lock')})",
+                    workflow_id=workflow_id,
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        fd, self.fd = self.fd, -1
+        try:
+            self.backend._unlock(fd)
+        finally:
+            os.close(fd)
 
 
 class FileLockBackend(LockBackend):
@@ -185,24 +238,8 @@ class FileLockBackend(LockBackend):
         else:
             portalocker.unlock(fh)
 
-    @contextlib.contextmanager
-    def _acquire_write(self, workflow_id: str, timeout: float) -> Iterator[None]:
-        # A bare descriptor: the write lock is taken at every checkpoint, and a file
-        # object around it would only add cost.
-        fd = self._open_fd(f"{workflow_id}.lock")
-        try:
-            if not self._try_lock(fd) and not _poll(lambda: self._try_lock(fd), timeout):
-                raise StateLocked(
-                    f"run {workflow_id}: write lock not acquired within {timeout:g}s "
-                    f"({self.directory / (workflow_id + '.lock')})",
-                    workflow_id=workflow_id,
-                )
-            try:
-                yield
-            finally:
-                self._unlock(fd)
-        finally:
-            os.close(fd)
+    def _acquire_write(self, workflow_id: str, timeout: float) -> _FlockHold:
+        return _FlockHold(self, workflow_id, timeout)
 
     @contextlib.contextmanager
     def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
