@@ -29,11 +29,11 @@ def temp_name(target: Path) -> Path:
     return Path(_temp_path(os.fspath(target)))
 
 
-def _temp_path(target: str) -> str:
+def _temp_path(target: str, token: str | None = None) -> str:
     # Plain strings on the checkpoint path: pathlib's conversions cost more than the
     # system calls they wrap.
     head, name = os.path.split(target)
-    return os.path.join(head, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    return os.path.join(head, f".{name}.{token or secrets.token_hex(6)}{TEMP_SUFFIX}")
 
 
 def target_of_temp(path: Path) -> str | None:
@@ -74,7 +74,9 @@ def atomic_write(
             no temp file is left behind.
     """
     target = os.fspath(target)
-    tmp = _temp_path(target)
+    # One draw of randomness for both names a durable write may need (temp and backup).
+    tokens = secrets.token_hex(12)
+    tmp = _temp_path(target, tokens[:12])
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, mode)
     except OSError as exc:
@@ -97,7 +99,7 @@ def atomic_write(
         finally:
             os.close(fd)
         if durable:
-            backup = _temp_path(target)
+            backup = _temp_path(target, tokens[12:])
             try:
                 os.link(target, backup, follow_symlinks=False)
             except FileNotFoundError:
