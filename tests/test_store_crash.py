@@ -96,7 +96,6 @@ def crash_loop(root: Path, kills: int, kind: str, seed: int) -> CrashReport:
     acked = 0
 
     def temp_files() -> list[Path]:
-        # Only this run's: the other loop's live writer shares the directory.
         return [p for p in store.temp_files() if workflow_id in p.name]
 
     for _ in range(kills):
@@ -148,7 +147,10 @@ def run_parallel(root: Path, kills: int, kind: str, workers: int = 2) -> CrashRe
     base = random.SystemRandom().randrange(1 << 30)
 
     def loop(i: int) -> None:
-        reports[i] = crash_loop(root, kills // workers, kind, seed=base + i)
+        # A directory each: a loop's sweep would otherwise take the other run's write
+        # lock for a moment, and the other loop's own sweep would then (rightly) skip
+        # its temp file and report it left behind.
+        reports[i] = crash_loop(root / f"loop{i}", kills // workers, kind, seed=base + i)
 
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
     for t in threads:
