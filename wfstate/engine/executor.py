@@ -36,7 +36,7 @@ from wfstate.definitions.templates import (
     render_value,
 )
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
-from wfstate.exceptions import WFStateError
+from wfstate.exceptions import StateLocked, StorageError, WFStateError
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time, utcnow
 from wfstate.stores.base import StateStore
 
@@ -386,8 +386,7 @@ class Executor:
                     name = futures.pop(future)
                     result = future.result()
                     results[name] = result
-                    with self._lock:
-                        self._checkpoint()  # each branch's end is durable
+                    self._checkpoint()  # each branch's end is durable (takes the lock)
                     branch_ok = _branch_ok(self.definition.states[name], result)
                     if not branch_ok and sdef.strategy == "all_succeed":
                         abort.set()
@@ -469,6 +468,4 @@ def _branch_ok(branch: StateDef, result: StepResult) -> bool:
 
 
 def _is_storage_error(exc: WFStateError) -> bool:
-    from wfstate.exceptions import StateLocked, StorageError
-
     return isinstance(exc, StorageError | StateLocked)
