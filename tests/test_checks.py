@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 from django.core import checks as django_checks
 
+from tests.tmpfs import mounted_tmpfs
 from wfstate import checks
 
 pytestmark = pytest.mark.usefixtures("wfstate_settings")
@@ -75,18 +75,10 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         yield path
         path.chmod(0o700)
         return
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=16k", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"as root, only a read-only mount is unwritable; mount failed: {result.stderr}")
-    try:
+    with mounted_tmpfs(
+        path, "ro,size=16k", "as root, only a read-only mount is unwritable; mount failed"
+    ):
         yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def test_e001_storage_dir_not_writable(settings: Any, read_only_dir: Path) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.tmpfs import mounted_tmpfs
 from wfstate.exceptions import DiskFull, RunNotFound, StorageError, WFStateError
 from wfstate.state import WorkflowState
 from wfstate.stores import JSONFileStore, _atomic
@@ -136,18 +136,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("a real ENOSPC needs root, to mount a 64 KiB tmpfs")
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {result.stderr.strip()}")
-    try:
+    with mounted_tmpfs(mount_point, "size=64k,mode=0700", "mounting a tmpfs is not permitted here"):
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_real_disk_full(tiny_disk: Path) -> None:
