@@ -24,7 +24,9 @@ from tests.api_support import API, assert_conforms, openapi_schema
 from tests.engine_helpers import REPO, call
 
 # A bad target: the YAML parses, the definition does not validate (line 4).
-BROKEN = "name: broken_wf\nstates:\n  initial: a\n  a: {type: step, command: x, on_success: nowhere}\n"
+BROKEN = (
+    "name: broken_wf\nstates:\n  initial: a\n  a: {type: step, command: x, on_success: nowhere}\n"
+)
 # Not even YAML: its name can only be the file's stem.
 UNPARSABLE = "name: [unclosed\nstates: {\n"
 

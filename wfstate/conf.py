@@ -229,8 +229,8 @@ class Settings:
 
     @property
     def MAX_INLINE_OUTPUT(self) -> int:
-        """Bytes of a step's output kept in the state file (an int >= 0); the rest is
-        truncated. Default: ``65536``."""
+        """Bytes of a step's stdout/stderr kept in the state file (an int >= 0); the
+        rest spills to a side file. Default: ``65536``."""
         value = _int("MAX_INLINE_OUTPUT", self._get("MAX_INLINE_OUTPUT"), "an int >= 0")
         if value < 0:
             raise _wrong("MAX_INLINE_OUTPUT", "an int >= 0", value)
