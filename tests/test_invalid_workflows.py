@@ -37,6 +37,8 @@ def broken_dir(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "broken.yaml").write_text(BROKEN)
     (directory / "unparsable.yaml").write_text(UNPARSABLE)
+    # A name no URL could carry: listed under the stem, never a NoReverseMatch.
+    (directory / "slashed.yaml").write_text("name: team/deploy\nstates: {initial: a}\n")
     return directory
 
 
@@ -126,7 +128,7 @@ def test_list_workflows_shows_invalid_ones_with_their_errors() -> None:
     broken = next(w for w in doc["workflows"] if w["name"] == "broken_wf")
     assert broken["valid"] is False
     assert any("nowhere" in e["message"] for e in broken["errors"])
-    assert {i["name"] for i in doc["invalid"]} == {"broken_wf", "unparsable"}
+    assert {i["name"] for i in doc["invalid"]} == {"broken_wf", "slashed", "unparsable"}
     demo = next(w for w in doc["workflows"] if w["name"] == "demo")
     assert demo["valid"] is True and demo["sha256"]
 
@@ -181,6 +183,8 @@ def test_the_api_lists_invalid_workflows_and_refuses_to_run_them(admin_client: C
     assert broken["graph"] is None and broken["input_schema"] is None
     assert any(e["line"] == 4 and "nowhere" in e["message"] for e in broken["errors"])
     assert by_name["unparsable"]["valid"] is False
+    assert by_name["slashed"]["valid"] is False
+    assert by_name["slashed"]["url"].endswith(f"{API}workflows/slashed/")
     assert by_name["api_quick"]["valid"] is True and by_name["api_quick"]["errors"] == []
     assert by_name["api_quick"]["graph"]["initial"] == "greet"
 

@@ -14,6 +14,7 @@ several files is unusable until one of them is renamed.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,15 @@ def _load_cached(path: Path) -> _Result | None:
 
 
 def _claimed_name(result: _Result, path: Path) -> str:
-    """The name a file claims: its ``name`` when that is a string, else the file's stem
-    (an invalid file whose YAML does not even parse still has to be called something)."""
+    """The name a file claims: its ``name``, else the file's stem (an invalid file whose
+    YAML does not even parse still has to be called something). An invalid file's name
+    with a slash or a space could not appear in a URL or on a command line: stem too."""
     if isinstance(result, WorkflowDefinition):
         return result.name
     name = getattr(result, "workflow_name", None)
-    return name if isinstance(name, str) and name else path.stem
+    if isinstance(name, str) and re.fullmatch(r"[^/\s]+", name):
+        return name
+    return path.stem
 
 
 @dataclass(frozen=True)
