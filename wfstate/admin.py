@@ -268,6 +268,14 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         """
         return search_runs(queryset, search_term), False
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Invalid definitions are shown above the runs, with their errors: only those
+        # workflows are unusable (system check wfstate.W004), the others run.
+        context = {"invalid_workflows": _invalid_workflows(), **(extra_context or {})}
+        return super().changelist_view(request, context)
+
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return WorkflowRunChangeList
 
@@ -324,14 +332,6 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         return graph.human_duration(obj.duration_ms) or "—"
 
     # --- the run page ----------------------------------------------------------------------
-
-    def changelist_view(
-        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
-        # Invalid definitions are shown above the runs, with their errors: only those
-        # workflows are unusable (system check wfstate.W004), the others run.
-        context = {"invalid_workflows": _invalid_workflows(), **(extra_context or {})}
-        return super().changelist_view(request, context)
 
     def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
