@@ -458,6 +458,61 @@ def test_registry_duplicate_names(tmp_path: Path):
     assert len(registry.errors()) == 1
 
 
+def test_registry_entries_list_valid_and_invalid_workflows(tmp_path: Path):
+    _write(tmp_path, "a.yaml", "alpha")
+    (tmp_path / "broken.yaml").write_text("name: broken\nstates: {initial: nope}\n")
+    (tmp_path / "unparsable.yaml").write_text("name: [unclosed\nstates: {\n")
+    (tmp_path / "nameless.yaml").write_text("states: {initial: a}\n")
+    registry = Registry([tmp_path])
+    entries = {e.name: e for e in registry.entries()}
+    assert sorted(entries) == ["alpha", "broken", "nameless", "unparsable"]
+    assert entries["alpha"].valid and entries["alpha"].errors == []
+    assert entries["alpha"].definition is registry.get("alpha")
+    broken = entries["broken"]
+    assert not broken.valid and broken.definition is None
+    assert broken.path == tmp_path / "broken.yaml"
+    assert any("initial state 'nope'" in e["message"] for e in broken.errors)
+    assert any("initial state 'nope'" in line for line in broken.problems())
+    assert (broken.version, broken.sha256, broken.inputs) == ("", "", [])
+    # YAML that does not parse, or no name: the file's stem is the workflow's name.
+    assert not entries["unparsable"].valid and entries["unparsable"].errors[0]["line"] > 0
+    assert not entries["nameless"].valid
+    for name in ("broken", "unparsable", "nameless"):
+        with pytest.raises(InvalidDefinition):
+            registry.get(name)
+    assert registry.entry("broken") == broken
+    with pytest.raises(WorkflowNotFound):
+        registry.entry("delta")
+    assert [d.name for d in registry.all()] == ["alpha"]
+    assert len(registry.errors()) == 3
+
+
+def test_an_invalid_file_never_shadows_a_valid_workflow_named_like_its_stem(tmp_path: Path):
+    # gamma.yaml declares (an invalid) "other"; a valid workflow is called "gamma".
+    (tmp_path / "gamma.yaml").write_text("name: other\nstates: {initial: nope}\n")
+    _write(tmp_path, "g.yaml", "gamma")
+    registry = Registry([tmp_path])
+    assert registry.get("gamma").path == tmp_path / "g.yaml"
+    with pytest.raises(InvalidDefinition):
+        registry.get("other")
+
+
+def test_an_invalid_and_a_valid_file_claiming_one_name(tmp_path: Path):
+    valid = _write(tmp_path / "one", "x.yaml", "same")
+    (tmp_path / "two").mkdir()
+    invalid = tmp_path / "two" / "y.yaml"
+    invalid.write_text("name: same\nstates: {initial: nope}\n")
+    registry = Registry([tmp_path / "one", tmp_path / "two"])
+    entry = registry.entry("same")
+    assert entry.duplicate and not entry.valid
+    assert entry.paths == (valid, invalid)
+    messages = [e["message"] for e in entry.errors]
+    assert any("also defined in" in m for m in messages)
+    assert any("initial state 'nope'" in m for m in messages)  # its own errors, too
+    with pytest.raises(InvalidDefinition, match="defined more than once"):
+        registry.get("same")
+
+
 def test_registry_caches_by_mtime_and_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = _write(tmp_path, "a.yaml", "alpha")
     registry_module.clear_cache()

@@ -171,6 +171,16 @@ class WorkflowNameFilter(admin.SimpleListFilter):
         return queryset.filter(workflow_name=value) if value else queryset
 
 
+def _invalid_workflows() -> list[Any]:
+    """The registry's invalid entries (each with ``name``, ``path``, ``problems()``)."""
+    try:
+        from wfstate.definitions import get_registry
+
+        return [e for e in get_registry().entries() if not e.valid]
+    except WFStateError:  # a listing aid, never a reason for the changelist to fail
+        return []
+
+
 # How many runs a confirmation page lists by name.
 CONFIRM_SHOWN = 100
 
@@ -257,6 +267,14 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         where ``LIKE 'ab%'`` is not on SQLite (``LIKE`` is case-insensitive there).
         """
         return search_runs(queryset, search_term), False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Invalid definitions are shown above the runs, with their errors: only those
+        # workflows are unusable (system check wfstate.W004), the others run.
+        context = {"invalid_workflows": _invalid_workflows(), **(extra_context or {})}
+        return super().changelist_view(request, context)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return WorkflowRunChangeList

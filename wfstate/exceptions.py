@@ -36,8 +36,15 @@ def _rebuild(cls: type[WFStateError], message: str, details: dict[str, Any]) -> 
     return cls(message, **details)
 
 
-class ConfigurationError(WFStateError):
+class ConfigurationError(WFStateError, ValueError):
+    """A ``WFSTATE`` setting has a wrong type or value, or names what cannot be imported.
+
+    ``setting`` names it (e.g. ``"LOCK_TIMEOUT"``). ``manage.py check`` reports the same
+    problems before anything runs (``wfstate.E006``, ``E002``, ``E003``).
+    """
+
     code = "configuration_error"
+    setting: str
 
 
 # --- user errors (exit 1) -------------------------------------------------------------

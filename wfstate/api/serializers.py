@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
@@ -207,40 +206,58 @@ class GraphSerializer(serializers.Serializer[dict[str, Any]]):
     edges = GraphEdgeSerializer(many=True)
 
 
+class DefinitionErrorSerializer(serializers.Serializer[dict[str, Any]]):
+    file = serializers.CharField()
+    line = serializers.IntegerField(help_text="1-based; 0 when the problem has no one line")
+    state = serializers.CharField(allow_null=True, help_text="the state concerned, if any")
+    message = serializers.CharField()
+
+
 class WorkflowSerializer(serializers.Serializer[Any]):
-    """A workflow definition, with the JSON Schema of its inputs and its graph."""
+    """A workflow (a registry entry): its definition, with the JSON Schema of its inputs
+    and its graph; or, when its file is invalid, ``valid: false`` and every error."""
 
     name = serializers.CharField()
     url = serializers.SerializerMethodField()
+    valid = serializers.BooleanField(
+        help_text="false: the file is invalid (see `errors`) and the workflow cannot be run"
+    )
+    errors = DefinitionErrorSerializer(  # type: ignore[assignment]
+        many=True, help_text="every problem of an invalid definition; empty when valid"
+    )
     version = serializers.CharField(allow_blank=True)
     description = serializers.CharField(allow_blank=True)
     sha256 = serializers.CharField(allow_blank=True, help_text="of the definition file")
     inputs = InputDefSerializer(many=True)
     input_schema = serializers.SerializerMethodField(
-        help_text="JSON Schema that POST runs/ validates `inputs` against"
+        help_text="JSON Schema that POST runs/ validates `inputs` against; null when invalid"
     )
-    graph = serializers.SerializerMethodField()
+    graph = serializers.SerializerMethodField(help_text="null when invalid")
     warnings = serializers.ListField(
         child=serializers.CharField(), help_text="keys of the file that wfstate does not support"
     )
 
     @extend_schema_field({"type": "string", "format": "uri"})
-    def get_url(self, definition: Any) -> str:
+    def get_url(self, entry: Any) -> str:
         return reverse(
             "wfstate-api:workflow-detail",
-            kwargs={"name": definition.name},
+            kwargs={"name": entry.name},
             request=self.context.get("request"),
         )
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
-    def get_input_schema(self, definition: Any) -> dict[str, Any]:
+    @extend_schema_field(serializers.DictField(child=AnyJSONField(), allow_null=True))
+    def get_input_schema(self, entry: Any) -> dict[str, Any] | None:
         from wfstate.definitions import input_json_schema
 
-        return input_json_schema(definition)
+        if entry.definition is None:
+            return None
+        return input_json_schema(entry.definition)
 
-    @extend_schema_field(GraphSerializer)
-    def get_graph(self, definition: Any) -> dict[str, Any]:
-        return GraphSerializer(definition.graph()).data
+    @extend_schema_field(GraphSerializer(allow_null=True))
+    def get_graph(self, entry: Any) -> dict[str, Any] | None:
+        if entry.definition is None:
+            return None
+        return GraphSerializer(entry.definition.graph()).data
 
 
 # --- errors (documentation of the one error format; see api/exceptions.py) -------------

@@ -44,6 +44,7 @@ from wfstate.api.exceptions import exception_handler
 from wfstate.api.filters import RunPagination, WorkflowRunFilter
 from wfstate.api.parsers import BoundedJSONParser
 from wfstate.api.permissions import AccessMixin
+from wfstate.definitions import get_registry
 from wfstate.index import search_runs
 from wfstate.models import WorkflowRun
 from wfstate.state import WorkflowState
@@ -400,14 +401,14 @@ class WorkflowViewSet(WFStateAPIMixin, viewsets.ViewSet):
     lookup_value_regex = "[^/]+"
 
     def list(self, request: Request) -> Response:
-        definitions = runs.list_definitions()
-        return Response(
-            s.WorkflowSerializer(definitions, many=True, context={"request": request}).data
-        )
+        # Invalid files are listed too (valid: false, with their errors): one bad file
+        # never hides, or breaks, the others.
+        entries = get_registry().entries()
+        return Response(s.WorkflowSerializer(entries, many=True, context={"request": request}).data)
 
     def retrieve(self, request: Request, name: str) -> Response:
-        definition = runs.get_definition(name)
-        return Response(s.WorkflowSerializer(definition, context={"request": request}).data)
+        entry = get_registry().entry(name)
+        return Response(s.WorkflowSerializer(entry, context={"request": request}).data)
 
 
 # --- the OpenAPI schema ------------------------------------------------------------------

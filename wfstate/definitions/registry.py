@@ -4,19 +4,33 @@ Parsed files are cached in a module-level dict keyed by path and validated by
 ``(mtime_ns, size)``: a repeated ``get()`` costs one ``stat`` per file, and an edited
 file is parsed again. Settings are read on every :func:`get_registry` call (never at
 import), so ``override_settings`` works while the parse cache is shared.
+
+An invalid file makes only the workflow it claims unusable (:class:`WorkflowEntry`
+carries its errors); every other workflow keeps working. A file claims the ``name`` it
+declares, or its stem when it has none (its YAML may not even parse). A name claimed by
+several files is unusable until one of them is renamed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wfstate.definitions.loader import load_definition
 from wfstate.definitions.model import WorkflowDefinition
 from wfstate.exceptions import InvalidDefinition, WorkflowNotFound
 
-__all__ = ["Registry", "clear_cache", "get_registry", "resolve_definition"]
+__all__ = [
+    "Registry",
+    "WorkflowEntry",
+    "clear_cache",
+    "get_registry",
+    "resolve_definition",
+]
 
 _Result = WorkflowDefinition | InvalidDefinition
 _cache: dict[Path, tuple[int, int, _Result]] = {}
@@ -51,6 +65,110 @@ def _load_cached(path: Path) -> _Result | None:
     return result
 
 
+def _claimed_name(result: _Result, path: Path) -> str:
+    """The name a file claims: its ``name``, else the file's stem (an invalid file whose
+    YAML does not even parse still has to be called something). An invalid file's name
+    with a slash or a space could not appear in a URL or on a command line: stem too."""
+    if isinstance(result, WorkflowDefinition):
+        return result.name
+    name = getattr(result, "workflow_name", None)
+    if isinstance(name, str) and re.fullmatch(r"[^/\s]+", name):
+        return name
+    return path.stem
+
+
+@dataclass(frozen=True)
+class WorkflowEntry:
+    """One workflow name found in the directories: its definition, or why it is unusable.
+
+    An invalid entry makes only that workflow unusable: every other entry works. The
+    ``version``/``description``/``sha256``/``inputs``/``warnings`` properties give
+    empty values for an invalid entry, so lists can show both kinds alike.
+    """
+
+    name: str
+    paths: tuple[Path, ...]
+    definition: WorkflowDefinition | None = None
+    error: InvalidDefinition | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+    @property
+    def path(self) -> Path:
+        """The file that defines the workflow (the first one, when several claim it)."""
+        return self.paths[0]
+
+    @property
+    def duplicate(self) -> bool:
+        """Several files claim this name, so none of them can be used by it."""
+        return len(self.paths) > 1
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """Every problem, as ``{"file", "line", "state", "message"}`` dicts."""
+        return list(getattr(self.error, "errors", None) or []) if self.error else []
+
+    def problems(self) -> list[str]:
+        """Each error as one line: ``file:line: state 'x': message``."""
+        lines = []
+        for error in self.errors:
+            where = f"{error.get('file', '')}:{error['line']}" if error.get("line") else ""
+            where = where or str(error.get("file", ""))
+            state = f"state '{error['state']}': " if error.get("state") else ""
+            lines.append(f"{where}: {state}{error.get('message', '')}")
+        return lines
+
+    @property
+    def warnings(self) -> list[str]:
+        if self.definition is not None:
+            return list(self.definition.warnings)
+        return list(getattr(self.error, "warnings", None) or [])
+
+    @property
+    def version(self) -> str:
+        return self.definition.version if self.definition is not None else ""
+
+    @property
+    def description(self) -> str:
+        return self.definition.description if self.definition is not None else ""
+
+    @property
+    def sha256(self) -> str:
+        return self.definition.sha256 if self.definition is not None else ""
+
+    @property
+    def inputs(self) -> list[Any]:
+        return list(self.definition.inputs) if self.definition is not None else []
+
+
+def _duplicate_error(name: str, claims: list[tuple[Path, _Result]]) -> InvalidDefinition:
+    files = [str(path) for path, _ in claims]
+    entries: list[dict[str, Any]] = [
+        {
+            "file": file,
+            "line": 0,
+            "state": None,
+            "message": f"workflow name '{name}' is also defined in "
+            + ", ".join(f for f in files if f != file),
+        }
+        for file in files
+    ]
+    # A claimant that is itself invalid keeps its own errors visible too.
+    for _path, result in claims:
+        if isinstance(result, InvalidDefinition):
+            entries.extend(getattr(result, "errors", None) or [])
+    return InvalidDefinition(
+        f"workflow name '{name}' is defined more than once: " + ", ".join(files),
+        errors=entries,
+        warnings=[],
+        path=files[0],
+        workflow_name=name,
+        files=files,
+    )
+
+
 class Registry:
     """The workflow definitions found in some directories (``*.yaml`` and ``*.yml``)."""
 
@@ -74,52 +192,45 @@ class Registry:
             files.extend(sorted(found))
         return files
 
-    def _scan(
-        self,
-    ) -> tuple[
-        dict[str, WorkflowDefinition], list[InvalidDefinition], dict[str, InvalidDefinition]
-    ]:
-        """Valid definitions by name, all errors, and errors by the name they concern."""
-        by_name: dict[str, list[WorkflowDefinition]] = {}
-        errors: list[InvalidDefinition] = []
-        errors_by_name: dict[str, InvalidDefinition] = {}
+    def _scan(self) -> dict[str, WorkflowEntry]:
+        """Every name claimed by a file, valid or not."""
+        claims: dict[str, list[tuple[Path, _Result]]] = {}
         for path in self._files():
             result = _load_cached(path)
             if result is None:
                 continue
+            claims.setdefault(_claimed_name(result, path), []).append((path, result))
+        entries: dict[str, WorkflowEntry] = {}
+        for name, found in claims.items():
+            paths = tuple(path for path, _ in found)
+            if len(found) > 1:
+                entries[name] = WorkflowEntry(name, paths, error=_duplicate_error(name, found))
+                continue
+            result = found[0][1]
             if isinstance(result, InvalidDefinition):
-                errors.append(result)
-                for name in (getattr(result, "workflow_name", None), path.stem):
-                    if name:
-                        errors_by_name.setdefault(name, result)
-                continue
-            by_name.setdefault(result.name, []).append(result)
-        valid: dict[str, WorkflowDefinition] = {}
-        for name, found in by_name.items():
-            if len(found) == 1:
-                valid[name] = found[0]
-                continue
-            files = [str(d.path) for d in found]
-            entries = [
-                {
-                    "file": file,
-                    "line": 0,
-                    "state": None,
-                    "message": f"workflow name '{name}' is also defined in "
-                    + ", ".join(f for f in files if f != file),
-                }
-                for file in files
-            ]
-            error = InvalidDefinition(
-                f"workflow name '{name}' is defined more than once: " + ", ".join(files),
-                errors=entries,
-                warnings=[],
-                path=files[0],
-                workflow_name=name,
+                entries[name] = WorkflowEntry(name, paths, error=result)
+            else:
+                entries[name] = WorkflowEntry(name, paths, definition=result)
+        return entries
+
+    def entries(self) -> list[WorkflowEntry]:
+        """Every workflow, valid or invalid, sorted by name."""
+        found = self._scan()
+        return [found[name] for name in sorted(found)]
+
+    def entry(self, name: str) -> WorkflowEntry:
+        """The workflow called ``name``, valid or invalid.
+
+        Raises:
+            WorkflowNotFound: no file claims it (the message names the dirs searched).
+        """
+        found = self._scan().get(name)
+        if found is None:
+            searched = ", ".join(str(d) for d in self.dirs) or "(no directories)"
+            raise WorkflowNotFound(
+                f"no workflow named '{name}' (searched: {searched})", name=name, searched=searched
             )
-            errors.append(error)
-            errors_by_name[name] = error
-        return valid, errors, errors_by_name
+        return found
 
     def get(self, name: str) -> WorkflowDefinition:
         """The definition called ``name``.
@@ -128,24 +239,18 @@ class Registry:
             WorkflowNotFound: no file defines it (the message names the dirs searched).
             InvalidDefinition: the file that defines it is invalid, or two files do.
         """
-        valid, _errors, errors_by_name = self._scan()
-        if name in errors_by_name:
-            raise errors_by_name[name]
-        if name in valid:
-            return valid[name]
-        searched = ", ".join(str(d) for d in self.dirs) or "(no directories)"
-        raise WorkflowNotFound(
-            f"no workflow named '{name}' (searched: {searched})", name=name, searched=searched
-        )
+        found = self.entry(name)
+        if found.definition is None:
+            raise found.error or InvalidDefinition(f"workflow '{name}' is invalid", errors=[])
+        return found.definition
 
     def all(self) -> list[WorkflowDefinition]:
         """Every valid definition, sorted by name."""
-        valid, _errors, _ = self._scan()
-        return [valid[name] for name in sorted(valid)]
+        return [e.definition for e in self.entries() if e.definition is not None]
 
     def errors(self) -> list[InvalidDefinition]:
-        """One error per invalid file, and one per name defined by several files."""
-        return self._scan()[1]
+        """One error per invalid file, and one per name claimed by several files."""
+        return [e.error for e in self.entries() if e.error is not None]
 
 
 def workflow_dirs() -> list[Path]:

@@ -1,22 +1,44 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from django.core.management.base import CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from wfstate.definitions import resolve_definition
-from wfstate.management.base import WFStateCommand
+from wfstate.exceptions import InvalidDefinition
+from wfstate.management.base import WFStateCommand, error_payload
 
 
 class Command(WFStateCommand):
-    help = "Validate a workflow definition (by name or path): every error, with file and line."
+    help = (
+        "Validate a workflow definition (by name or path): every error, with file and line. "
+        "Exits 2 when it is invalid."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)
         parser.add_argument("name_or_path", help="a workflow name or a path to a YAML file")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        definition = resolve_definition(options["name_or_path"])
+        try:
+            definition = resolve_definition(options["name_or_path"])
+        except InvalidDefinition as exc:
+            if not self.as_json:
+                raise
+            path = str(getattr(exc, "path", "") or options["name_or_path"])
+            name = getattr(exc, "workflow_name", None)
+            self.emit_json(
+                {
+                    "valid": False,
+                    "name": name if isinstance(name, str) and name else Path(path).stem,
+                    "path": path,
+                    "errors": list(getattr(exc, "errors", None) or []),
+                    "warnings": list(getattr(exc, "warnings", None) or []),
+                    "error": error_payload(exc),
+                }
+            )
+            raise CommandError(str(exc), returncode=exc.exit_code) from exc
         if self.as_json:
             self.emit_json(
                 {
