@@ -122,6 +122,15 @@ def test_the_wheel_holds_the_app_only(wheel: Path) -> None:
     assert not [n for n in names if "/tests/" in n or n.startswith(("tests/", "project/"))]
 
 
+def test_the_wheel_contains_no_demo_only_command(wheel: Path) -> None:
+    """``ensure_demo_admin`` creates admin/admin: the demo project's, never a host's."""
+    names = zipfile.ZipFile(wheel).namelist()
+    commands = {n.rsplit("/", 1)[1] for n in names if "/management/commands/" in n}
+    assert "run_workflow.py" in commands  # the wheel's commands are where this looks
+    assert not [n for n in names if "ensure_demo_admin" in n or "demo" in n.rsplit("/", 1)[1]]
+    assert (ROOT / "project" / "management" / "commands" / "ensure_demo_admin.py").is_file()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
