@@ -41,7 +41,8 @@ from wfstate.state import WorkflowState
 
 
 class WFStateAPIMixin(schema.SchemaMixin, AccessMixin):
-    """Policies of every wfstate view (the module docstring says why)."""
+    """Policies of every wfstate view (the module docstring says why); ``SchemaMixin``
+    is also what puts a view in the served OpenAPI schema."""
 
     parser_classes: Sequence[type[BaseParser]] = [BoundedJSONParser]
     renderer_classes: Sequence[type[BaseRenderer]] = [JSONRenderer]
