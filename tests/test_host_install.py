@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,6 +102,9 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    # setuptools copies the sources into build/lib and packs that, keeping there any
+    # file since removed from the sources (a moved module would still ship): start clean.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     # An isolated build, as pip and CI build it: the build backend comes from
     # [build-system] requires, not from whatever this venv happens to hold.
     run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out)], ROOT)
