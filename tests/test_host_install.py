@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,6 +102,9 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    # setuptools copies the sources into build/lib and packs that, keeping there any
+    # file since removed from the sources (a moved module would still ship): start clean.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     # An isolated build, as pip and CI build it: the build backend comes from
     # [build-system] requires, not from whatever this venv happens to hold.
     run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out)], ROOT)
@@ -120,6 +124,15 @@ def test_the_wheel_holds_the_app_only(wheel: Path) -> None:
     ):
         assert needed in names
     assert not [n for n in names if "/tests/" in n or n.startswith(("tests/", "project/"))]
+
+
+def test_the_wheel_contains_no_demo_only_command(wheel: Path) -> None:
+    """``ensure_demo_admin`` creates admin/admin: the demo project's, never a host's."""
+    names = zipfile.ZipFile(wheel).namelist()
+    commands = {n.rsplit("/", 1)[1] for n in names if "/management/commands/" in n}
+    assert "run_workflow.py" in commands  # the wheel's commands are where this looks
+    assert not [n for n in names if "ensure_demo_admin" in n or "demo" in n.rsplit("/", 1)[1]]
+    assert (ROOT / "project" / "management" / "commands" / "ensure_demo_admin.py").is_file()
 
 
 def free_port() -> int:

@@ -1,6 +1,6 @@
-"""The admin of workflow runs (SPEC §7): lists read the index, a run's page reads its file.
+"""The admin of workflow runs (docs/admin.md): lists read the index, a run's page its file.
 
-A thin face: the run page's content comes from ``wfstate.graph.run_page``, every action
+A thin face: the run page's content comes from ``wfstate.admin_pages.run_page``, every action
 calls one function of ``wfstate.runs`` (resume and cancel hand the work to the
 background: no workflow ever runs inside a request) or ``wfstate.index``. Each action is
 gated by its own permission, changes state only on POST (CSRF-protected by the admin),
@@ -32,8 +32,9 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
-from wfstate import graph
+from wfstate.admin_pages import run_page
 from wfstate.exceptions import WFStateError
+from wfstate.formatting import human_duration
 from wfstate.index import search_runs
 from wfstate.models import WorkflowRun
 
@@ -329,7 +330,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
 
     @admin.display(description=gettext_lazy("duration"), ordering="duration_ms")
     def duration(self, obj: WorkflowRun) -> str:
-        return graph.human_duration(obj.duration_ms) or "—"
+        return human_duration(obj.duration_ms) or "—"
 
     # --- the run page ----------------------------------------------------------------------
 
@@ -395,7 +396,7 @@ class WorkflowRunAdmin(admin.ModelAdmin):
         obj = self._run_or_404(request, object_id)
         if obj is None:
             return self._missing(request, object_id)
-        page = graph.run_page(obj.workflow_id)
+        page = run_page(obj.workflow_id)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,

@@ -1,7 +1,8 @@
 """One hierarchy of errors, rooted at :class:`WFStateError`.
 
 Each class has a stable ``code`` (like DRF's ``default_code``) that the API returns and
-scripts can rely on, and an ``exit_code`` that management commands exit with (SPEC §8).
+scripts can rely on, and an ``exit_code`` that management commands exit with
+(README.md, "Commands").
 Each also inherits the builtin it resembles, so ``except LookupError`` keeps working.
 HTTP statuses are mapped in one place, ``wfstate.api.exceptions``.
 

@@ -1,7 +1,8 @@
-"""Drawing a run for the admin: the workflow graph as SVG, the step timeline, the page.
+"""Drawing a run for the admin: the workflow graph as SVG, and the step timeline.
 
-Everything here is computed in Python from the state file and the definition, and
-rendered as plain SVG/HTML/CSS: no JavaScript, no layout library.
+Drawing only: the run page that shows these (what it reads, from where) is built by
+``wfstate.admin_pages``. Everything here is computed in Python from a state and a
+graph, and rendered as plain SVG/HTML/CSS: no JavaScript, no layout library.
 
 * :func:`layout` places a definition's graph in layers (longest path from the initial
   state over the edges that are not loops), orders each layer by the mean position of
@@ -9,7 +10,6 @@ rendered as plain SVG/HTML/CSS: no JavaScript, no layout library.
   coloured by its step's status in the run, the current state with a thick outline.
 * :func:`timeline` turns the steps' start times and durations into bars positioned in
   percent of the run's span.
-* :func:`run_page` gathers what the run page shows, from the file (never the row).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
+from wfstate.formatting import human_duration
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time
 
 # --- sizes of the drawing (px) ----------------------------------------------------------------
@@ -36,23 +36,6 @@ MARGIN = 24
 LOOP_LANE = 36  # room on the right for edges that go back up
 
 EDGE_KINDS = ("success", "failure", "branch", "when", "default")
-
-
-def human_duration(ms: int | float | None) -> str:
-    """``850 ms``, ``3.7 s``, ``2 min 05 s``, ``1 h 02 min``; empty for None."""
-    if ms is None:
-        return ""
-    ms = max(0, int(ms))
-    if ms < 1000:
-        return f"{ms} ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 # --- the graph's shape ------------------------------------------------------------------------
@@ -442,106 +425,3 @@ def timeline(state: WorkflowState, now: datetime | None = None) -> dict[str, Any
         )
     ticks = [{"left": p, "label": human_duration(span * p / 100)} for p in (0, 25, 50, 75, 100)]
     return {"bars": bars, "ticks": ticks, "span_ms": int(span)}
-
-
-# --- the run page -------------------------------------------------------------------------------
-
-
-def _pretty(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    try:
-        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
-    except TypeError:
-        return repr(value)
-
-
-def _definition_graph(workflow_name: str) -> tuple[dict[str, Any] | None, str]:
-    """The current definition's graph, or None with the reason."""
-    try:
-        from wfstate.definitions import get_registry
-
-        definition = get_registry().get(workflow_name)
-    except Exception as exc:  # missing or invalid: drawn from the file
-        return None, str(exc) or type(exc).__name__
-    return definition.graph(), ""
-
-
-def run_page(workflow_id: str) -> dict[str, Any]:
-    """Everything the run page shows, read from the run's file.
-
-    Never raises for a bad file: a corrupt or missing file comes back as ``error``
-    (and ``error_code``) so that the page can say so.
-    """
-    from wfstate.exceptions import WFStateError
-    from wfstate.stores import get_store
-
-    store = get_store()
-    page: dict[str, Any] = {"workflow_id": workflow_id, "state": None, "error": None}
-    try:
-        owner = store.run_lock_owner(workflow_id)
-    except WFStateError:
-        owner = None
-    page["owner"] = owner
-    page["owner_since"] = parse_time(owner.get("since")) if owner and owner.get("since") else None
-    try:
-        state = store.load(workflow_id)
-    except WFStateError as exc:
-        page["error"] = str(exc)
-        page["error_code"] = exc.code
-        return page
-    page["state"] = state
-    page["started"] = parse_time(state.started_at)
-    page["updated"] = parse_time(state.updated_at)
-    page["completed"] = parse_time(state.completed_at)
-    page["duration"] = human_duration(state.duration_ms())
-    page["inputs"] = [(k, _pretty(v)) for k, v in state.inputs.items()]
-
-    graph, missing = _definition_graph(state.workflow_name)
-    page["graph_source"] = "definition" if graph is not None else "states"
-    page["graph_missing_reason"] = missing
-    if graph is None:
-        graph = graph_from_states(state)
-    statuses = {name: str(step.status) for name, step in state.states.items()}
-    page["graph_svg"] = render_svg(
-        graph, statuses, state.current_state, title=f"{state.workflow_name} {workflow_id}"
-    )
-    page["timeline"] = timeline(state)
-
-    outputs_dir = getattr(store, "outputs_dir", None)
-    steps = []
-    for step in state.states.values():
-        side = None
-        if step.output_truncated and outputs_dir is not None:
-            side = str(outputs_dir(workflow_id))
-        steps.append(
-            {
-                "step": step,
-                "output": _pretty(step.output),
-                "stderr": step.stderr or "",
-                "duration": human_duration(step.duration_ms),
-                "started": parse_time(step.started_at),
-                "side_files": side,
-            }
-        )
-    page["steps"] = steps
-    page["history"] = [
-        {
-            "event": entry.get("event", ""),
-            "at": parse_time(entry.get("at")) if isinstance(entry.get("at"), str) else None,
-            "summary": ", ".join(
-                f"{k}={v}"
-                for k, v in entry.items()
-                if k not in ("event", "at", "rewound") and v not in (None, "", {}, [])
-            ),
-            "rewound": [r.get("name") for r in entry.get("rewound") or [] if isinstance(r, dict)],
-            "raw": _pretty(entry),
-        }
-        for entry in state.history
-        if isinstance(entry, dict)
-    ]
-    page["resume_choices"] = ["current", "previous", *state.states]
-    page["is_final"] = RunStatus(state.status).is_final
-    return page

@@ -1,4 +1,4 @@
-"""The index: projecting state files into ``WorkflowRun`` rows (SPEC §7).
+"""The index: projecting state files into ``WorkflowRun`` rows (docs/admin.md).
 
 A row is a projection of its file and nothing more: any row can be deleted and rebuilt
 by :func:`sync`, and when a row and its file disagree the file wins. Nothing here ever

@@ -1,4 +1,4 @@
-"""The index: one lightweight row per state file (SPEC §7).
+"""The index: one lightweight row per state file (docs/admin.md).
 
 A projection of the files, never the truth: any row can be deleted and rebuilt from its
 file by ``sync_workflow_index``, and when they disagree the file wins. Nothing reads a

@@ -284,7 +284,7 @@ def recover_runs(
     progress: Progress | None = None,
     on_run: Callable[[str, str], None] | None = None,
 ) -> list[str]:
-    """Resume every ``running``/``pending`` run whose run lock is free (SPEC §6).
+    """Resume every ``running``/``pending`` run whose run lock is free (docs/workflows.md).
 
     ``min_age`` skips runs updated more recently than that many seconds (a run just
     enqueued is not crashed). ``on_run(workflow_id, outcome)`` reports each.

@@ -1,4 +1,4 @@
-"""The state document of a run (SPEC §4) as typed dataclasses.
+"""The state document of a run (docs/state-file.md) as typed dataclasses.
 
 ``WorkflowState.to_dict()`` produces the JSON document with keys in a fixed order, so a
 diff between two revisions shows only what changed; ``WorkflowState.from_dict()``

@@ -1,4 +1,4 @@
-"""Background execution through Django's Tasks API (SPEC §10).
+"""Background execution through Django's Tasks API (docs/scaling.md).
 
 ``django.tasks`` on Django 6.x, the ``django-tasks`` backport on 5.2. The backend is
 the host's choice (``TASKS`` setting; ``WFSTATE["TASK_BACKEND"]`` names the alias): the

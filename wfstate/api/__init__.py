@@ -1,4 +1,4 @@
-"""The REST API (SPEC §9): DRF views over the ``wfstate.runs`` service and the index.
+"""The REST API (docs/api.md): DRF views over the ``wfstate.runs`` service and the index.
 
 Mount it in the host's urls: ``path("api/wfstate/", include("wfstate.api.urls"))``.
 Everything the views need (permissions, parsers, error format, pagination, filters,

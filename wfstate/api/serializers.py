@@ -73,7 +73,7 @@ class RunSummarySerializer(serializers.ModelSerializer[WorkflowRun]):
 
 
 class StepResultSerializer(serializers.Serializer[dict[str, Any]]):
-    """One state's result inside a run (SPEC §4)."""
+    """One state's result inside a run (docs/state-file.md)."""
 
     name = serializers.CharField()
     status = serializers.ChoiceField(choices=[s.value for s in StepStatus])

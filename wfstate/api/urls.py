@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from wfstate.api import views
+from wfstate.api import schema, views
 
 app_name = "wfstate-api"
 
@@ -15,5 +15,5 @@ router.register("workflows", views.WorkflowViewSet, basename="workflow")
 
 urlpatterns = [
     path("", include(router.urls)),
-    path("schema/", views.SchemaView.as_view(), name="schema"),
+    path("schema/", schema.SchemaView.as_view(), name="schema"),
 ]

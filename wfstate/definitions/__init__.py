@@ -1,5 +1,5 @@
 """Workflow definitions: YAML loading, JSON Schema and semantic validation, inputs,
-templates and shell quoting (SPEC §3)."""
+templates and shell quoting (docs/workflows.md)."""
 
 from wfstate.definitions.inputs import (
     input_json_schema,

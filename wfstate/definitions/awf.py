@@ -1,4 +1,4 @@
-"""Compatibility with workflow files of the Go tool awf (SPEC §3, "Compatibility").
+"""Compatibility with workflow files of the Go tool awf (docs/workflows.md, "Compatibility").
 
 Two things live here: the rewriting of awf's Go-template spellings into the Jinja2 that
 the engine renders (``{{.inputs.x}}`` -> ``{{inputs.x}}``, ``.states.s.Output`` ->

@@ -1,4 +1,4 @@
-"""Loading and validating workflow definitions (SPEC §3).
+"""Loading and validating workflow definitions (docs/workflows.md).
 
 Three passes, and every error of every pass is collected before anything is raised, so a
 user fixes a file in one round trip:

@@ -1,4 +1,4 @@
-"""The in-memory form of a workflow definition (SPEC §3), as the engine consumes it.
+"""The in-memory form of a workflow definition (docs/workflows.md), as the engine consumes it.
 
 The loader (``loader.py``) builds these from YAML after JSON Schema and semantic
 validation; awf template spellings are already normalised to Jinja2 here, and

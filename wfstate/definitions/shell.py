@@ -1,4 +1,4 @@
-"""Shell quoting by context, for ``command`` templates (SPEC §3, "Shell safety").
+"""Shell quoting by context, for ``command`` templates (docs/workflows.md, "Shell safety").
 
 The command template is scanned once, before rendering. The literal text between
 placeholders is fed to a small model of POSIX ``sh`` quoting (unquoted, ``'...'``,

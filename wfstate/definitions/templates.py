@@ -1,4 +1,4 @@
-"""Rendering templates: Jinja2, sandboxed, undefined names an error (SPEC §3).
+"""Rendering templates: Jinja2, sandboxed, undefined names an error (docs/workflows.md).
 
 Four ways to render, one per place a template appears in a definition:
 

@@ -1,6 +1,7 @@
 """The executor: walks a run through its definition, checkpointing to the store.
 
-Checkpoints (SPEC §6), and which of them are fsynced (see docs/storage.md):
+Checkpoints (docs/workflows.md, "Runs, resume and cancel"), and which of them are fsynced
+(see docs/storage.md):
 
 * run start, and each step start: durable. A step start is written together with the
   result of the step before it (one write per step boundary), so a step's result is

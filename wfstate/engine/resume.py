@@ -1,4 +1,4 @@
-"""Resuming and cancelling runs: deciding where a run goes on from (SPEC §6).
+"""Resuming and cancelling runs: deciding where a run goes on from (docs/workflows.md).
 
 Nothing is silently discarded: every step result a resume rewinds past is moved into
 ``history`` with the resume's time and options.

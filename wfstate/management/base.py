@@ -1,6 +1,6 @@
 """What every wfstate command shares: ``--json``, exit codes, signals, progress lines.
 
-Exit codes (SPEC §8): 0 success; 1 user error; 2 invalid definition; 3 the run ended
+Exit codes (README.md, "Commands"): 0 success; 1 user error; 2 invalid definition; 3 the run ended
 failed or cancelled; 4 system error. Each ``WFStateError`` carries its ``exit_code``,
 so the mapping lives in the exception classes and one ``except`` here.
 """

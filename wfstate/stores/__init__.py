@@ -1,4 +1,4 @@
-"""State stores: where the JSON state of each run lives (SPEC §5).
+"""State stores: where the JSON state of each run lives (docs/storage.md).
 
 ``get_store()`` builds the store that ``WFSTATE["STORE"]`` names, once, and caches it
 until the ``WFSTATE`` setting changes (``apps.py`` connects the reset).

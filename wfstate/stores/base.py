@@ -1,4 +1,4 @@
-"""The StateStore port (SPEC §5).
+"""The StateStore port (docs/storage.md).
 
 A store knows nothing of Django: it takes its options in its constructor, so it can be
 built in a spawned process, a benchmark or a test without settings.

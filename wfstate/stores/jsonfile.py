@@ -1,4 +1,4 @@
-"""JSONFileStore: one JSON file per run, the source of truth (SPEC §4, §5).
+"""JSONFileStore: one JSON file per run, the source of truth (docs/state-file.md, docs/storage.md).
 
 Layout under ``<root>/states/``::
 

@@ -1,4 +1,4 @@
-"""The two locks of a run, held in Redis with portalocker's ``RedisLock`` (SPEC §5, §10).
+"""The two locks of a run, held in Redis with portalocker's ``RedisLock`` (docs/scaling.md).
 
 For several hosts sharing one storage directory (NFS and friends), where ``flock``
 cannot be trusted. The semantics are the file backend's (``wfstate.stores.locks``):

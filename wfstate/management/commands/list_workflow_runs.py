@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from wfstate.graph import human_duration
+from wfstate.formatting import human_duration
 from wfstate.management.base import WFStateCommand
 from wfstate.models import RunStatusChoices, WorkflowRun
 

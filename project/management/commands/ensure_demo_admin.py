@@ -1,4 +1,9 @@
-"""``ensure_demo_admin``: the demo's admin/admin superuser (demo only, never in production)."""
+"""``ensure_demo_admin``: the demo's admin/admin superuser, for ``make serve``.
+
+Demo only: it lives in the demo project (``project``, an installed app of the demo
+settings), not in wfstate, so that no host that installs the wheel gets a command that
+creates a superuser with a known password.
+"""
 
 from __future__ import annotations
 
