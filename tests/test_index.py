@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from io import StringIO
@@ -16,6 +19,9 @@ from django.db import connections
 
 from tests.fixtures_index import make_state, rows, wait_for
 from wfstate import index, runs
+from wfstate.exceptions import CorruptState
+from wfstate.index import bulk, reader
+from wfstate.index import rows as row_writes
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus, StepStatus, WorkflowState
 from wfstate.stores import get_store
@@ -65,6 +71,49 @@ def test_live_run_total_comes_from_the_definition() -> None:
 def test_error_summary_falls_back_to_the_failed_step() -> None:
     state = make_state("demo", RunStatus.RUNNING, {"a": StepStatus.FAILED})
     assert index.row_fields(state)["error"] == "a: boom"
+
+
+# Django configured with a database backend that imports no ``multiprocessing`` (SQLite's
+# does, for cloning test databases): the baseline the imports below are measured against.
+_IMPORT_PROBE = """
+import importlib, sys
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework",
+                    "drf_spectacular", "wfstate"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.dummy"}},
+)
+django.setup()
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print("multiprocessing" in sys.modules)
+"""
+
+
+def _imports_multiprocessing(*modules: str) -> bool:
+    """Whether a fresh interpreter has ``multiprocessing`` after Django's set-up and
+    importing ``modules``."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, *modules],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return {"True": True, "False": False}[done.stdout.strip()]
+
+
+def test_importing_the_projection_does_not_import_multiprocessing() -> None:
+    # Honest: Django alone does not import it, and the probe sees it when it happens.
+    assert not _imports_multiprocessing()
+    assert _imports_multiprocessing("wfstate.index.bulk")
+    assert not _imports_multiprocessing("wfstate.index.projection")
+    # The API's serializers read ROW_FIELDS from the package's public face.
+    assert not _imports_multiprocessing("wfstate.api.serializers")
 
 
 @pytest.mark.django_db
@@ -138,13 +187,13 @@ def test_listener_writes_a_status_change_at_once_and_coalesces_the_rest(
     listener: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[int] = []
-    real = index._upsert
+    real = row_writes.upsert
 
     def counting(workflow_id: str, fields: dict[str, Any]) -> bool:
         writes.append(fields["revision"])
         return real(workflow_id, fields)
 
-    monkeypatch.setattr(index, "_upsert", counting)
+    monkeypatch.setattr(row_writes, "upsert", counting)
     state = make_state(status=RunStatus.PENDING)
     state.revision = 1
     started = time.monotonic()
@@ -199,7 +248,7 @@ def test_an_index_failure_is_logged_and_never_raises(
     def broken(*args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(index, "_upsert", broken)
+    monkeypatch.setattr(row_writes, "upsert", broken)
     listener = index.make_listener()
     state = make_state()
     with caplog.at_level(logging.ERROR, logger="wfstate.index"):
@@ -512,7 +561,7 @@ def test_sync_fast_path_rows_equal_the_stores_parser(
 ) -> None:
     """Whatever a file holds, sync's row is the one ``store.load()`` + ``row_fields()``
     give, or the file is flagged corrupt with the store's own message."""
-    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
     store = get_store()
     expected: dict[str, Any] = {}
     for _, document in _odd_documents():
@@ -531,7 +580,7 @@ def test_sync_fast_path_rows_equal_the_stores_parser(
                 "workflow_id": state.workflow_id,
                 **index.row_fields(loaded),
             }
-        except index.CorruptState as exc:
+        except CorruptState as exc:
             expected[state.workflow_id] = str(exc)
         except Exception as exc:  # a projection error: flagged corrupt by sync
             expected[state.workflow_id] = f"projection: {exc}"
@@ -553,9 +602,9 @@ def test_sync_fast_path_rows_equal_the_stores_parser(
 
 @pytest.mark.django_db
 def test_sync_in_a_worker_process_equals_sync_here(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
-    monkeypatch.setattr(index, "SYNC_READ_CHUNK", 3)  # several batches through the worker
-    monkeypatch.setattr(index, "SYNC_BATCH", 4)  # and several write transactions
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    monkeypatch.setattr(bulk, "SYNC_READ_CHUNK", 3)  # several batches through the worker
+    monkeypatch.setattr(bulk, "SYNC_BATCH", 4)  # and several write transactions
     states = _files(11)
     get_store().path_for(states[2].workflow_id).write_bytes(b"{")
     progress: list[tuple[int, int]] = []
@@ -580,15 +629,15 @@ def test_sync_in_a_worker_process_equals_sync_here(monkeypatch: pytest.MonkeyPat
 def test_sync_reads_here_when_the_worker_process_dies(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
-    monkeypatch.setattr(index, "SYNC_READ_CHUNK", 2)
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    monkeypatch.setattr(bulk, "SYNC_READ_CHUNK", 2)
 
     def dying(*args: Any) -> None:
         import os
 
         os._exit(3)
 
-    monkeypatch.setattr(index, "_worker_main", dying)
+    monkeypatch.setattr(reader, "_worker_main", dying)
     _files(5)
     with caplog.at_level(logging.WARNING, logger="wfstate.index"):
         report = index.sync(workers=1)
