@@ -663,3 +663,193 @@ def test_prune_keeps_a_row_whose_file_appeared_after_the_listing(
     report = index.sync(prune=True)
     assert report.pruned == 0
     assert set(rows()) == {early.workflow_id, late.workflow_id}
+
+
+# --- one odd value never stops the index (issue 9) ----------------------------------------------
+
+
+def _on_postgres() -> None:
+    if connections["default"].vendor != "postgresql":
+        pytest.skip("PostgreSQL refuses NUL in text; SQLite keeps it (WFSTATE_TEST_DB=postgres)")
+
+
+def _write_document(state: WorkflowState, **changes: Any) -> None:
+    """Write ``state``'s file by hand, with ``changes`` to its document."""
+    path = get_store().path_for(state.workflow_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(json.dumps({**state.to_dict(), **changes}).encode())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("revision", [-3, 10**20, index.REVISION_MAX + 1])
+def test_a_revision_out_of_range_is_corrupt_and_every_other_file_is_indexed(
+    revision: int, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    states = _files(4)
+    odd = states[1]
+    _write_document(odd, revision=revision)
+    report = index.sync(workers=workers)  # must not raise
+    assert list(report.corrupt) == [odd.workflow_id]
+    assert (
+        f"revision {revision} is outside 0..{index.REVISION_MAX}" in report.corrupt[odd.workflow_id]
+    )
+    got = rows()
+    for state in states:
+        if state is not odd:
+            assert got[state.workflow_id] == {
+                "workflow_id": state.workflow_id,
+                **index.row_fields(state),
+            }
+    assert (got[odd.workflow_id]["status"], got[odd.workflow_id]["corrupt"]) == ("corrupt", True)
+    # Reported again, not rewritten, by the next sync; and by the command, which exits 0.
+    again = index.sync(workers=workers)
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 4)
+    assert list(again.corrupt) == [odd.workflow_id]
+    # One run re-indexed from its file (the admin's action) says corrupt too.
+    WorkflowRun.objects.filter(workflow_id=odd.workflow_id).delete()
+    assert index.reindex(odd.workflow_id) == "corrupt"
+    assert WorkflowRun.objects.get(workflow_id=odd.workflow_id).corrupt
+
+
+@pytest.mark.django_db
+def test_a_batch_the_database_refuses_is_written_row_by_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should the database refuse a value the projection let through, only that file is
+    reported corrupt (with the database's error) and the rest of its batch is written."""
+    from django.db import DataError
+
+    states = _files(3)
+    refused = states[0].workflow_id
+    real = bulk.Table.upsert
+
+    def picky(table: Any, batch: list[tuple[str, Any]]) -> None:
+        if any(workflow_id == refused for workflow_id, _ in batch):
+            raise DataError("value out of range for this column")
+        real(table, batch)
+
+    monkeypatch.setattr(bulk.Table, "upsert", picky)
+    report = index.sync(workers=0)
+    assert list(report.corrupt) == [refused]
+    assert "value out of range for this column" in report.corrupt[refused]
+    got = rows()
+    assert got[refused]["corrupt"] is True
+    assert {wid for wid, row in got.items() if not row["corrupt"]} == {
+        s.workflow_id for s in states[1:]
+    }
+
+
+@pytest.mark.django_db
+def test_nul_characters_never_reach_a_text_column() -> None:
+    state = make_state("demo", RunStatus.FAILED, {"greet": StepStatus.FAILED})
+    state.current_state = "gr\x00eet"
+    state.workflow_version = "1\x00"
+    state.states["greet"].error = "exit code 3: bad\x00byte"
+    fields = index.row_fields(state)
+    assert fields["current_state"] == "greet"
+    assert fields["workflow_version"] == "1"
+    assert fields["error"] == "greet: exit code 3: badbyte"
+    state.error = "\x00 run error \x00"
+    assert index.row_fields(state)["error"] == "run error"
+    assert index.corrupt_fields("broken\x00file")["error"] == "brokenfile"
+
+
+NUL_WORKFLOW = """\
+name: nul_stderr
+version: "1"
+states:
+  initial: noisy
+  noisy:
+    type: step
+    command: printf 'bad\\000byte\\n' >&2; exit 3
+    on_success: done
+  done: {type: terminal, status: success}
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_a_step_printing_nul_to_stderr_still_updates_its_row(
+    tmp_path: Path, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The live listener path: the run's failed step error holds a NUL from stderr."""
+    _on_postgres()
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "nul_stderr.yaml").write_text(NUL_WORKFLOW)
+    settings.WFSTATE = {
+        **settings.WFSTATE,
+        "WORKFLOW_DIRS": [*settings.WFSTATE["WORKFLOW_DIRS"], workflows],
+    }
+    with caplog.at_level(logging.ERROR, logger="wfstate.index"):
+        final = runs.start_run("nul_stderr")
+    assert final.status == RunStatus.FAILED
+    loaded = get_store().load(final.workflow_id)
+    assert "\x00" in str(loaded.states["noisy"].error)  # the file keeps what was printed
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    row = WorkflowRun.objects.get(workflow_id=final.workflow_id)
+    assert (row.status, row.revision) == ("failed", loaded.revision)
+    assert "badbyte" in row.error
+    assert rows()[final.workflow_id] == {
+        "workflow_id": final.workflow_id,
+        **index.row_fields(loaded),
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [0, 1])
+def test_postgres_sync_indexes_files_with_nul_in_text(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync path: NULs in the error, the current state and the version."""
+    _on_postgres()
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    states = _files(3)
+    odd = states[0]
+    _write_document(
+        odd, error="exit code 3: bad\x00byte", current_state="gr\x00eet", workflow_version="1\x00"
+    )
+    report = _sync() if workers == 0 else index.sync(workers=1).as_dict()
+    assert (report["created"], report["corrupt"]) == (3, [])
+    row = WorkflowRun.objects.get(workflow_id=odd.workflow_id)
+    assert (row.error, row.current_state, row.workflow_version) == (
+        "exit code 3: badbyte",
+        "greet",
+        "1",
+    )
+    again = _sync()
+    assert (again["updated"], again["unchanged"], again["drifted"]) == (0, 3, [])
+
+
+# --- USE_TZ = False: rows in TIME_ZONE, and no endless drift ------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [0, 1])
+def test_without_use_tz_rows_are_in_time_zone_and_a_second_sync_finds_no_drift(
+    settings: Any, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "America/New_York"
+    states = _files(5)
+    first = index.sync(workers=workers)
+    assert (first.created, first.corrupt) == (5, {})
+    row = WorkflowRun.objects.get(workflow_id=states[0].workflow_id)
+    # 11:00 UTC on 27 November is 06:00 in New York (EST), kept naive as Django does.
+    assert row.started_at == dt.datetime(2026, 11, 27, 6, 0)
+    assert row.completed_at == dt.datetime(2026, 11, 27, 6, 0, 30)
+    second = index.sync(workers=workers)
+    assert (second.updated, second.unchanged, second.drifted) == (0, 5, {})
+    # The engine's single-row writes agree with the sync's: no drift between them.
+    WorkflowRun.objects.all().delete()
+    for state in states:
+        assert index.index_state(state)
+    third = index.sync(workers=workers)
+    assert (third.created, third.updated, third.unchanged) == (0, 0, 5)
+    assert rows()[states[0].workflow_id]["started_at"] == dt.datetime(2026, 11, 27, 6, 0)
