@@ -32,11 +32,12 @@ def comparable(fields: dict[str, Any], text_times: bool, tz: dt.tzinfo) -> Value
     """
     values = [fields[name] for name in ROW_FIELDS]
     if text_times:
+        naive = not settings.USE_TZ  # then the projection's times are naive already
         for i in DATETIME_AT:
             value = values[i]
             if value is None:
                 continue
-            if value.tzinfo is not None:
+            if not naive:
                 value = value.astimezone(tz).replace(tzinfo=None)
             values[i] = str(value)
     return tuple(values)
