@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from io import StringIO
@@ -16,6 +19,9 @@ from django.db import connections
 
 from tests.fixtures_index import make_state, rows, wait_for
 from wfstate import index, runs
+from wfstate.exceptions import CorruptState
+from wfstate.index import bulk, reader
+from wfstate.index import rows as row_writes
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus, StepStatus, WorkflowState
 from wfstate.stores import get_store
@@ -65,6 +71,49 @@ def test_live_run_total_comes_from_the_definition() -> None:
 def test_error_summary_falls_back_to_the_failed_step() -> None:
     state = make_state("demo", RunStatus.RUNNING, {"a": StepStatus.FAILED})
     assert index.row_fields(state)["error"] == "a: boom"
+
+
+# Django configured with a database backend that imports no ``multiprocessing`` (SQLite's
+# does, for cloning test databases): the baseline the imports below are measured against.
+_IMPORT_PROBE = """
+import importlib, sys
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework",
+                    "drf_spectacular", "wfstate"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.dummy"}},
+)
+django.setup()
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print("multiprocessing" in sys.modules)
+"""
+
+
+def _imports_multiprocessing(*modules: str) -> bool:
+    """Whether a fresh interpreter has ``multiprocessing`` after Django's set-up and
+    importing ``modules``."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE, *modules],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return {"True": True, "False": False}[done.stdout.strip()]
+
+
+def test_importing_the_projection_does_not_import_multiprocessing() -> None:
+    # Honest: Django alone does not import it, and the probe sees it when it happens.
+    assert not _imports_multiprocessing()
+    assert _imports_multiprocessing("wfstate.index.bulk")
+    assert not _imports_multiprocessing("wfstate.index.projection")
+    # The API's serializers read ROW_FIELDS from the package's public face.
+    assert not _imports_multiprocessing("wfstate.api.serializers")
 
 
 @pytest.mark.django_db
@@ -138,13 +187,13 @@ def test_listener_writes_a_status_change_at_once_and_coalesces_the_rest(
     listener: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[int] = []
-    real = index._upsert
+    real = row_writes.upsert
 
     def counting(workflow_id: str, fields: dict[str, Any]) -> bool:
         writes.append(fields["revision"])
         return real(workflow_id, fields)
 
-    monkeypatch.setattr(index, "_upsert", counting)
+    monkeypatch.setattr(row_writes, "upsert", counting)
     state = make_state(status=RunStatus.PENDING)
     state.revision = 1
     started = time.monotonic()
@@ -199,7 +248,7 @@ def test_an_index_failure_is_logged_and_never_raises(
     def broken(*args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("database on fire")
 
-    monkeypatch.setattr(index, "_upsert", broken)
+    monkeypatch.setattr(row_writes, "upsert", broken)
     listener = index.make_listener()
     state = make_state()
     with caplog.at_level(logging.ERROR, logger="wfstate.index"):
@@ -512,7 +561,7 @@ def test_sync_fast_path_rows_equal_the_stores_parser(
 ) -> None:
     """Whatever a file holds, sync's row is the one ``store.load()`` + ``row_fields()``
     give, or the file is flagged corrupt with the store's own message."""
-    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
     store = get_store()
     expected: dict[str, Any] = {}
     for _, document in _odd_documents():
@@ -531,7 +580,7 @@ def test_sync_fast_path_rows_equal_the_stores_parser(
                 "workflow_id": state.workflow_id,
                 **index.row_fields(loaded),
             }
-        except index.CorruptState as exc:
+        except CorruptState as exc:
             expected[state.workflow_id] = str(exc)
         except Exception as exc:  # a projection error: flagged corrupt by sync
             expected[state.workflow_id] = f"projection: {exc}"
@@ -553,9 +602,9 @@ def test_sync_fast_path_rows_equal_the_stores_parser(
 
 @pytest.mark.django_db
 def test_sync_in_a_worker_process_equals_sync_here(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
-    monkeypatch.setattr(index, "SYNC_READ_CHUNK", 3)  # several batches through the worker
-    monkeypatch.setattr(index, "SYNC_BATCH", 4)  # and several write transactions
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    monkeypatch.setattr(bulk, "SYNC_READ_CHUNK", 3)  # several batches through the worker
+    monkeypatch.setattr(bulk, "SYNC_BATCH", 4)  # and several write transactions
     states = _files(11)
     get_store().path_for(states[2].workflow_id).write_bytes(b"{")
     progress: list[tuple[int, int]] = []
@@ -580,15 +629,15 @@ def test_sync_in_a_worker_process_equals_sync_here(monkeypatch: pytest.MonkeyPat
 def test_sync_reads_here_when_the_worker_process_dies(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(index, "_can_fork_worker", lambda: True)
-    monkeypatch.setattr(index, "SYNC_READ_CHUNK", 2)
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    monkeypatch.setattr(bulk, "SYNC_READ_CHUNK", 2)
 
     def dying(*args: Any) -> None:
         import os
 
         os._exit(3)
 
-    monkeypatch.setattr(index, "_worker_main", dying)
+    monkeypatch.setattr(reader, "_worker_main", dying)
     _files(5)
     with caplog.at_level(logging.WARNING, logger="wfstate.index"):
         report = index.sync(workers=1)
@@ -614,3 +663,193 @@ def test_prune_keeps_a_row_whose_file_appeared_after_the_listing(
     report = index.sync(prune=True)
     assert report.pruned == 0
     assert set(rows()) == {early.workflow_id, late.workflow_id}
+
+
+# --- one odd value never stops the index (issue 9) ----------------------------------------------
+
+
+def _on_postgres() -> None:
+    if connections["default"].vendor != "postgresql":
+        pytest.skip("PostgreSQL refuses NUL in text; SQLite keeps it (WFSTATE_TEST_DB=postgres)")
+
+
+def _write_document(state: WorkflowState, **changes: Any) -> None:
+    """Write ``state``'s file by hand, with ``changes`` to its document."""
+    path = get_store().path_for(state.workflow_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(json.dumps({**state.to_dict(), **changes}).encode())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("revision", [-3, 10**20, index.REVISION_MAX + 1])
+def test_a_revision_out_of_range_is_corrupt_and_every_other_file_is_indexed(
+    revision: int, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    states = _files(4)
+    odd = states[1]
+    _write_document(odd, revision=revision)
+    report = index.sync(workers=workers)  # must not raise
+    assert list(report.corrupt) == [odd.workflow_id]
+    assert (
+        f"revision {revision} is outside 0..{index.REVISION_MAX}" in report.corrupt[odd.workflow_id]
+    )
+    got = rows()
+    for state in states:
+        if state is not odd:
+            assert got[state.workflow_id] == {
+                "workflow_id": state.workflow_id,
+                **index.row_fields(state),
+            }
+    assert (got[odd.workflow_id]["status"], got[odd.workflow_id]["corrupt"]) == ("corrupt", True)
+    # Reported again, not rewritten, by the next sync; and by the command, which exits 0.
+    again = index.sync(workers=workers)
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 4)
+    assert list(again.corrupt) == [odd.workflow_id]
+    # One run re-indexed from its file (the admin's action) says corrupt too.
+    WorkflowRun.objects.filter(workflow_id=odd.workflow_id).delete()
+    assert index.reindex(odd.workflow_id) == "corrupt"
+    assert WorkflowRun.objects.get(workflow_id=odd.workflow_id).corrupt
+
+
+@pytest.mark.django_db
+def test_a_batch_the_database_refuses_is_written_row_by_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should the database refuse a value the projection let through, only that file is
+    reported corrupt (with the database's error) and the rest of its batch is written."""
+    from django.db import DataError
+
+    states = _files(3)
+    refused = states[0].workflow_id
+    real = bulk.Table.upsert
+
+    def picky(table: Any, batch: list[tuple[str, Any]]) -> None:
+        if any(workflow_id == refused for workflow_id, _ in batch):
+            raise DataError("value out of range for this column")
+        real(table, batch)
+
+    monkeypatch.setattr(bulk.Table, "upsert", picky)
+    report = index.sync(workers=0)
+    assert list(report.corrupt) == [refused]
+    assert "value out of range for this column" in report.corrupt[refused]
+    got = rows()
+    assert got[refused]["corrupt"] is True
+    assert {wid for wid, row in got.items() if not row["corrupt"]} == {
+        s.workflow_id for s in states[1:]
+    }
+
+
+@pytest.mark.django_db
+def test_nul_characters_never_reach_a_text_column() -> None:
+    state = make_state("demo", RunStatus.FAILED, {"greet": StepStatus.FAILED})
+    state.current_state = "gr\x00eet"
+    state.workflow_version = "1\x00"
+    state.states["greet"].error = "exit code 3: bad\x00byte"
+    fields = index.row_fields(state)
+    assert fields["current_state"] == "greet"
+    assert fields["workflow_version"] == "1"
+    assert fields["error"] == "greet: exit code 3: badbyte"
+    state.error = "\x00 run error \x00"
+    assert index.row_fields(state)["error"] == "run error"
+    assert index.corrupt_fields("broken\x00file")["error"] == "brokenfile"
+
+
+NUL_WORKFLOW = """\
+name: nul_stderr
+version: "1"
+states:
+  initial: noisy
+  noisy:
+    type: step
+    command: printf 'bad\\000byte\\n' >&2; exit 3
+    on_success: done
+  done: {type: terminal, status: success}
+"""
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_a_step_printing_nul_to_stderr_still_updates_its_row(
+    tmp_path: Path, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The live listener path: the run's failed step error holds a NUL from stderr."""
+    _on_postgres()
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "nul_stderr.yaml").write_text(NUL_WORKFLOW)
+    settings.WFSTATE = {
+        **settings.WFSTATE,
+        "WORKFLOW_DIRS": [*settings.WFSTATE["WORKFLOW_DIRS"], workflows],
+    }
+    with caplog.at_level(logging.ERROR, logger="wfstate.index"):
+        final = runs.start_run("nul_stderr")
+    assert final.status == RunStatus.FAILED
+    loaded = get_store().load(final.workflow_id)
+    assert "\x00" in str(loaded.states["noisy"].error)  # the file keeps what was printed
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    row = WorkflowRun.objects.get(workflow_id=final.workflow_id)
+    assert (row.status, row.revision) == ("failed", loaded.revision)
+    assert "badbyte" in row.error
+    assert rows()[final.workflow_id] == {
+        "workflow_id": final.workflow_id,
+        **index.row_fields(loaded),
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [0, 1])
+def test_postgres_sync_indexes_files_with_nul_in_text(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sync path: NULs in the error, the current state and the version."""
+    _on_postgres()
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    states = _files(3)
+    odd = states[0]
+    _write_document(
+        odd, error="exit code 3: bad\x00byte", current_state="gr\x00eet", workflow_version="1\x00"
+    )
+    report = _sync() if workers == 0 else index.sync(workers=1).as_dict()
+    assert (report["created"], report["corrupt"]) == (3, [])
+    row = WorkflowRun.objects.get(workflow_id=odd.workflow_id)
+    assert (row.error, row.current_state, row.workflow_version) == (
+        "exit code 3: badbyte",
+        "greet",
+        "1",
+    )
+    again = _sync()
+    assert (again["updated"], again["unchanged"], again["drifted"]) == (0, 3, [])
+
+
+# --- USE_TZ = False: rows in TIME_ZONE, and no endless drift ------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [0, 1])
+def test_without_use_tz_rows_are_in_time_zone_and_a_second_sync_finds_no_drift(
+    settings: Any, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datetime as dt
+
+    monkeypatch.setattr(bulk, "can_fork_worker", lambda: True)
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "America/New_York"
+    states = _files(5)
+    first = index.sync(workers=workers)
+    assert (first.created, first.corrupt) == (5, {})
+    row = WorkflowRun.objects.get(workflow_id=states[0].workflow_id)
+    # 11:00 UTC on 27 November is 06:00 in New York (EST), kept naive as Django does.
+    assert row.started_at == dt.datetime(2026, 11, 27, 6, 0)
+    assert row.completed_at == dt.datetime(2026, 11, 27, 6, 0, 30)
+    second = index.sync(workers=workers)
+    assert (second.updated, second.unchanged, second.drifted) == (0, 5, {})
+    # The engine's single-row writes agree with the sync's: no drift between them.
+    WorkflowRun.objects.all().delete()
+    for state in states:
+        assert index.index_state(state)
+    third = index.sync(workers=workers)
+    assert (third.created, third.updated, third.unchanged) == (0, 0, 5)
+    assert rows()[states[0].workflow_id]["started_at"] == dt.datetime(2026, 11, 27, 6, 0)

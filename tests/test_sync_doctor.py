@@ -167,3 +167,63 @@ def test_a_corrupt_file_repaired_before_the_fix_is_left_in_place() -> None:
     path.write_bytes(good)
     assert index.quarantine(get_store(), state.workflow_id) is None
     assert path.exists()
+
+
+# --- one odd value never stops sync or doctor (issue 9) -----------------------------------------
+
+
+def write_document(state: WorkflowState, **changes: Any) -> None:
+    """Write ``state``'s file by hand, with ``changes`` to its document."""
+    path = get_store().path_for(state.workflow_id)
+    path.write_bytes(json.dumps({**state.to_dict(), **changes}).encode())
+
+
+@pytest.mark.parametrize("revision", [-3, 10**20])
+def test_a_revision_out_of_range_is_reported_corrupt_by_sync_and_doctor(revision: int) -> None:
+    states = files(3)
+    odd = states[0]
+    write_document(odd, revision=revision)
+    # doctor: reported corrupt (the other files only miss their rows), nothing crashes.
+    code, report = doctor()
+    assert code == 1
+    assert [c["workflow_id"] for c in report["corrupt"]] == [odd.workflow_id]
+    assert "is outside 0.." in report["corrupt"][0]["error"]
+    assert sorted(report["missing_rows"]) == sorted(s.workflow_id for s in states)
+    # sync_workflow_index: the same, and every other file indexed.
+    code, out, _ = command("sync_workflow_index")
+    assert code == 0
+    assert "3 files: 3 rows created" in out
+    assert f"corrupt {odd.workflow_id}: run {odd.workflow_id} is not a valid state" in out
+    assert set(WorkflowRun.objects.filter(corrupt=False).values_list("workflow_id", flat=True)) == {
+        s.workflow_id for s in states[1:]
+    }
+    # doctor --fix: the file is moved to quarantine (never deleted), and all is well.
+    code, report = doctor("--fix")
+    assert code == 0, report
+    quarantined = report["fixed"]["quarantined"][odd.workflow_id]
+    with open(quarantined, "rb") as fh:
+        assert json.loads(fh.read())["revision"] == revision
+    assert not get_store().exists(odd.workflow_id)
+    assert doctor()[1]["problems"] == 0
+
+
+@pytest.mark.postgres
+def test_postgres_doctor_fix_indexes_a_file_with_nul_in_its_error() -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL refuses NUL in text; SQLite keeps it (WFSTATE_TEST_DB=postgres)")
+    states = files(2)
+    odd = states[0]
+    write_document(odd, error="exit code 3: bad\x00byte", current_state="gr\x00eet")
+    code, report = doctor()
+    assert code == 1
+    assert report["found"]["missing_rows"] == 2
+    assert report["corrupt"] == []
+    code, report = doctor("--fix")
+    assert code == 0, report
+    assert report["fixed"]["rows_created"] == 2
+    row = WorkflowRun.objects.get(workflow_id=odd.workflow_id)
+    assert (row.error, row.current_state, row.corrupt) == ("exit code 3: badbyte", "greet", False)
+    code, report = doctor()
+    assert (code, report["problems"]) == (0, 0)  # no drift between the row and its file

@@ -47,6 +47,7 @@ class Command(WFStateCommand):
         bar = progress_bar(self, "checking")
         report = index.inspect(store, progress=bar)
         bar.finish()
+        # store contract: see stores/base.py (temp_files is the file store's)
         temp_files = [str(p) for p in getattr(store, "temp_files", list)()]
         crashed = self._crashed(store)
         found = {
@@ -110,6 +111,7 @@ class Command(WFStateCommand):
         bar = progress_bar(self, "re-syncing")
         synced = index.sync(store, prune=True, progress=bar)
         bar.finish()
+        # store contract: see stores/base.py (temp_files is the file store's)
         left_temp = [str(p) for p in getattr(store, "temp_files", list)()]
         left_corrupt = [w for w in synced.corrupt if w not in quarantined]
         return {

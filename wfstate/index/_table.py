@@ -1,0 +1,178 @@
+"""The index table as a sync reads and writes it: set-based, raw SQL per database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db import connections, models, router
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from wfstate.index.projection import ROW_FIELDS
+from wfstate.models import WorkflowRun
+
+# A row's values in ``ROW_FIELDS`` order, in the form the table returns them.
+Values = tuple[Any, ...]
+
+
+def chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def comparable(fields: dict[str, Any], text_times: bool, tz: dt.tzinfo) -> Values:
+    """A row's values in ``ROW_FIELDS`` order, as the index table returns them.
+
+    With ``text_times`` (SQLite) a datetime is the text Django's SQLite backend stores
+    for it (``adapt_datetimefield_value``: naive, in the connection's time zone ``tz``
+    for an aware one; a naive one, as the projection gives without ``USE_TZ``, as is).
+    """
+    values = [fields[name] for name in ROW_FIELDS]
+    if text_times:
+        naive = not settings.USE_TZ  # then the projection's times are naive already
+        for i in DATETIME_AT:
+            value = values[i]
+            if value is None:
+                continue
+            if not naive:
+                value = value.astimezone(tz).replace(tzinfo=None)
+            values[i] = str(value)
+    return tuple(values)
+
+
+DATETIME_AT = tuple(
+    i for i, name in enumerate(ROW_FIELDS) if name in ("started_at", "updated_at", "completed_at")
+)
+
+
+class Table:
+    """Raw, set-based reads and writes of the index table for ``sync``.
+
+    The ORM's ``bulk_create`` spends most of its time preparing values field by field;
+    here a batch is a few ``SELECT ... IN`` and one ``executemany`` upsert (``INSERT ...
+    ON CONFLICT (workflow_id) DO UPDATE``, which SQLite and PostgreSQL share). Other
+    backends take the ORM's ``bulk_create(update_conflicts=True)``.
+
+    Rows are compared in the form the database returns them: on SQLite the datetime
+    columns are read as their stored text (``CAST(... AS TEXT)``, nothing parsed) and
+    the file's values are put in that same text form, which is also what is written.
+    """
+
+    def __init__(self) -> None:
+        self.connection = connections[router.db_for_write(WorkflowRun)]
+        vendor = self.connection.vendor
+        self.fast = vendor in ("sqlite", "postgresql")
+        # SQLite keeps datetimes as text: compare and write that text directly.
+        self.text_times = vendor == "sqlite"
+        # With USE_TZ the projection's times are aware and the database's are made aware
+        # in the connection's zone; without, both are naive in TIME_ZONE (where Django
+        # keeps them then), so a row written by one sync is equal at the next.
+        self.use_tz = bool(settings.USE_TZ)
+        self.tz: dt.tzinfo = (
+            (self.connection.timezone or dt.UTC) if self.use_tz else timezone.get_default_timezone()
+        )
+        self.lookup = min(self.connection.features.max_query_params or 5000, 5000) - 99
+        meta = WorkflowRun._meta
+        quote = self.connection.ops.quote_name
+        self.table = quote(meta.db_table)
+        self.key = quote(self._column("workflow_id"))
+        self.columns = [quote(self._column(name)) for name in ROW_FIELDS]
+        self.indexed_at = quote(self._column("indexed_at"))
+        self.corrupt_at = ROW_FIELDS.index("corrupt")
+        self.started_at = ROW_FIELDS.index("started_at")
+
+    @staticmethod
+    def _column(name: str) -> str:
+        field = WorkflowRun._meta.get_field(name)
+        assert isinstance(field, models.Field)
+        return str(field.column)
+
+    def comparable(self, fields: dict[str, Any]) -> Values:
+        """The row's values as :meth:`existing` returns them."""
+        return comparable(fields, self.text_times, self.tz)
+
+    def existing(self, ids: list[str]) -> dict[str, Values]:
+        """The rows of ``ids`` that exist, as comparable to :meth:`comparable` values."""
+        columns = [
+            f"CAST({c} AS TEXT)" if self.text_times and i in DATETIME_AT else c
+            for i, c in enumerate(self.columns)
+        ]
+        select = f"SELECT {self.key}, {', '.join(columns)} FROM {self.table} WHERE {self.key} IN"  # noqa: S608 - quoted names, bound values
+        fetched: list[Any] = []
+        with self.connection.cursor() as cursor:
+            for part in chunks(ids, self.lookup):
+                cursor.execute(f"{select} ({', '.join(['%s'] * len(part))})", part)
+                fetched.extend(cursor.fetchall())
+        if self.text_times:
+            return {raw[0]: (*raw[1:-1], bool(raw[-1])) for raw in fetched}
+        tz = self.tz
+        rows = {}
+        for raw in fetched:
+            values = list(raw[1:])
+            for i in DATETIME_AT:
+                value = values[i]
+                if isinstance(value, str):  # a driver without converters
+                    value = parse_datetime(value)
+                if value is None:
+                    pass
+                elif self.use_tz and timezone.is_naive(value):
+                    value = timezone.make_aware(value, tz)
+                elif not self.use_tz and timezone.is_aware(value):
+                    value = timezone.make_naive(value, tz)
+                values[i] = value
+            values[self.corrupt_at] = bool(values[self.corrupt_at])
+            rows[raw[0]] = tuple(values)
+        return rows
+
+    def run_ids(self) -> Iterator[str]:
+        """Every row's run id."""
+        with self.connection.cursor() as cursor:
+            cursor.execute(f"SELECT {self.key} FROM {self.table}")  # noqa: S608 - quoted names
+            while batch := cursor.fetchmany(10_000):
+                for (workflow_id,) in batch:
+                    yield workflow_id
+
+    def upsert(self, rows: list[tuple[str, Values]]) -> None:
+        """Insert or overwrite rows (values as :meth:`comparable` gives them)."""
+        if not rows:
+            return
+        # In start order: the listing indexes (started_at, and status or name with it)
+        # then grow at a few places instead of at random ones, which is faster.
+        at = self.started_at
+        rows = sorted(rows, key=lambda row: (row[1][at] is not None, row[1][at] or 0))
+        now = timezone.now()
+        if not self.fast:
+            objs = [
+                WorkflowRun(
+                    workflow_id=wid, indexed_at=now, **dict(zip(ROW_FIELDS, values, strict=True))
+                )
+                for wid, values in rows
+            ]
+            WorkflowRun.objects.bulk_create(
+                objs,
+                update_conflicts=True,
+                unique_fields=["workflow_id"],
+                update_fields=[*ROW_FIELDS, "indexed_at"],
+            )
+            return
+        columns = [self.key, *self.columns, self.indexed_at]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in [*self.columns, self.indexed_at])
+        sql = (
+            f"INSERT INTO {self.table} ({', '.join(columns)}) "  # noqa: S608 - quoted names
+            f"VALUES ({', '.join(['%s'] * len(columns))}) "
+            f"ON CONFLICT ({self.key}) DO UPDATE SET {updates}"
+        )
+        stamp = self.connection.ops.adapt_datetimefield_value(now)
+        if self.text_times:
+            params = [(wid, *values, stamp) for wid, values in rows]
+        else:
+            adapt = self.connection.ops.adapt_datetimefield_value
+            params = [
+                (wid, *(adapt(v) if i in DATETIME_AT else v for i, v in enumerate(values)), stamp)
+                for wid, values in rows
+            ]
+        with self.connection.cursor() as cursor:
+            cursor.executemany(sql, params)
