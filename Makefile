@@ -29,7 +29,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check wfstate tests project bench
 	$(VENV)/bin/ruff format --check wfstate tests project bench
-	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict
 
 # Then the index, admin, API and scale tests again with the index on the machine's
 # PostgreSQL (pytest-django creates test_<NAME>); the wildcard skips absent files.

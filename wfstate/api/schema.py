@@ -290,7 +290,7 @@ class WFStateSchemaGenerator(SchemaGenerator):
     """Documents the wfstate views only, under whatever prefix the host mounted them."""
 
     def _initialise_endpoints(self) -> None:
-        super()._initialise_endpoints()
+        super()._initialise_endpoints()  # type: ignore[no-untyped-call]
         # drf-spectacular's endpoints are (path, regex, method, callback) 4-tuples; a
         # view's callback carries its class (a viewset's, the class of the action).
         endpoints: list[Any] = list(self.endpoints or [])
@@ -347,4 +347,5 @@ class SchemaView(SchemaMixin, AccessMixin, SpectacularAPIView):
         },
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return super().get(request, *args, **kwargs)
+        response: Response = super().get(request, *args, **kwargs)  # type: ignore[no-untyped-call]
+        return response

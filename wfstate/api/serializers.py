@@ -40,7 +40,7 @@ class AnyJSONField(serializers.JSONField):
 
 
 @extend_schema_field({"type": "string", "format": "uri"})
-class RunURLField(serializers.Field):
+class RunURLField(serializers.Field[str, str, str, Any]):
     """The absolute URL of a run's detail, from its ``workflow_id``."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -145,7 +145,7 @@ class RunCreateSerializer(serializers.Serializer[dict[str, Any]]):
 class RunResumeSerializer(serializers.Serializer[dict[str, Any]]):
     """``from`` is a Python keyword, hence the field set built in ``get_fields``."""
 
-    def get_fields(self) -> dict[str, serializers.Field]:
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
         return {
             "from": serializers.RegexField(
                 STATE_NAME_PATTERN,
