@@ -5,6 +5,8 @@ Checkpoints (SPEC §6), and which of them are fsynced (see docs/storage.md):
 * run start, and each step start: durable. A step start is written together with the
   result of the step before it (one write per step boundary), so a step's result is
   durable before the next step begins, and the file always names the step in flight;
+* a command's process record (pgid...), right after its shell is started: atomic but not
+  fsynced (it only serves to kill an orphan on this boot; see engine/processes.py);
 * a retry attempt's start: atomic but not fsynced (it only moves the attempt counter;
   losing it in a power cut re-runs an attempt, which at-least-once allows);
 * each parallel branch's start and end: durable;
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from functools import partial
 from typing import Any
 
 import orjson
@@ -221,7 +224,7 @@ class Executor:
         entry = self._begin(sdef.name, attempt, set_current=set_current)
         first_started = entry.started_at
         while True:
-            outcome = self._attempt(sdef, attempt, should_stop)
+            outcome = self._attempt(sdef, attempt, should_stop, entry)
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -257,8 +260,22 @@ class Executor:
                 return False
             self.cancel_event.wait(min(0.1, remaining))
 
+    def _record_process(self, entry: StepResult, record: dict[str, Any]) -> None:
+        """Write where a command step's process group is, as soon as it is started.
+
+        Not fsynced: the record only matters while this boot lasts (a power cut kills
+        the step too), and an executor's death leaves the page cache intact.
+        """
+        with self._lock:
+            entry.process = record
+            self._checkpoint(durable=False)
+
     def _attempt(
-        self, sdef: StateDef, attempt: int, should_stop: Callable[[], bool]
+        self,
+        sdef: StateDef,
+        attempt: int,
+        should_stop: Callable[[], bool],
+        entry: StepResult | None = None,
     ) -> AttemptResult:
         state = self._state
         assert state is not None
@@ -269,7 +286,12 @@ class Executor:
                 cwd = render_text(sdef.dir, context) if sdef.dir else None
                 env = {k: str(render_value(v, context)) for k, v in sdef.env.items()}
                 return run_command(
-                    command, cwd=cwd, env=env, timeout=sdef.timeout, should_stop=should_stop
+                    command,
+                    cwd=cwd,
+                    env=env,
+                    timeout=sdef.timeout,
+                    should_stop=should_stop,
+                    on_spawn=None if entry is None else partial(self._record_process, entry),
                 )
             kwargs = render_value(dict(sdef.with_), context)
             ctx = StepContext(
@@ -325,6 +347,7 @@ class Executor:
             entry.completed_at = completed
             entry.duration_ms = _elapsed_ms(started_at, completed)
             entry.output_truncated = truncated or err_truncated
+            entry.process = None  # the step's process group is gone (run_command kills it)
         self._emit(
             {
                 "event": "step_finished",

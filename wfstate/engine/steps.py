@@ -4,6 +4,10 @@ A command runs as ``/bin/sh -c`` in a process group of its own, so a timeout or 
 cancellation kills the shell *and* everything it started. While it runs we poll every
 100 ms for a cancellation request or the timeout; ``communicate()`` keeps collecting
 output across polls (retrying it after ``TimeoutExpired`` loses nothing).
+
+If the executor itself dies, the group would live on: the shell is started with a
+parent-death signal, and the group is recorded (pgid, start time, a token in its
+environment) so that the next holder of the run lock kills it (``processes.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.utils.module_loading import import_string
+
+from wfstate.engine.processes import TOKEN_VARIABLE, describe, new_token, with_pdeathsig
+
+logger = logging.getLogger("wfstate.engine")
 
 POLL_INTERVAL = 0.1
 # After SIGTERM, how long a process group gets to exit before SIGKILL. Short: the
@@ -65,21 +73,47 @@ def run_command(
     env: Mapping[str, str],
     timeout: float | None,
     should_stop: Callable[[], bool],
+    on_spawn: Callable[[dict[str, Any]], None] | None = None,
 ) -> AttemptResult:
-    """Run ``command`` with ``/bin/sh -c`` and wait for it, a timeout or a stop request."""
-    full_env = {**os.environ, **env}
+    """Run ``command`` with ``/bin/sh -c`` and wait for it, a timeout or a stop request.
+
+    ``on_spawn`` receives the process record (:func:`wfstate.engine.processes.describe`)
+    as soon as the shell is started, before any waiting: the executor writes it into
+    the running step's result, so that the group can be found and killed if the
+    executor dies (see :mod:`wfstate.engine.processes`).
+
+    Raises:
+        whatever ``on_spawn`` raises (a checkpoint that cannot be written), after
+        killing the process group it just started.
+    """
+    token = new_token()
+    # The token marks every process of this execution (children inherit it): how an
+    # orphan is told apart from a stranger that got the same process group id.
+    full_env = {**os.environ, **env, TOKEN_VARIABLE: token}
+    # The kernel kills the shell if the executor dies (Linux); see processes.py.
+    argv, preexec = with_pdeathsig(["/bin/sh", "-c", command])
     try:
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
+            argv,
             cwd=cwd or None,
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: we can kill all of it
+            preexec_fn=preexec,
         )
     except OSError as exc:
         return AttemptResult(ok=False, error=f"could not start the command: {exc}")
+    if on_spawn is not None:
+        record = describe(proc.pid, token)
+        if record is not None:
+            try:
+                on_spawn(record)
+            except BaseException:
+                _kill_group(proc)
+                proc.communicate()
+                raise
     deadline = time.monotonic() + timeout if timeout else None
     cancelled = timed_out = False
     out = err = b""
@@ -167,6 +201,12 @@ def run_call(
     Without a timeout the call runs inline (no thread to start: a no-op step costs
     microseconds); cancellation is then cooperative through ``ctx.check_cancelled()``.
     With a timeout it runs in a daemon thread we stop waiting for when time is up.
+    Python cannot kill a thread: a call that times out (or is cancelled without calling
+    ``ctx.check_cancelled()``) runs on in the background until it returns, or until the
+    process exits. The step is recorded failed (or cancelled) at once, the run goes on,
+    and whatever the call later returns or raises is discarded. A call that must not
+    outlive its step should poll ``ctx.cancelled`` / ``ctx.check_cancelled()``, or run
+    its work as a ``command`` step, whose process group is killed.
     """
     try:
         func = import_string(target)
@@ -198,4 +238,11 @@ def run_call(
         if should_stop():
             return AttemptResult(ok=False, error="cancelled", cancelled=True)
         if time.monotonic() >= deadline:
+            logger.warning(
+                "call %s of step %s timed out after %gs; its thread cannot be killed and "
+                "runs on in the background, its result will be discarded",
+                target,
+                ctx.state_name,
+                timeout,
+            )
             return AttemptResult(ok=False, error=f"timed out after {timeout:g}s", timed_out=True)

@@ -1,0 +1,354 @@
+"""Finding and killing a command step's process group after its executor died.
+
+A command step runs as ``/bin/sh -c`` in a session (and so a process group) of its own.
+If the executor is SIGKILLed, nothing kills that group: the step lives on as an orphan.
+So the executor records, in the running step's result, what is needed to find the group
+again (``process``, see :func:`describe`), and whoever next takes the run lock (a resume,
+a recovery, a worker, a cancel) kills the group before doing anything else
+(:func:`kill_orphan`).
+
+"Still that group" is checked, not assumed: process ids are reused. A process group
+lives as long as one of its members does, and its id cannot be handed to a new group
+before then; so *one* member that proves to be ours proves the whole group ours. A
+member proves it either by carrying the step's token in its environment
+(``WFSTATE_STEP_TOKEN``, set by :func:`wfstate.engine.steps.run_command`) or by being
+the recorded leader itself (same pid, same start time in clock ticks since boot). The
+leader alone is not enough (``/bin/sh`` may be gone while its children live on), nor is
+the token alone (a step may clear its environment: ``env -i``).
+
+Only processes of this host and this boot can be judged: another host's orphan cannot
+be killed from here, and after a reboot the orphan is gone. Linux only (``/proc``);
+elsewhere nothing is recorded and nothing is killed.
+
+The kernel helps too: the step's shell is started with ``PR_SET_PDEATHSIG`` = SIGKILL
+(:func:`pdeathsig_preexec`), so it dies with the executor. That only reaches the
+direct child, and fires when the *thread* that started it exits, so it complements the
+group kill rather than replacing it.
+
+This module knows nothing of Django.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from wfstate.state import StepStatus, WorkflowState, utcnow
+
+logger = logging.getLogger("wfstate.engine")
+
+TOKEN_VARIABLE = "WFSTATE_STEP_TOKEN"  # noqa: S105 - a variable's name, not a secret
+# After SIGTERM, how long an orphan group gets before SIGKILL; then how long we wait for
+# its members to be gone. Together well under the 2 s a cancellation is allowed.
+TERM_GRACE = 0.5
+GONE_TIMEOUT = 1.2
+_PROC = "/proc"
+_PR_SET_PDEATHSIG = 1
+
+
+def new_token() -> str:
+    """A fresh token for one step execution (put in its environment)."""
+    return uuid.uuid4().hex
+
+
+@cache
+def boot_id() -> str | None:
+    """This boot's id (Linux), or None where the kernel does not say."""
+    try:
+        with open(f"{_PROC}/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+@dataclass(frozen=True)
+class _Stat:
+    pid: int
+    pgid: int
+    start_time: int
+    zombie: bool
+
+
+def _stat(pid: int) -> _Stat | None:
+    """The fields of ``/proc/<pid>/stat`` we need, or None if the process is gone."""
+    try:
+        with open(f"{_PROC}/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its end.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        # fields[0] is field 3 (state), [2] field 5 (pgrp), [19] field 22 (starttime).
+        return _Stat(pid, int(fields[2]), int(fields[19]), fields[0] in (b"Z", b"X"))
+    except (IndexError, ValueError):
+        return None
+
+
+def _has_token(pid: int, token: str) -> bool:
+    needle = f"{TOKEN_VARIABLE}={token}".encode()
+    try:
+        with open(f"{_PROC}/{pid}/environ", "rb") as fh:
+            return needle in fh.read().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+
+
+def describe(pid: int, token: str) -> dict[str, Any] | None:
+    """What a step result records about the process group led by ``pid``.
+
+    ``{"pgid", "pid", "start_time", "boot_id", "host", "token"}``; None where there is
+    no ``/proc`` to find the group again with (then nothing is recorded).
+    """
+    stat = _stat(pid)
+    boot = boot_id()
+    if stat is None or boot is None:
+        return None
+    return {
+        "pgid": stat.pgid,
+        "pid": pid,
+        "start_time": stat.start_time,
+        "boot_id": boot,
+        "host": hostname(),
+        "token": token,
+    }
+
+
+def _pids() -> list[int]:
+    try:
+        names = os.listdir(_PROC)
+    except OSError:
+        return []
+    return [int(name) for name in names if name.isdigit()]
+
+
+def group_members(record: dict[str, Any]) -> list[int]:
+    """The live (not zombie) pids of the recorded group, if it is still the step's group.
+
+    Empty if the group is gone, or if no member proves it is the step's (its id then
+    belongs to somebody else's group, which must not be touched).
+    """
+    pgid, token = int(record["pgid"]), str(record.get("token") or "")
+    members = [s for s in map(_stat, _pids()) if s is not None and s.pgid == pgid]
+    ours = any(
+        (s.pid == record.get("pid") and s.start_time == record.get("start_time"))
+        or (token and not s.zombie and _has_token(s.pid, token))
+        for s in members
+    )
+    return [s.pid for s in members if not s.zombie] if ours else []
+
+
+@dataclass
+class OrphanReport:
+    """What :func:`kill_orphan` found and did, for the run's history."""
+
+    outcome: str  # "killed", "gone", "elsewhere", "survived"
+    pgid: int | None
+    pids: list[int] = field(default_factory=list)
+    detail: str = ""
+
+    def to_history(self, state_name: str, at: str) -> dict[str, Any]:
+        return {
+            "event": "orphan",
+            "at": at,
+            "state": state_name,
+            "outcome": self.outcome,
+            "pgid": self.pgid,
+            "pids": self.pids,
+            "detail": self.detail,
+        }
+
+
+def kill_orphan(
+    record: dict[str, Any],
+    *,
+    term_grace: float = TERM_GRACE,
+    gone_timeout: float = GONE_TIMEOUT,
+) -> OrphanReport:
+    """Kill the step process group ``record`` describes, if it still lives, and wait.
+
+    SIGTERM first (a step may clean up), SIGKILL after ``term_grace``, then wait up to
+    ``gone_timeout`` for every member to be gone (a zombie counts as gone). Only call
+    it while holding the run lock: then no executor of the run is alive, and a group
+    recorded as running is an orphan.
+
+    Never raises: a record it cannot act on is reported (``elsewhere``: another host or
+    an unreadable record; ``survived``: members still alive after SIGKILL, such as a
+    process in uninterruptible sleep).
+    """
+    try:
+        pgid = int(record["pgid"])
+    except (KeyError, TypeError, ValueError):
+        return OrphanReport("elsewhere", None, detail=f"unreadable process record {record!r}")
+    host, here = record.get("host"), hostname()
+    if host != here:
+        return OrphanReport(
+            "elsewhere",
+            pgid,
+            detail=(
+                f"process group {pgid} ran on host {host}; it cannot be checked or killed "
+                f"from {here}: if that host is up, the step may still be running there"
+            ),
+        )
+    if record.get("boot_id") != boot_id():
+        return OrphanReport("gone", pgid, detail="the host rebooted since the step started")
+    pids = group_members(record)
+    if not pids:
+        return OrphanReport("gone", pgid)
+    _signal_group(pgid, signal.SIGTERM)
+    if not _wait(lambda: not group_members(record), term_grace):
+        _signal_group(pgid, signal.SIGKILL)
+        _wait(lambda: not group_members(record), gone_timeout)
+    left = group_members(record)
+    if left:
+        return OrphanReport(
+            "survived", pgid, pids, detail=f"still alive after SIGKILL: {sorted(left)}"
+        )
+    return OrphanReport("killed", pgid, sorted(pids))
+
+
+def reap_orphans(state: WorkflowState) -> list[OrphanReport]:
+    """Kill the process groups of every step ``state`` records as running.
+
+    Call it holding the run lock, before the run is executed, rewound or marked
+    cancelled: no executor of the run is alive then, so a step recorded ``running``
+    with a ``process`` is an orphan. Each group found is noted in ``history`` (an
+    ``orphan`` event: what was found, what was killed, what could not be), and a record
+    that was dealt with is cleared, so the next holder does not act on it again. The
+    caller saves the state.
+
+    Never raises (see :func:`kill_orphan`); a group that could not be killed is logged.
+    """
+    reports = []
+    for entry in state.states.values():
+        record = entry.process
+        if entry.status != StepStatus.RUNNING or record is None:
+            continue
+        if isinstance(record, dict):
+            report = kill_orphan(record)
+        else:
+            report = OrphanReport("elsewhere", None, detail=f"unreadable process record {record!r}")
+        reports.append(report)
+        state.history.append(report.to_history(entry.name, utcnow()))
+        if report.outcome in ("killed", "gone"):
+            entry.process = None
+        if report.outcome == "killed":
+            logger.warning(
+                "run %s: killed the orphaned process group %s of step %s (pids %s)",
+                state.workflow_id,
+                report.pgid,
+                entry.name,
+                report.pids,
+            )
+        elif report.outcome != "gone":
+            logger.error(
+                "run %s: the orphaned process group of step %s may still run: %s",
+                state.workflow_id,
+                entry.name,
+                report.detail,
+            )
+    return reports
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _wait(done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if done():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+# --- asking the kernel -------------------------------------------------------------------
+#
+# Two ways to set PR_SET_PDEATHSIG in the child, the cheap one first. ``setpriv`` (from
+# util-linux) sets it and execs the shell: about +1 ms per step. A ``preexec_fn`` does it
+# without another program, but forces Python to fork() the whole executor instead of
+# vfork(), and runs the at-fork hooks: about +7 ms per step with Django loaded (measured
+# on a 2-core box), so it is only the fallback where there is no setpriv.
+
+
+@cache
+def _setpriv() -> tuple[str, ...]:
+    """``setpriv --pdeathsig KILL --`` if this host has one that understands it."""
+    if not sys.platform.startswith("linux"):
+        return ()
+    path = shutil.which("setpriv")
+    if path is None:
+        return ()
+    argv = (path, "--pdeathsig", "KILL", "--")
+    try:
+        probe = subprocess.run([*argv, "/bin/true"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return argv if probe.returncode == 0 else ()
+
+
+@cache
+def _prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    return prctl
+
+
+def pdeathsig_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` making the child die with SIGKILL when its parent does, or None.
+
+    Everything is looked up here, in the parent: between fork and exec the child does
+    nothing but two system calls.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent, getppid, kill, getpid = os.getpid(), os.getppid, os.kill, os.getpid
+    option, sigkill = _PR_SET_PDEATHSIG, int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(option, sigkill, 0, 0)
+        # The parent may have died before prctl took effect: no signal would ever come.
+        if getppid() != parent:
+            kill(getpid(), sigkill)
+
+    return preexec
+
+
+def with_pdeathsig(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``argv`` and a ``preexec_fn`` for ``Popen`` such that the started process is
+    SIGKILLed by the kernel when the thread that started it exits (Linux only).
+
+    Only the direct child gets the signal: whatever it started lives on, which is why
+    the process group is recorded and killed too.
+    """
+    prefix = _setpriv()
+    if prefix:
+        return [*prefix, *argv], None
+    return argv, pdeathsig_preexec()
