@@ -1,0 +1,270 @@
+"""Orphaned steps: a SIGKILLed executor's step is killed before it runs again, and on
+cancel (real processes throughout; Linux, for /proc and the parent-death signal)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.engine_helpers import manage, pid_alive, spawn, wait_for
+from wfstate import runs
+from wfstate.engine import processes
+from wfstate.engine.processes import TOKEN_VARIABLE, describe, kill_orphan, new_token
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc"),
+]
+
+
+def _doc(storage: Path, workflow_id: str) -> dict[str, Any]:
+    return orjson.loads((storage / "states" / f"{workflow_id}.json").read_bytes())
+
+
+def _kill_group_of(pid_file: Path) -> None:
+    """Test hygiene: never leave a ticker behind, whatever the outcome."""
+    with contextlib.suppress(OSError, ValueError):
+        os.killpg(os.getpgid(int(pid_file.read_text())), signal.SIGKILL)
+
+
+@pytest.fixture
+def orphaned(tmp_path: Path) -> Iterator[tuple[Path, Path, str]]:
+    """An ``orphan`` run whose executor was SIGKILLed while its ticker runs."""
+    storage, work = tmp_path / "storage", tmp_path / "work"
+    work.mkdir()
+    proc = spawn(storage, "run_workflow", "orphan", "--input", f"dir={work}")
+    try:
+        wait_for(lambda: (work / "first.pid").exists() and (work / "log").exists(), 60, "ticks")
+        files = list((storage / "states").glob("*.json"))
+        assert len(files) == 1
+        workflow_id = files[0].stem
+
+        def recorded() -> Any:
+            return _doc(storage, workflow_id)["states"]["tick"].get("process")
+
+        record = wait_for(recorded, 30, "the step's process record")
+        assert record["host"] == socket.gethostname() and record["token"]
+        assert record["pgid"] == record["pid"]  # the step's shell leads its group
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    ticker = int((work / "first.pid").read_text())
+    assert pid_alive(ticker), "the ticker should outlive its executor (that is the defect)"
+    try:
+        yield storage, work, workflow_id
+    finally:
+        _kill_group_of(work / "first.pid")
+        _kill_group_of(work / "again.pid")
+
+
+def _ticks(work: Path) -> dict[str, list[int]]:
+    ticks: dict[str, list[int]] = {"first": [], "again": []}
+    for line in (work / "log").read_text().splitlines():
+        who, ns = line.split()
+        ticks[who].append(int(ns))
+    return ticks
+
+
+def _assert_no_overlap(work: Path) -> None:
+    ticks = _ticks(work)
+    assert ticks["first"] and len(ticks["again"]) == 3, ticks
+    overlap = [t for t in ticks["first"] if t >= min(ticks["again"])]
+    assert not overlap, f"the orphan ticked {len(overlap)} times after the re-run started"
+    assert not pid_alive(int((work / "first.pid").read_text()))
+
+
+def _assert_orphan_event(doc: dict[str, Any], work: Path) -> None:
+    events = [e for e in doc["history"] if e.get("event") == "orphan"]
+    assert len(events) == 1, doc["history"]
+    assert events[0]["state"] == "tick" and events[0]["outcome"] == "killed"
+    assert int((work / "first.pid").read_text()) in events[0]["pids"]
+
+
+def test_recover_kills_the_orphan_before_the_rerun_starts(
+    orphaned: tuple[Path, Path, str],
+) -> None:
+    storage, work, workflow_id = orphaned
+    result = manage(storage, "recover_workflows", "--json")
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["recovered"] == {workflow_id: "completed"}
+    _assert_no_overlap(work)
+    doc = _doc(storage, workflow_id)
+    assert doc["states"]["tick"]["status"] == "completed"
+    assert doc["states"]["tick"]["process"] is None  # cleared when the step ended
+    _assert_orphan_event(doc, work)
+    # The interrupted step went to history as it was, its process record with it.
+    assert doc["history"][-1]["event"] == "recover"
+    assert doc["history"][-1]["rewound"][0]["process"] is None  # dealt with: cleared
+
+
+def test_resume_kills_the_orphan_before_the_rerun_starts(
+    orphaned: tuple[Path, Path, str],
+) -> None:
+    storage, work, workflow_id = orphaned
+    result = manage(storage, "resume_workflow", workflow_id, "--json")
+    assert result.returncode == 0, result.stderr
+    assert orjson.loads(result.stdout)["status"] == "completed"
+    _assert_no_overlap(work)
+    _assert_orphan_event(_doc(storage, workflow_id), work)
+
+
+def test_detached_recover_kills_the_orphan_when_rewinding(
+    orphaned: tuple[Path, Path, str], settings: Any
+) -> None:
+    storage, work, workflow_id = orphaned
+    settings.WFSTATE = {**settings.WFSTATE, "STORAGE_DIR": storage, "INDEX_ON_WRITE": False}
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}}
+    assert runs.recover_runs(detach=True) == [workflow_id]
+    _assert_no_overlap(work)
+    doc = _doc(storage, workflow_id)
+    assert doc["status"] == "completed"
+    _assert_orphan_event(doc, work)
+
+
+def test_cancel_kills_the_orphan_within_2s(
+    orphaned: tuple[Path, Path, str], settings: Any
+) -> None:
+    storage, work, workflow_id = orphaned
+    settings.WFSTATE = {**settings.WFSTATE, "STORAGE_DIR": storage, "INDEX_ON_WRITE": False}
+    ticker = int((work / "first.pid").read_text())
+    started = time.monotonic()
+    outcome, state = runs.cancel_run(workflow_id)
+    assert outcome == "cancelled"  # nobody executed it: marked at once
+    wait_for(lambda: not pid_alive(ticker), max(0.0, 2.0 - (time.monotonic() - started)), "gone")
+    assert time.monotonic() - started < 2.0
+    doc = _doc(storage, workflow_id)
+    assert doc["status"] == "cancelled" and doc["states"]["tick"]["status"] == "cancelled"
+    _assert_orphan_event(doc, work)
+    # Nothing ticks any more.
+    count = len(_ticks(work)["first"])
+    assert not pid_alive(ticker) and len(_ticks(work)["first"]) == count
+
+
+def test_the_kernel_kills_the_steps_shell_with_its_executor(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG: the shell dies with the executor, though nobody recovers the run;
+    its own children do not (the group kill is what reaches them)."""
+    storage, work = tmp_path / "storage", tmp_path / "work"
+    work.mkdir()
+    proc = spawn(storage, "run_workflow", "sleeper", "--input", f"dir={work}")
+    try:
+        wait_for(lambda: (work / "child.pid").exists(), 60, "the step")
+        workflow_id = next((storage / "states").glob("*.json")).stem
+        record = wait_for(
+            lambda: _doc(storage, workflow_id)["states"]["nap"]["process"], 30, "the record"
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    try:
+        wait_for(lambda: not pid_alive(record["pid"]), 10, "the step's shell to be killed")
+        child = int((work / "child.pid").read_text())
+        assert pid_alive(child)
+        assert kill_orphan(record).outcome == "killed"
+        assert not pid_alive(child)
+    finally:
+        _kill_group_of(work / "child.pid")
+
+
+# --- telling the step's group from a stranger -------------------------------------------
+
+
+def _start(script: str, token: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        env={**os.environ, TOKEN_VARIABLE: token},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_a_group_whose_leader_is_gone_is_found_by_its_token() -> None:
+    token = new_token()
+    proc = _start("sleep 60 >/dev/null & echo $!", token)
+    record = describe(proc.pid, token)
+    assert record is not None
+    child = int(proc.communicate(timeout=10)[0])  # the leader exited, its child lives on
+    try:
+        assert pid_alive(child) and not pid_alive(proc.pid)
+        report = kill_orphan(record)
+        assert (report.outcome, report.pids) == ("killed", [child])
+        assert not pid_alive(child)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_leader_that_cleared_its_environment_is_found_by_its_start_time() -> None:
+    token = new_token()
+    proc = _start("exec env -i sleep 60", token)
+    try:
+        record = describe(proc.pid, token)
+        assert record is not None
+        wait_for(lambda: b"sleep" in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), 10, "exec")
+        assert kill_orphan(record).outcome == "killed"
+        assert proc.wait(5) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_stranger_with_the_recorded_group_id_is_left_alone() -> None:
+    """Process ids are reused: same pgid, but neither our token nor our leader."""
+    stranger = _start("exec sleep 60", new_token())
+    try:
+        record = describe(stranger.pid, new_token())
+        assert record is not None
+        record["start_time"] -= 1  # the recorded leader started earlier: not this one
+        report = kill_orphan(record)
+        assert report.outcome == "gone" and pid_alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_another_hosts_or_boots_group_is_not_touched() -> None:
+    token = new_token()
+    proc = _start("exec sleep 60", token)
+    try:
+        record = describe(proc.pid, token)
+        assert record is not None
+        elsewhere = kill_orphan({**record, "host": "web-2"})
+        assert elsewhere.outcome == "elsewhere" and "web-2" in elsewhere.detail
+        rebooted = kill_orphan({**record, "boot_id": "not-this-boot"})
+        assert rebooted.outcome == "gone" and "rebooted" in rebooted.detail
+        assert pid_alive(proc.pid)
+        assert kill_orphan({"pgid": "x"}).outcome == "elsewhere"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+_READ_PDEATHSIG = (
+    "import ctypes; s = ctypes.c_int(); "
+    "ctypes.CDLL(None).prctl(2, ctypes.byref(s), 0, 0, 0); print(s.value)"  # PR_GET_PDEATHSIG
+)
+
+
+@pytest.mark.parametrize("way", ["chosen", "prctl"])
+def test_the_parent_death_signal_is_set_in_the_child(way: str) -> None:
+    """The child reads its own parent-death signal back: SIGKILL, by setpriv or prctl."""
+    argv: list[str] = [sys.executable, "-c", _READ_PDEATHSIG]
+    preexec = None
+    if way == "chosen":
+        argv, preexec = processes.with_pdeathsig(argv)
+    else:
+        preexec = processes.pdeathsig_preexec()
+        assert preexec is not None
+    out = subprocess.run(argv, preexec_fn=preexec, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == signal.SIGKILL
