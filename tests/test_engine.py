@@ -73,10 +73,9 @@ def test_revision_grows_by_one_per_checkpoint_and_file_names_step_in_flight() ->
     revisions = [r for r, _, _ in seen]
     assert revisions == list(range(2, 2 + len(revisions)))  # creation wrote revision 1
     assert final.revision == revisions[-1]
-    # Each step start is a checkpoint naming the step in flight; a command step then
-    # has one more, recording its process group (the call steps one and two have none).
+    # Each step start is a checkpoint naming the step in flight.
     starts = [(cur, st) for _, cur, st in seen if cur in st and st[cur] == "running"]
-    assert [cur for cur, _ in starts] == ["one", "two", "three", "three"]
+    assert [cur for cur, _ in starts] == ["one", "two", "three"]
     # And from inside a step, the file says so too.
     assert final.states["one"].output["current_state"] == "one"
     assert final.states["one"].output["my_status"] == "running"

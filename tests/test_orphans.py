@@ -20,7 +20,7 @@ import pytest
 from tests.engine_helpers import manage, pid_alive, spawn, wait_for
 from wfstate import runs
 from wfstate.engine import processes
-from wfstate.engine.processes import TOKEN_VARIABLE, describe, kill_orphan, new_token
+from wfstate.engine.processes import TOKEN_VARIABLE, kill_orphan, new_token, step_record
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,9 +53,10 @@ def orphaned(tmp_path: Path) -> Iterator[tuple[Path, Path, str]]:
         def recorded() -> Any:
             return _doc(storage, workflow_id)["states"]["tick"].get("process")
 
-        record = wait_for(recorded, 30, "the step's process record")
+        record = recorded()  # written with the step's start, before the shell is started
         assert record["host"] == socket.gethostname() and record["token"]
-        assert record["pgid"] == record["pid"]  # the step's shell leads its group
+        environ = Path(f"/proc/{int((work / 'first.pid').read_text())}/environ").read_bytes()
+        assert f"{TOKEN_VARIABLE}={record['token']}".encode() in environ.split(b"\0")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
@@ -132,14 +133,12 @@ def test_detached_recover_kills_the_orphan_when_rewinding(
     _assert_orphan_event(doc, work)
 
 
-def test_cancel_kills_the_orphan_within_2s(
-    orphaned: tuple[Path, Path, str], settings: Any
-) -> None:
+def test_cancel_kills_the_orphan_within_2s(orphaned: tuple[Path, Path, str], settings: Any) -> None:
     storage, work, workflow_id = orphaned
     settings.WFSTATE = {**settings.WFSTATE, "STORAGE_DIR": storage, "INDEX_ON_WRITE": False}
     ticker = int((work / "first.pid").read_text())
     started = time.monotonic()
-    outcome, state = runs.cancel_run(workflow_id)
+    outcome, _ = runs.cancel_run(workflow_id)
     assert outcome == "cancelled"  # nobody executed it: marked at once
     wait_for(lambda: not pid_alive(ticker), max(0.0, 2.0 - (time.monotonic() - started)), "gone")
     assert time.monotonic() - started < 2.0
@@ -153,30 +152,31 @@ def test_cancel_kills_the_orphan_within_2s(
 
 def test_the_kernel_kills_the_steps_shell_with_its_executor(tmp_path: Path) -> None:
     """PR_SET_PDEATHSIG: the shell dies with the executor, though nobody recovers the run;
-    its own children do not (the group kill is what reaches them)."""
+    its own children do not (the token is what finds them)."""
     storage, work = tmp_path / "storage", tmp_path / "work"
     work.mkdir()
     proc = spawn(storage, "run_workflow", "sleeper", "--input", f"dir={work}")
     try:
         wait_for(lambda: (work / "child.pid").exists(), 60, "the step")
         workflow_id = next((storage / "states").glob("*.json")).stem
-        record = wait_for(
-            lambda: _doc(storage, workflow_id)["states"]["nap"]["process"], 30, "the record"
-        )
+        record = _doc(storage, workflow_id)["states"]["nap"]["process"]
+        child = int((work / "child.pid").read_text())
+        shell = os.getpgid(child)  # the step's shell leads the group
+        assert pid_alive(shell)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
     try:
-        wait_for(lambda: not pid_alive(record["pid"]), 10, "the step's shell to be killed")
-        child = int((work / "child.pid").read_text())
+        wait_for(lambda: not pid_alive(shell), 10, "the step's shell to be killed")
         assert pid_alive(child)
-        assert kill_orphan(record).outcome == "killed"
+        report = kill_orphan(record)
+        assert (report.outcome, report.pids, report.pgids) == ("killed", [child], [shell])
         assert not pid_alive(child)
     finally:
         _kill_group_of(work / "child.pid")
 
 
-# --- telling the step's group from a stranger -------------------------------------------
+# --- telling the step's processes from strangers -----------------------------------------
 
 
 def _start(script: str, token: str) -> subprocess.Popen[str]:
@@ -189,65 +189,78 @@ def _start(script: str, token: str) -> subprocess.Popen[str]:
     )
 
 
+def _record(token: str) -> dict[str, Any]:
+    record = step_record(token)
+    assert record is not None
+    return record
+
+
 def test_a_group_whose_leader_is_gone_is_found_by_its_token() -> None:
     token = new_token()
     proc = _start("sleep 60 >/dev/null & echo $!", token)
-    record = describe(proc.pid, token)
-    assert record is not None
     child = int(proc.communicate(timeout=10)[0])  # the leader exited, its child lives on
     try:
         assert pid_alive(child) and not pid_alive(proc.pid)
-        report = kill_orphan(record)
-        assert (report.outcome, report.pids) == ("killed", [child])
+        report = kill_orphan(_record(token))
+        assert (report.outcome, report.pids, report.pgids) == ("killed", [child], [proc.pid])
         assert not pid_alive(child)
     finally:
         with contextlib.suppress(OSError):
             os.kill(child, signal.SIGKILL)
 
 
-def test_a_leader_that_cleared_its_environment_is_found_by_its_start_time() -> None:
+def test_members_without_the_token_and_carriers_that_left_the_group_are_killed() -> None:
+    """``env -i`` drops the token (its group still has a carrier, the shell); ``setsid``
+    leaves the group (it still carries the token)."""
     token = new_token()
-    proc = _start("exec env -i sleep 60", token)
+    proc = _start(
+        "env -i sleep 60 >/dev/null & echo $!; setsid sleep 60 >/dev/null & echo $!; "
+        "exec >/dev/null; wait",
+        token,
+    )
+    assert proc.stdout is not None
+    bare, escaped = int(proc.stdout.readline()), int(proc.stdout.readline())
     try:
-        record = describe(proc.pid, token)
-        assert record is not None
-        wait_for(lambda: b"sleep" in Path(f"/proc/{proc.pid}/cmdline").read_bytes(), 10, "exec")
-        assert kill_orphan(record).outcome == "killed"
+        wait_for(lambda: os.getsid(escaped) == escaped, 10, "setsid")
+        report = kill_orphan(_record(token))
+        assert report.outcome == "killed"
+        assert set(report.pids) == {proc.pid, bare, escaped}
+        assert set(report.pgids) == {proc.pid, escaped}
         assert proc.wait(5) == -signal.SIGTERM
+        assert not pid_alive(bare) and not pid_alive(escaped)
     finally:
+        for pid in (bare, escaped):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         proc.kill()
-        proc.wait()
+        proc.communicate()
 
 
-def test_a_stranger_with_the_recorded_group_id_is_left_alone() -> None:
-    """Process ids are reused: same pgid, but neither our token nor our leader."""
+def test_a_stranger_is_left_alone() -> None:
+    """Process ids are reused: what does not carry the step's token is not the step's."""
     stranger = _start("exec sleep 60", new_token())
     try:
-        record = describe(stranger.pid, new_token())
-        assert record is not None
-        record["start_time"] -= 1  # the recorded leader started earlier: not this one
-        report = kill_orphan(record)
+        report = kill_orphan(_record(new_token()))
         assert report.outcome == "gone" and pid_alive(stranger.pid)
     finally:
         stranger.kill()
-        stranger.wait()
+        stranger.communicate()
 
 
-def test_another_hosts_or_boots_group_is_not_touched() -> None:
+def test_another_hosts_or_boots_processes_are_not_touched() -> None:
     token = new_token()
     proc = _start("exec sleep 60", token)
     try:
-        record = describe(proc.pid, token)
-        assert record is not None
+        record = _record(token)
         elsewhere = kill_orphan({**record, "host": "web-2"})
         assert elsewhere.outcome == "elsewhere" and "web-2" in elsewhere.detail
         rebooted = kill_orphan({**record, "boot_id": "not-this-boot"})
         assert rebooted.outcome == "gone" and "rebooted" in rebooted.detail
+        assert kill_orphan({"host": record["host"]}).outcome == "elsewhere"
         assert pid_alive(proc.pid)
-        assert kill_orphan({"pgid": "x"}).outcome == "elsewhere"
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()
 
 
 _READ_PDEATHSIG = (

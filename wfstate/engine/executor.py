@@ -5,8 +5,6 @@ Checkpoints (SPEC §6), and which of them are fsynced (see docs/storage.md):
 * run start, and each step start: durable. A step start is written together with the
   result of the step before it (one write per step boundary), so a step's result is
   durable before the next step begins, and the file always names the step in flight;
-* a command's process record (pgid...), right after its shell is started: atomic but not
-  fsynced (it only serves to kill an orphan on this boot; see engine/processes.py);
 * a retry attempt's start: atomic but not fsynced (it only moves the attempt counter;
   losing it in a power cut re-runs an attempt, which at-least-once allows);
 * each parallel branch's start and end: durable;
@@ -24,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from functools import partial
 from typing import Any
 
 import orjson
@@ -38,6 +35,7 @@ from wfstate.definitions.templates import (
     render_text,
     render_value,
 )
+from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
 from wfstate.exceptions import StateLocked, StorageError, WFStateError
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time, utcnow
@@ -196,13 +194,23 @@ class Executor:
     # --- steps ---------------------------------------------------------------------------
 
     def _begin(
-        self, name: str, attempt: int, *, set_current: bool, durable: bool = True
+        self,
+        name: str,
+        attempt: int,
+        *,
+        set_current: bool,
+        durable: bool = True,
+        process: dict[str, Any] | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
         with self._lock:
             entry = StepResult(
-                name=name, status=StepStatus.RUNNING, attempt=attempt, started_at=utcnow()
+                name=name,
+                status=StepStatus.RUNNING,
+                attempt=attempt,
+                started_at=utcnow(),
+                process=process,
             )
             state.states[name] = entry
             if set_current:
@@ -221,10 +229,14 @@ class Executor:
         max_attempts = policy.max_attempts if policy else 1
         attempt = 1
         # A step re-run after a crash or a resume starts again at attempt 1.
-        entry = self._begin(sdef.name, attempt, set_current=set_current)
+        # A command's processes carry a token, recorded at its start: how its orphans
+        # are found if this executor dies (see processes.py).
+        token = new_token()
+        process = step_record(token) if sdef.command is not None else None
+        entry = self._begin(sdef.name, attempt, set_current=set_current, process=process)
         first_started = entry.started_at
         while True:
-            outcome = self._attempt(sdef, attempt, should_stop, entry)
+            outcome = self._attempt(sdef, attempt, should_stop, token)
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -260,22 +272,12 @@ class Executor:
                 return False
             self.cancel_event.wait(min(0.1, remaining))
 
-    def _record_process(self, entry: StepResult, record: dict[str, Any]) -> None:
-        """Write where a command step's process group is, as soon as it is started.
-
-        Not fsynced: the record only matters while this boot lasts (a power cut kills
-        the step too), and an executor's death leaves the page cache intact.
-        """
-        with self._lock:
-            entry.process = record
-            self._checkpoint(durable=False)
-
     def _attempt(
         self,
         sdef: StateDef,
         attempt: int,
         should_stop: Callable[[], bool],
-        entry: StepResult | None = None,
+        token: str | None = None,
     ) -> AttemptResult:
         state = self._state
         assert state is not None
@@ -291,7 +293,7 @@ class Executor:
                     env=env,
                     timeout=sdef.timeout,
                     should_stop=should_stop,
-                    on_spawn=None if entry is None else partial(self._record_process, entry),
+                    token=token,
                 )
             kwargs = render_value(dict(sdef.with_), context)
             ctx = StepContext(
@@ -347,7 +349,7 @@ class Executor:
             entry.completed_at = completed
             entry.duration_ms = _elapsed_ms(started_at, completed)
             entry.output_truncated = truncated or err_truncated
-            entry.process = None  # the step's process group is gone (run_command kills it)
+            entry.process = None  # its processes are gone: run_command killed the group
         self._emit(
             {
                 "event": "step_finished",

@@ -1,29 +1,35 @@
-"""Finding and killing a command step's process group after its executor died.
+"""Finding and killing a command step's processes after its executor died.
 
 A command step runs as ``/bin/sh -c`` in a session (and so a process group) of its own.
 If the executor is SIGKILLed, nothing kills that group: the step lives on as an orphan.
-So the executor records, in the running step's result, what is needed to find the group
-again (``process``, see :func:`describe`), and whoever next takes the run lock (a resume,
-a recovery, a worker, a cancel) kills the group before doing anything else
-(:func:`kill_orphan`).
+So every process of a step execution carries a token in its environment
+(``WFSTATE_STEP_TOKEN``, inherited by everything the shell starts), and the running
+step's result records it (``process``: token, host, boot id; see :func:`step_record`).
+Whoever next takes the run lock (a resume, a recovery, a worker, a cancel) kills what
+carries the token before doing anything else (:func:`reap_orphans`).
 
-"Still that group" is checked, not assumed: process ids are reused. A process group
-lives as long as one of its members does, and its id cannot be handed to a new group
-before then; so *one* member that proves to be ours proves the whole group ours. A
-member proves it either by carrying the step's token in its environment
-(``WFSTATE_STEP_TOKEN``, set by :func:`wfstate.engine.steps.run_command`) or by being
-the recorded leader itself (same pid, same start time in clock ticks since boot). The
-leader alone is not enough (``/bin/sh`` may be gone while its children live on), nor is
-the token alone (a step may clear its environment: ``env -i``).
+Finding the group by token, not by a recorded process group id: the token is known
+before the shell starts, so it goes into the step-start checkpoint that is written
+anyway, at no extra write (a pgid exists only after the spawn, and recording it would
+cost one more save per command step). It is also the sound identity check: a process
+group id is reused once the group is gone, and the group's leader (``/bin/sh``) may be
+gone while its children live on, so neither a pgid nor the leader's start time proves
+that a group is still the step's. A process carrying the token does, and so does its
+whole group: a group lives as long as one member does, and its id cannot go to another
+group before then. So the groups of the carriers are killed (which also catches members
+that dropped their environment), and the carriers themselves (which also catches one
+that left the group with ``setsid``).
+
+What the token cannot find: a process that cleared its environment (``env -i``) *and*
+whose group has no carrier left. The kernel covers the common case, a shell that
+``exec``s such a program: the step's shell is started with ``PR_SET_PDEATHSIG`` =
+SIGKILL (:func:`with_pdeathsig`), which survives ``exec``, so it dies with the
+executor. That signal only reaches the direct child, and fires when the *thread* that
+started it exits, so it complements the token rather than replacing it.
 
 Only processes of this host and this boot can be judged: another host's orphan cannot
-be killed from here, and after a reboot the orphan is gone. Linux only (``/proc``);
-elsewhere nothing is recorded and nothing is killed.
-
-The kernel helps too: the step's shell is started with ``PR_SET_PDEATHSIG`` = SIGKILL
-(:func:`pdeathsig_preexec`), so it dies with the executor. That only reaches the
-direct child, and fires when the *thread* that started it exits, so it complements the
-group kill rather than replacing it.
+be killed from here (it is said so in the run's history), and after a reboot the
+orphan is gone. Linux only (``/proc``); elsewhere nothing is recorded or killed.
 
 This module knows nothing of Django.
 """
@@ -78,11 +84,21 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def step_record(token: str) -> dict[str, Any] | None:
+    """What a running command step's result records to find its processes again.
+
+    ``{"token", "host", "boot_id"}``; None where there is no ``/proc`` to search.
+    """
+    boot = boot_id()
+    if boot is None:
+        return None
+    return {"token": token, "host": hostname(), "boot_id": boot}
+
+
 @dataclass(frozen=True)
 class _Stat:
     pid: int
     pgid: int
-    start_time: int
     zombie: bool
 
 
@@ -96,39 +112,18 @@ def _stat(pid: int) -> _Stat | None:
     # The command name (field 2) may hold spaces and parentheses: split after its end.
     fields = raw[raw.rfind(b")") + 2 :].split()
     try:
-        # fields[0] is field 3 (state), [2] field 5 (pgrp), [19] field 22 (starttime).
-        return _Stat(pid, int(fields[2]), int(fields[19]), fields[0] in (b"Z", b"X"))
+        # fields[0] is field 3 (state), fields[2] field 5 (pgrp).
+        return _Stat(pid, int(fields[2]), fields[0] in (b"Z", b"X"))
     except (IndexError, ValueError):
         return None
 
 
-def _has_token(pid: int, token: str) -> bool:
-    needle = f"{TOKEN_VARIABLE}={token}".encode()
+def _has_token(pid: int, needle: bytes) -> bool:
     try:
         with open(f"{_PROC}/{pid}/environ", "rb") as fh:
             return needle in fh.read().split(b"\0")
     except OSError:  # gone, or not ours to read
         return False
-
-
-def describe(pid: int, token: str) -> dict[str, Any] | None:
-    """What a step result records about the process group led by ``pid``.
-
-    ``{"pgid", "pid", "start_time", "boot_id", "host", "token"}``; None where there is
-    no ``/proc`` to find the group again with (then nothing is recorded).
-    """
-    stat = _stat(pid)
-    boot = boot_id()
-    if stat is None or boot is None:
-        return None
-    return {
-        "pgid": stat.pgid,
-        "pid": pid,
-        "start_time": stat.start_time,
-        "boot_id": boot,
-        "host": hostname(),
-        "token": token,
-    }
 
 
 def _pids() -> list[int]:
@@ -139,20 +134,19 @@ def _pids() -> list[int]:
     return [int(name) for name in names if name.isdigit()]
 
 
-def group_members(record: dict[str, Any]) -> list[int]:
-    """The live (not zombie) pids of the recorded group, if it is still the step's group.
+def find_step_processes(token: str, groups: frozenset[int] = frozenset()) -> dict[int, int]:
+    """The live processes of a step execution: ``{pid: pgid}``.
 
-    Empty if the group is gone, or if no member proves it is the step's (its id then
-    belongs to somebody else's group, which must not be touched).
+    Those carrying ``token`` in their environment, and every member of their process
+    groups (and of ``groups``: the groups found earlier, whose carriers may be dead by
+    now). Zombies are dead: they are left out.
     """
-    pgid, token = int(record["pgid"]), str(record.get("token") or "")
-    members = [s for s in map(_stat, _pids()) if s is not None and s.pgid == pgid]
-    ours = any(
-        (s.pid == record.get("pid") and s.start_time == record.get("start_time"))
-        or (token and not s.zombie and _has_token(s.pid, token))
-        for s in members
-    )
-    return [s.pid for s in members if not s.zombie] if ours else []
+    needle = f"{TOKEN_VARIABLE}={token}".encode()
+    me = os.getpid()  # a step may run wfstate itself: never kill the reaper
+    live = [s for s in map(_stat, _pids()) if s is not None and not s.zombie and s.pid != me]
+    carriers = {s.pid for s in live if _has_token(s.pid, needle)}
+    pgids = {s.pgid for s in live if s.pid in carriers} | set(groups)
+    return {s.pid: s.pgid for s in live if s.pid in carriers or s.pgid in pgids}
 
 
 @dataclass
@@ -160,7 +154,7 @@ class OrphanReport:
     """What :func:`kill_orphan` found and did, for the run's history."""
 
     outcome: str  # "killed", "gone", "elsewhere", "survived"
-    pgid: int | None
+    pgids: list[int]
     pids: list[int] = field(default_factory=list)
     detail: str = ""
 
@@ -170,7 +164,7 @@ class OrphanReport:
             "at": at,
             "state": state_name,
             "outcome": self.outcome,
-            "pgid": self.pgid,
+            "pgids": self.pgids,
             "pids": self.pids,
             "detail": self.detail,
         }
@@ -182,50 +176,57 @@ def kill_orphan(
     term_grace: float = TERM_GRACE,
     gone_timeout: float = GONE_TIMEOUT,
 ) -> OrphanReport:
-    """Kill the step process group ``record`` describes, if it still lives, and wait.
+    """Kill the processes of the step execution ``record`` describes, and wait.
 
     SIGTERM first (a step may clean up), SIGKILL after ``term_grace``, then wait up to
-    ``gone_timeout`` for every member to be gone (a zombie counts as gone). Only call
-    it while holding the run lock: then no executor of the run is alive, and a group
-    recorded as running is an orphan.
+    ``gone_timeout`` for every one to be gone (a zombie counts as gone). Only call it
+    holding the run lock: then no executor of the run is alive, and a step recorded
+    as running is an orphan.
 
     Never raises: a record it cannot act on is reported (``elsewhere``: another host or
-    an unreadable record; ``survived``: members still alive after SIGKILL, such as a
-    process in uninterruptible sleep).
+    an unreadable record; ``survived``: processes still alive after SIGKILL, such as
+    one in uninterruptible sleep).
     """
-    try:
-        pgid = int(record["pgid"])
-    except (KeyError, TypeError, ValueError):
-        return OrphanReport("elsewhere", None, detail=f"unreadable process record {record!r}")
+    token = record.get("token")
+    if not isinstance(token, str) or not token:
+        return OrphanReport("elsewhere", [], detail=f"unreadable process record {record!r}")
     host, here = record.get("host"), hostname()
     if host != here:
         return OrphanReport(
             "elsewhere",
-            pgid,
+            [],
             detail=(
-                f"process group {pgid} ran on host {host}; it cannot be checked or killed "
+                f"the step ran on host {host}; its processes cannot be checked or killed "
                 f"from {here}: if that host is up, the step may still be running there"
             ),
         )
     if record.get("boot_id") != boot_id():
-        return OrphanReport("gone", pgid, detail="the host rebooted since the step started")
-    pids = group_members(record)
-    if not pids:
-        return OrphanReport("gone", pgid)
-    _signal_group(pgid, signal.SIGTERM)
-    if not _wait(lambda: not group_members(record), term_grace):
-        _signal_group(pgid, signal.SIGKILL)
-        _wait(lambda: not group_members(record), gone_timeout)
-    left = group_members(record)
+        return OrphanReport("gone", [], detail="the host rebooted since the step started")
+    found = find_step_processes(token)
+    if not found:
+        return OrphanReport("gone", [])
+    groups = frozenset(found.values())
+
+    def remaining() -> dict[int, int]:
+        return find_step_processes(token, groups)
+
+    _signal_all(found, signal.SIGTERM)
+    if not _wait(lambda: not remaining(), term_grace):
+        _signal_all(remaining(), signal.SIGKILL)
+        _wait(lambda: not remaining(), gone_timeout)
+    left = remaining()
     if left:
         return OrphanReport(
-            "survived", pgid, pids, detail=f"still alive after SIGKILL: {sorted(left)}"
+            "survived",
+            sorted(groups),
+            sorted(found),
+            detail=f"still alive after SIGKILL: {sorted(left)}",
         )
-    return OrphanReport("killed", pgid, sorted(pids))
+    return OrphanReport("killed", sorted(groups), sorted(found))
 
 
 def reap_orphans(state: WorkflowState) -> list[OrphanReport]:
-    """Kill the process groups of every step ``state`` records as running.
+    """Kill the processes of every step ``state`` records as running.
 
     Call it holding the run lock, before the run is executed, rewound or marked
     cancelled: no executor of the run is alive then, so a step recorded ``running``
@@ -244,16 +245,16 @@ def reap_orphans(state: WorkflowState) -> list[OrphanReport]:
         if isinstance(record, dict):
             report = kill_orphan(record)
         else:
-            report = OrphanReport("elsewhere", None, detail=f"unreadable process record {record!r}")
+            report = OrphanReport("elsewhere", [], detail=f"unreadable process record {record!r}")
         reports.append(report)
         state.history.append(report.to_history(entry.name, utcnow()))
         if report.outcome in ("killed", "gone"):
             entry.process = None
         if report.outcome == "killed":
             logger.warning(
-                "run %s: killed the orphaned process group %s of step %s (pids %s)",
+                "run %s: killed the orphaned process groups %s of step %s (pids %s)",
                 state.workflow_id,
-                report.pgid,
+                report.pgids,
                 entry.name,
                 report.pids,
             )
@@ -267,9 +268,14 @@ def reap_orphans(state: WorkflowState) -> list[OrphanReport]:
     return reports
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
+def _signal_all(processes: dict[int, int], sig: signal.Signals) -> None:
+    """Signal each group, then each process (one may have left its group: setsid)."""
+    for pgid in set(processes.values()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    for pid in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def _wait(done: Callable[[], bool], timeout: float) -> bool:

@@ -6,8 +6,9 @@ cancellation kills the shell *and* everything it started. While it runs we poll 
 output across polls (retrying it after ``TimeoutExpired`` loses nothing).
 
 If the executor itself dies, the group would live on: the shell is started with a
-parent-death signal, and the group is recorded (pgid, start time, a token in its
-environment) so that the next holder of the run lock kills it (``processes.py``).
+parent-death signal, and every process of the step carries a token in its environment,
+recorded in the step's result, so that the next holder of the run lock finds and kills
+them (``processes.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
-from wfstate.engine.processes import TOKEN_VARIABLE, describe, new_token, with_pdeathsig
+from wfstate.engine.processes import TOKEN_VARIABLE, new_token, with_pdeathsig
 
 logger = logging.getLogger("wfstate.engine")
 
@@ -73,23 +74,18 @@ def run_command(
     env: Mapping[str, str],
     timeout: float | None,
     should_stop: Callable[[], bool],
-    on_spawn: Callable[[dict[str, Any]], None] | None = None,
+    token: str | None = None,
 ) -> AttemptResult:
     """Run ``command`` with ``/bin/sh -c`` and wait for it, a timeout or a stop request.
 
-    ``on_spawn`` receives the process record (:func:`wfstate.engine.processes.describe`)
-    as soon as the shell is started, before any waiting: the executor writes it into
-    the running step's result, so that the group can be found and killed if the
-    executor dies (see :mod:`wfstate.engine.processes`).
-
-    Raises:
-        whatever ``on_spawn`` raises (a checkpoint that cannot be written), after
-        killing the process group it just started.
+    ``token`` goes into the command's environment as ``WFSTATE_STEP_TOKEN`` (a fresh
+    one if not given): the executor records it in the running step's result, so that
+    the step's processes can be found and killed if the executor dies (see
+    :mod:`wfstate.engine.processes`).
     """
-    token = new_token()
-    # The token marks every process of this execution (children inherit it): how an
-    # orphan is told apart from a stranger that got the same process group id.
-    full_env = {**os.environ, **env, TOKEN_VARIABLE: token}
+    # Every process of this execution inherits the token: how an orphan is told apart
+    # from a stranger that got a reused process (group) id.
+    full_env = {**os.environ, **env, TOKEN_VARIABLE: token or new_token()}
     # The kernel kills the shell if the executor dies (Linux); see processes.py.
     argv, preexec = with_pdeathsig(["/bin/sh", "-c", command])
     try:
@@ -105,15 +101,6 @@ def run_command(
         )
     except OSError as exc:
         return AttemptResult(ok=False, error=f"could not start the command: {exc}")
-    if on_spawn is not None:
-        record = describe(proc.pid, token)
-        if record is not None:
-            try:
-                on_spawn(record)
-            except BaseException:
-                _kill_group(proc)
-                proc.communicate()
-                raise
     deadline = time.monotonic() + timeout if timeout else None
     cancelled = timed_out = False
     out = err = b""
