@@ -1,5 +1,6 @@
 """Orphaned steps: a SIGKILLed executor's step is killed before it runs again, and on
-cancel (real processes throughout; Linux, for /proc and the parent-death signal)."""
+cancel (real processes throughout; Linux, for /proc and the parent-death signal); and
+what becomes of a timed-out call step's thread."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from tests.engine_helpers import manage, pid_alive, spawn, wait_for
 from wfstate import runs
 from wfstate.engine import processes
 from wfstate.engine.processes import TOKEN_VARIABLE, kill_orphan, new_token, step_record
+from wfstate.engine.steps import StepContext, run_call
 
 pytestmark = [
     pytest.mark.slow,
@@ -281,3 +284,41 @@ def test_the_parent_death_signal_is_set_in_the_child(way: str) -> None:
         assert preexec is not None
     out = subprocess.run(argv, preexec_fn=preexec, capture_output=True, text=True, check=True)
     assert int(out.stdout) == signal.SIGKILL
+
+
+# --- a timed-out call's thread -------------------------------------------------------------
+
+_CALL_LOG: list[str] = []
+_CALL_DONE = threading.Event()
+
+
+def patient_call(ctx: Any) -> str:
+    """Works until told to stop, then says how it ended."""
+    while not ctx.cancelled:
+        time.sleep(0.01)
+    _CALL_LOG.append("told to stop")
+    _CALL_DONE.set()
+    return "a result nobody reads"
+
+
+def test_a_timed_out_calls_thread_runs_on_until_it_sees_ctx_cancelled() -> None:
+    _CALL_LOG.clear()
+    _CALL_DONE.clear()
+    ctx = StepContext(
+        workflow_id="w",
+        workflow_name="w",
+        state_name="patient",
+        inputs={},
+        states={},
+        attempt=1,
+        should_stop=lambda: False,
+    )
+    result = run_call(
+        "tests.test_orphans.patient_call", {}, ctx, timeout=0.2, should_stop=lambda: False
+    )
+    assert (result.ok, result.timed_out, result.output) == (False, True, None)
+    assert result.error == "timed out after 0.2s"
+    # The thread could not be killed; it learns through ctx that it was abandoned.
+    assert ctx.cancelled
+    wait_for(_CALL_DONE.is_set, 10, "the abandoned call to stop")
+    assert _CALL_LOG == ["told to stop"]

@@ -164,15 +164,24 @@ class StepContext:
         self.attempt = attempt
         self.logger = logging.getLogger(f"wfstate.steps.{workflow_name}.{state_name}")
         self._should_stop = should_stop
+        # Set when the executor stopped waiting for this call (its timeout): the thread
+        # cannot be killed, but it can be told to give up.
+        self.abandoned = threading.Event()
 
     def check_cancelled(self) -> None:
-        """Raise ``StepCancelled`` if the run was asked to stop (call this in long loops)."""
-        if self._should_stop():
+        """Raise ``StepCancelled`` if the run was asked to stop or the step timed out
+        (call this in long loops).
+
+        Raises:
+            StepCancelled: stop now; the step's result is already recorded.
+        """
+        if self.cancelled:
             raise StepCancelled("cancelled")
 
     @property
     def cancelled(self) -> bool:
-        return self._should_stop()
+        """True once the run is being cancelled, or the step timed out."""
+        return self.abandoned.is_set() or self._should_stop()
 
 
 def run_call(
@@ -191,9 +200,10 @@ def run_call(
     Python cannot kill a thread: a call that times out (or is cancelled without calling
     ``ctx.check_cancelled()``) runs on in the background until it returns, or until the
     process exits. The step is recorded failed (or cancelled) at once, the run goes on,
-    and whatever the call later returns or raises is discarded. A call that must not
-    outlive its step should poll ``ctx.cancelled`` / ``ctx.check_cancelled()``, or run
-    its work as a ``command`` step, whose process group is killed.
+    and whatever the call later returns or raises is discarded. ``ctx.cancelled`` turns
+    true when it timed out, so a call that polls it (or ``ctx.check_cancelled()``) stops
+    soon after; one that must be stopped for sure belongs in a ``command`` step, whose
+    processes are killed.
     """
     try:
         func = import_string(target)
@@ -225,6 +235,7 @@ def run_call(
         if should_stop():
             return AttemptResult(ok=False, error="cancelled", cancelled=True)
         if time.monotonic() >= deadline:
+            ctx.abandoned.set()
             logger.warning(
                 "call %s of step %s timed out after %gs; its thread cannot be killed and "
                 "runs on in the background, its result will be discarded",
