@@ -76,7 +76,7 @@ def _ticks(work: Path) -> dict[str, list[int]]:
     ticks: dict[str, list[int]] = {"first": [], "again": []}
     for line in (work / "log").read_text().splitlines():
         who, ns = line.split()
-        ticks[who].append(int(ns))
+        ticks.setdefault(who, []).append(int(ns))
     return ticks
 
 
@@ -151,6 +151,44 @@ def test_cancel_kills_the_orphan_within_2s(orphaned: tuple[Path, Path, str], set
     # Nothing ticks any more.
     count = len(_ticks(work)["first"])
     assert not pid_alive(ticker) and len(_ticks(work)["first"]) == count
+
+
+def test_recover_kills_every_branchs_orphan_before_the_block_runs_again(tmp_path: Path) -> None:
+    storage, work = tmp_path / "storage", tmp_path / "work"
+    work.mkdir()
+    branches = ("left", "right")
+    pid_files = [work / f"{b}-{run}.pid" for b in branches for run in ("first", "again")]
+    proc = spawn(storage, "run_workflow", "orphan_fanout", "--input", f"dir={work}")
+    try:
+        try:
+            wait_for(
+                lambda: (
+                    all((work / f"{b}-first.pid").exists() for b in branches)
+                    and (work / "log").exists()
+                ),
+                60,
+                "both branches to tick",
+            )
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=10)
+        workflow_id = next((storage / "states").glob("*.json")).stem
+        result = manage(storage, "recover_workflows", "--json")
+        assert result.returncode == 0, result.stderr
+        assert orjson.loads(result.stdout)["recovered"] == {workflow_id: "completed"}
+        ticks = _ticks(work)
+        orphans = ticks["left-first"] + ticks["right-first"]
+        reruns = ticks["left-again"] + ticks["right-again"]
+        assert len(reruns) == 6 and orphans
+        assert max(orphans) < min(reruns), "an orphan ticked after the block ran again"
+        events = [e for e in _doc(storage, workflow_id)["history"] if e["event"] == "orphan"]
+        assert sorted((e["state"], e["outcome"]) for e in events) == [
+            ("left", "killed"),
+            ("right", "killed"),
+        ]
+    finally:
+        for pid_file in pid_files:
+            _kill_group_of(pid_file)
 
 
 def test_the_kernel_kills_the_steps_shell_with_its_executor(tmp_path: Path) -> None:
