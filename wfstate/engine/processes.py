@@ -270,7 +270,8 @@ def reap_orphans(state: WorkflowState) -> list[OrphanReport]:
 
 def _signal_all(processes: dict[int, int], sig: signal.Signals) -> None:
     """Signal each group, then each process (one may have left its group: setsid)."""
-    for pgid in set(processes.values()):
+    own = os.getpgrp()  # a reaper started by the step itself keeps its own group alive
+    for pgid in set(processes.values()) - {own}:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
     for pid in processes:
