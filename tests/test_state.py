@@ -51,6 +51,7 @@ STEP_KEYS = [
     "duration_ms",
     "output_truncated",
     "traceback",
+    "process",
 ]
 
 

@@ -16,6 +16,7 @@ from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
 from wfstate.engine import Executor, mark_cancelled, prepare_resume
+from wfstate.engine.processes import reap_orphans
 from wfstate.exceptions import NotResumable, RunFinished, RunLocked, StillRunning, WFStateError
 from wfstate.state import RunStatus, WorkflowState, parse_time
 from wfstate.stores import get_store
@@ -105,6 +106,7 @@ def execute(
     store = get_store()
     with store.run_lock(workflow_id):
         state = store.load(workflow_id)
+        reap_orphans(state)  # a step left running by a dead executor must not run twice
         definition = get_definition(state.workflow_name)
         if prepare is not None:
             prepare(state, definition)
@@ -225,6 +227,7 @@ def _prepare_detached(
     store = get_store()
     with store.run_lock(workflow_id):
         state = store.load(workflow_id)
+        reap_orphans(state)  # before the rewind moves the step (and its record) to history
         prepare(state, get_definition(state.workflow_name))
         store.save(state)
     _index(state)
@@ -236,7 +239,9 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
 
     Returns ``("requested", state)`` when a live executor was asked to stop (it kills
     the step's process group and records ``cancelled`` within 2 seconds), or
-    ``("cancelled", state)`` when nobody executed the run and it was marked at once.
+    ``("cancelled", state)`` when nobody executed the run and it was marked at once;
+    then a step process left behind by a dead executor is killed first (see
+    ``wfstate.engine.processes``), also within 2 seconds.
 
     Raises:
         RunNotFound, RunFinished (already ended), CorruptState.
@@ -247,13 +252,19 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
         raise RunFinished(f"run {workflow_id} already ended {state.status}")
     try:
         with store.run_lock(workflow_id):
-            state = store.update(workflow_id, mark_cancelled)
+            state = store.update(workflow_id, _reap_and_mark_cancelled)
             store.clear_cancel(workflow_id)
     except RunLocked:
         store.request_cancel(workflow_id)
         return "requested", store.load(workflow_id)
     _index(state)
     return "cancelled", state
+
+
+def _reap_and_mark_cancelled(state: WorkflowState) -> WorkflowState:
+    if not state.status.is_final:
+        reap_orphans(state)
+    return mark_cancelled(state)
 
 
 def delete_run(workflow_id: str) -> None:

@@ -72,6 +72,10 @@ class StepResult:
     duration_ms: int | None = None
     output_truncated: bool = False
     traceback: str | None = None
+    # While a command step runs: how to find its process group again if the executor
+    # dies (pgid, pid, start_time, boot_id, host, token; see wfstate.engine.processes).
+    # Cleared when the step ends.
+    process: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +91,7 @@ class StepResult:
             "duration_ms": self.duration_ms,
             "output_truncated": self.output_truncated,
             "traceback": self.traceback,
+            "process": self.process,
         }
 
     @classmethod
@@ -104,6 +109,7 @@ class StepResult:
             duration_ms=data.get("duration_ms"),
             output_truncated=bool(data.get("output_truncated", False)),
             traceback=data.get("traceback"),
+            process=data.get("process"),
         )
 
 

@@ -89,6 +89,14 @@ class StepResultSerializer(serializers.Serializer[dict[str, Any]]):
         help_text="the output was cut here; the whole output is kept beside the state file"
     )
     traceback = serializers.CharField(allow_null=True, allow_blank=True)
+    process = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        help_text=(
+            "while a command step runs: its process group (pgid, pid, start_time, boot_id, "
+            "host, token), so that it can be killed if its executor dies; null otherwise"
+        ),
+    )
 
 
 class RunSerializer(serializers.Serializer[dict[str, Any]]):

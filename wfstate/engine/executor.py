@@ -36,6 +36,7 @@ from wfstate.definitions.templates import (
     render_text,
     render_value,
 )
+from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
 from wfstate.exceptions import StateLocked, StorageError, WFStateError
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time, utcnow
@@ -194,13 +195,23 @@ class Executor:
     # --- steps ---------------------------------------------------------------------------
 
     def _begin(
-        self, name: str, attempt: int, *, set_current: bool, durable: bool = True
+        self,
+        name: str,
+        attempt: int,
+        *,
+        set_current: bool,
+        durable: bool = True,
+        process: dict[str, Any] | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
         with self._lock:
             entry = StepResult(
-                name=name, status=StepStatus.RUNNING, attempt=attempt, started_at=utcnow()
+                name=name,
+                status=StepStatus.RUNNING,
+                attempt=attempt,
+                started_at=utcnow(),
+                process=process,
             )
             state.states[name] = entry
             if set_current:
@@ -219,10 +230,14 @@ class Executor:
         max_attempts = policy.max_attempts if policy else 1
         attempt = 1
         # A step re-run after a crash or a resume starts again at attempt 1.
-        entry = self._begin(sdef.name, attempt, set_current=set_current)
+        # A command's processes carry a token, recorded at its start: how its orphans
+        # are found if this executor dies (see processes.py).
+        token = new_token()
+        process = step_record(token) if sdef.command is not None else None
+        entry = self._begin(sdef.name, attempt, set_current=set_current, process=process)
         first_started = entry.started_at
         while True:
-            outcome = self._attempt(sdef, attempt, should_stop)
+            outcome = self._attempt(sdef, attempt, should_stop, token)
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -259,7 +274,11 @@ class Executor:
             self.cancel_event.wait(min(0.1, remaining))
 
     def _attempt(
-        self, sdef: StateDef, attempt: int, should_stop: Callable[[], bool]
+        self,
+        sdef: StateDef,
+        attempt: int,
+        should_stop: Callable[[], bool],
+        token: str | None = None,
     ) -> AttemptResult:
         state = self._state
         assert state is not None
@@ -270,7 +289,12 @@ class Executor:
                 cwd = render_text(sdef.dir, context) if sdef.dir else None
                 env = {k: str(render_value(v, context)) for k, v in sdef.env.items()}
                 return run_command(
-                    command, cwd=cwd, env=env, timeout=sdef.timeout, should_stop=should_stop
+                    command,
+                    cwd=cwd,
+                    env=env,
+                    timeout=sdef.timeout,
+                    should_stop=should_stop,
+                    token=token,
                 )
             kwargs = render_value(dict(sdef.with_), context)
             ctx = StepContext(
@@ -326,6 +350,7 @@ class Executor:
             entry.completed_at = completed
             entry.duration_ms = _elapsed_ms(started_at, completed)
             entry.output_truncated = truncated or err_truncated
+            entry.process = None  # its processes are gone: run_command killed the group
         self._emit(
             {
                 "event": "step_finished",

@@ -4,6 +4,11 @@ A command runs as ``/bin/sh -c`` in a process group of its own, so a timeout or 
 cancellation kills the shell *and* everything it started. While it runs we poll every
 100 ms for a cancellation request or the timeout; ``communicate()`` keeps collecting
 output across polls (retrying it after ``TimeoutExpired`` loses nothing).
+
+If the executor itself dies, the group would live on: the shell is started with a
+parent-death signal, and every process of the step carries a token in its environment,
+recorded in the step's result, so that the next holder of the run lock finds and kills
+them (``processes.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.utils.module_loading import import_string
+
+from wfstate.engine.processes import TOKEN_VARIABLE, new_token, with_pdeathsig
+
+logger = logging.getLogger("wfstate.engine")
 
 POLL_INTERVAL = 0.1
 # After SIGTERM, how long a process group gets to exit before SIGKILL. Short: the
@@ -65,18 +74,30 @@ def run_command(
     env: Mapping[str, str],
     timeout: float | None,
     should_stop: Callable[[], bool],
+    token: str | None = None,
 ) -> AttemptResult:
-    """Run ``command`` with ``/bin/sh -c`` and wait for it, a timeout or a stop request."""
-    full_env = {**os.environ, **env}
+    """Run ``command`` with ``/bin/sh -c`` and wait for it, a timeout or a stop request.
+
+    ``token`` goes into the command's environment as ``WFSTATE_STEP_TOKEN`` (a fresh
+    one if not given): the executor records it in the running step's result, so that
+    the step's processes can be found and killed if the executor dies (see
+    :mod:`wfstate.engine.processes`).
+    """
+    # Every process of this execution inherits the token: how an orphan is told apart
+    # from a stranger that got a reused process (group) id.
+    full_env = {**os.environ, **env, TOKEN_VARIABLE: token or new_token()}
+    # The kernel kills the shell if the executor dies (Linux); see processes.py.
+    argv, preexec = with_pdeathsig(["/bin/sh", "-c", command])
     try:
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
+            argv,
             cwd=cwd or None,
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: we can kill all of it
+            preexec_fn=preexec,
         )
     except OSError as exc:
         return AttemptResult(ok=False, error=f"could not start the command: {exc}")
@@ -143,15 +164,24 @@ class StepContext:
         self.attempt = attempt
         self.logger = logging.getLogger(f"wfstate.steps.{workflow_name}.{state_name}")
         self._should_stop = should_stop
+        # Set when the executor stopped waiting for this call (its timeout): the thread
+        # cannot be killed, but it can be told to give up.
+        self.abandoned = threading.Event()
 
     def check_cancelled(self) -> None:
-        """Raise ``StepCancelled`` if the run was asked to stop (call this in long loops)."""
-        if self._should_stop():
+        """Raise ``StepCancelled`` if the run was asked to stop or the step timed out
+        (call this in long loops).
+
+        Raises:
+            StepCancelled: stop now; the step's result is already recorded.
+        """
+        if self.cancelled:
             raise StepCancelled("cancelled")
 
     @property
     def cancelled(self) -> bool:
-        return self._should_stop()
+        """True once the run is being cancelled, or the step timed out."""
+        return self.abandoned.is_set() or self._should_stop()
 
 
 def run_call(
@@ -167,6 +197,13 @@ def run_call(
     Without a timeout the call runs inline (no thread to start: a no-op step costs
     microseconds); cancellation is then cooperative through ``ctx.check_cancelled()``.
     With a timeout it runs in a daemon thread we stop waiting for when time is up.
+    Python cannot kill a thread: a call that times out (or is cancelled without calling
+    ``ctx.check_cancelled()``) runs on in the background until it returns, or until the
+    process exits. The step is recorded failed (or cancelled) at once, the run goes on,
+    and whatever the call later returns or raises is discarded. ``ctx.cancelled`` turns
+    true when it timed out, so a call that polls it (or ``ctx.check_cancelled()``) stops
+    soon after; one that must be stopped for sure belongs in a ``command`` step, whose
+    processes are killed.
     """
     try:
         func = import_string(target)
@@ -198,4 +235,12 @@ def run_call(
         if should_stop():
             return AttemptResult(ok=False, error="cancelled", cancelled=True)
         if time.monotonic() >= deadline:
+            ctx.abandoned.set()
+            logger.warning(
+                "call %s of step %s timed out after %gs; its thread cannot be killed and "
+                "runs on in the background, its result will be discarded",
+                target,
+                ctx.state_name,
+                timeout,
+            )
             return AttemptResult(ok=False, error=f"timed out after {timeout:g}s", timed_out=True)
