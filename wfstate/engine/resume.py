@@ -35,8 +35,16 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
         and current in definition.states
         and definition.states[current].type == "terminal"
     ):
-        # The run ended in a terminal: "current" is the last step that ran before it.
-        current = steps[-1] if steps else definition.initial
+        # The run ended in a terminal: "current" is the last step that ran before it,
+        # even one the definition no longer has (refused below, never skipped over).
+        before = [
+            n
+            for n in _executed_order(state)
+            if n not in branches
+            and n != current
+            and (n not in definition.states or definition.states[n].type != "terminal")
+        ]
+        current = before[-1] if before else definition.initial
     if from_state == "current":
         target = current or definition.initial
         if target not in definition.states:
