@@ -5,9 +5,9 @@ outcome is durable; resuming a parallel block keeps its completed branches."""
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,6 @@ def test_retry_delay_computation_never_overflows_nor_turns_nan() -> None:
     uncapped = RetryPolicy(
         max_attempts=5, initial_delay=1.0, backoff="exponential", multiplier=1e300
     )
-    import random
-
     assert executor_module._retry_delay(uncapped, 3, random.Random(0)) is None
     assert executor_module._retry_delay(capped, 10**9, random.Random(0)) is not None
 
@@ -222,7 +220,7 @@ states:
 
 
 @pytest.fixture
-def shifted(settings: Any, tmp_path: Path) -> Iterator[str]:
+def shifted(settings: Any, tmp_path: Path) -> str:
     """A run that failed in state 'second', whose definition then lost that state."""
     workflows = tmp_path / "shifting"
     workflows.mkdir()
@@ -236,7 +234,7 @@ def shifted(settings: Any, tmp_path: Path) -> Iterator[str]:
     assert state.status == RunStatus.FAILED and state.current_state == "failed"
     path.write_text(V2)
     os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
-    yield state.workflow_id
+    return state.workflow_id
 
 
 def test_resume_with_a_changed_definition_into_a_missing_state_is_refused(shifted: str) -> None:

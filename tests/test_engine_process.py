@@ -218,7 +218,9 @@ def test_recover_reports_an_unrecoverable_run_and_still_recovers_the_next(
         wait_for(lambda w=work: (w / "s10.count").exists(), 60, "step s10 to start")
         known = {wid for wid, _ in crashed}
         ids = wait_for(
-            lambda: [p.stem for p in (storage / "states").glob("*.json") if p.stem not in known],
+            lambda k=known: [
+                p.stem for p in (storage / "states").glob("*.json") if p.stem not in k
+            ],
             30,
             "the new run's file",
         )
