@@ -431,3 +431,21 @@ def test_prepare_resume_keeps_only_completed_branches_of_the_current_block(
     prepare_resume(state, definition)
     assert state.history[-1]["kept"] == ["quick"]
     assert set(state.states) == {"quick"} and state.current_state == "branches"
+
+
+def test_non_finite_retry_numbers_are_refused_at_load(tmp_path: Path) -> None:
+    from wfstate.definitions.registry import resolve_definition
+    from wfstate.exceptions import InvalidDefinition
+
+    path = tmp_path / "infretry.yaml"
+    path.write_text(
+        "name: infretry\nstates:\n  initial: a\n"
+        "  a: {type: step, command: 'true', on_success: done,\n"
+        "      retry: {max_attempts: 2, multiplier: .inf, jitter: .nan}}\n"
+        "  done: {type: terminal, status: success}\n"
+    )
+    with pytest.raises(InvalidDefinition) as info:
+        resolve_definition(str(path))
+    messages = [e["message"] for e in info.value.errors]
+    assert "retry.multiplier must be a finite number, not inf" in messages
+    assert "retry.jitter must be a finite number, not nan" in messages

@@ -291,7 +291,7 @@ def _prepare_detached(
 ) -> WorkflowState:
     """Check and rewind a run under its run lock and save it, for a worker to execute."""
     store = get_store()
-    with store.run_lock(workflow_id):
+    with _take_run_lock(store, workflow_id, resuming=True):
         state = store.load(workflow_id)
         prepare(state, get_definition(state.workflow_name))
         store.save(state)
@@ -374,12 +374,12 @@ def recover_runs(
             RunStatus.PENDING,
         ):
             continue
-        updated = parse_time(state.updated_at)
-        if min_age and updated is not None and (now - updated).total_seconds() < min_age:
-            continue
-        if store.run_lock_owner(workflow_id) is not None:
-            continue
         try:
+            updated = parse_time(state.updated_at)
+            if min_age and updated is not None and (now - updated).total_seconds() < min_age:
+                continue
+            if store.run_lock_owner(workflow_id) is not None:
+                continue
             if detach:
                 from wfstate.tasks import enqueue_execution
 
