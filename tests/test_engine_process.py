@@ -190,6 +190,17 @@ def test_sigkill_inside_a_parallel_block_then_resume_reruns_only_unfinished_bran
     crashed = _doc(storage, workflow_id)
     assert crashed["status"] == "running" and crashed["current_state"] == "branches"
 
+    # A resume killed in turn while slow runs again: the next resume still keeps quick.
+    again = spawn(storage, "resume_workflow", workflow_id)
+    wait_for(
+        lambda: (work / "slow.count").read_text().count("ran") == 2 and quick_done_slow_running(),
+        60,
+        "slow to run again",
+    )
+    again.send_signal(signal.SIGKILL)
+    again.wait(10)
+    assert (work / "quick.count").read_text().count("ran") == 1
+
     # On resume slow fails: under any_succeed the block succeeds only if the strategy
     # still counts quick's result from before the crash.
     (work / "release").write_text("fail")
@@ -198,7 +209,7 @@ def test_sigkill_inside_a_parallel_block_then_resume_reruns_only_unfinished_bran
     final = orjson.loads(result.stdout)
     assert final["status"] == "completed" and final["current_state"] == "done"
     assert (work / "quick.count").read_text().count("ran") == 1  # completed: not run again
-    assert (work / "slow.count").read_text().count("ran") == 2  # killed: run again
+    assert (work / "slow.count").read_text().count("ran") == 3  # killed twice: run again
     assert final["states"]["branches"]["output"] == {"quick": "completed", "slow": "failed"}
     assert final["states"]["quick"] == crashed["states"]["quick"]  # the very same result
     event = final["history"][-1]

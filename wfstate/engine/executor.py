@@ -265,13 +265,22 @@ class Executor:
     # --- steps ---------------------------------------------------------------------------
 
     def _begin(
-        self, name: str, attempt: int, *, set_current: bool, durable: bool = True
+        self,
+        name: str,
+        attempt: int,
+        *,
+        set_current: bool,
+        durable: bool = True,
+        started_at: str | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
         with self._lock:
             entry = StepResult(
-                name=name, status=StepStatus.RUNNING, attempt=attempt, started_at=utcnow()
+                name=name,
+                status=StepStatus.RUNNING,
+                attempt=attempt,
+                started_at=started_at or utcnow(),
             )
             state.states[name] = entry
             if set_current:
@@ -472,7 +481,10 @@ class Executor:
         # Branches that completed before a crash (or a failure) are not run again; the
         # strategy still sees their results.
         kept = self._kept_branches(sdef) if reuse else {}
-        entry = self._begin(sdef.name, 1, set_current=True)
+        # A block that goes on keeps its first start: its kept branches started after
+        # it, which is how a second resume (after a second crash) still keeps them.
+        since = _first_start(state, sdef.name, kept) if kept else None
+        entry = self._begin(sdef.name, 1, set_current=True, started_at=since)
         started_at = entry.started_at
         branches = [self.definition.states[name] for name in sdef.parallel]
         # A failed branch under all_succeed stops its siblings.
@@ -623,6 +635,16 @@ class Executor:
             self._checkpoint()
             self._ended = True
         self._emit({"event": "run_finished", "status": str(status), "error": error})
+
+
+def _first_start(state: WorkflowState, block: str, kept: dict[str, StepResult]) -> str | None:
+    """When a resumed block first started: its rewound entry's start, or its earliest
+    kept branch's."""
+    for rewound in state.history[-1].get("rewound") or ():
+        if rewound.get("name") == block and rewound.get("started_at"):
+            return str(rewound["started_at"])
+    starts = [e.started_at for e in kept.values() if e.started_at]
+    return min(starts) if starts else None  # utcnow()'s fixed-width ISO times sort as text
 
 
 def _branch_ok(branch: StateDef, result: StepResult) -> bool:
