@@ -24,3 +24,7 @@ def not_json(ctx: Any) -> dict[Any, Any]:
 
 def echo(ctx: Any, **kwargs: Any) -> dict[str, Any]:
     return kwargs
+
+
+def exits(ctx: Any) -> None:
+    raise SystemExit(7)

@@ -74,6 +74,13 @@ def test_a_non_json_call_result_fails_the_step() -> None:
     assert state.current_state == "handled"
 
 
+def test_a_call_step_calling_sys_exit_fails_the_step_not_the_executor() -> None:
+    state = runs.start_run("hard-values", {"mode": "exits"})
+    assert state.states["exits"].status == StepStatus.FAILED
+    assert state.states["exits"].error == "tests.hardening_steps.exits called sys.exit(7)"
+    assert state.current_state == "handled"
+
+
 def test_an_error_in_a_when_expression_fails_the_run_naming_the_state() -> None:
     state = runs.start_run("hard-values", {"mode": "bad_when"})
     assert state.status == RunStatus.FAILED

@@ -379,6 +379,13 @@ class Executor:
         except WFStateError as exc:
             # A template that does not render fails the step (retrying will not help).
             return AttemptResult(ok=False, error=str(exc))
+        except SystemExit as exc:
+            # sys.exit() in a call step would end the whole executor, run left running.
+            return AttemptResult(
+                ok=False,
+                error=f"{sdef.call} called sys.exit({exc.code!r})",
+                traceback=traceback.format_exc(),
+            )
         except Exception as exc:
             # Whatever else goes wrong starting the step is the step's failure, not a
             # crash of the executor (which would leave the run ``running``).
