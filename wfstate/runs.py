@@ -98,7 +98,11 @@ def execute(
     """Execute a run in this process, holding its run lock throughout.
 
     ``prepare`` runs under the run lock before execution (a resume rewinds there), so
-    checking and changing a run happen under the same lock.
+    checking and changing a run happen under the same lock. A resume (``prepare``)
+    waits briefly for the lock of an executor whose run's file already says it ended.
+    The run lock is released as soon as the outcome is durable; the index is flushed
+    after that. A pending or crashed run whose workflow is gone or invalid is recorded
+    ``failed`` with the reason (a resume of it is refused instead).
 
     Raises:
         RunLocked: another executor holds the run (fails at once, never waits).
