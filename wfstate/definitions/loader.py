@@ -307,6 +307,15 @@ def _build_retry(out: _Collector, path: Path_, raw: Any) -> RetryPolicy | None:
     initial = _duration(out, (*path, "initial_delay"), raw.get("initial_delay", 0))
     max_delay = _duration(out, (*path, "max_delay"), raw.get("max_delay"))
     codes = raw.get("retryable_exit_codes") or ()
+    # YAML's .inf and .nan are numbers to the schema, but no delay can be made of them.
+    for key, value in (
+        ("initial_delay", initial),
+        ("max_delay", max_delay),
+        ("multiplier", raw.get("multiplier")),
+        ("jitter", raw.get("jitter")),
+    ):
+        if isinstance(value, float) and not math.isfinite(value):
+            out.error((*path, key), f"retry.{key} must be a finite number, not {value}")
     return RetryPolicy(
         max_attempts=int(raw.get("max_attempts", 1)),
         initial_delay=initial or 0.0,

@@ -7,6 +7,7 @@ durations are seconds (floats).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +32,19 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if self.backoff == "exponential":
-            base = self.initial_delay * (self.multiplier ** (attempt - 1))
+            try:
+                growth = self.multiplier ** (attempt - 1)
+            except OverflowError:  # a large multiplier or attempt count
+                growth = math.inf
+            base = self.initial_delay * growth if self.initial_delay else 0.0
         elif self.backoff == "linear":
             base = self.initial_delay * attempt
         else:
             base = self.initial_delay
         if self.max_delay is not None:
             base = min(base, self.max_delay)
+        if not math.isfinite(base):
+            return math.inf  # jitter on infinity is NaN; the executor refuses to wait this
         if self.jitter:
             spread = base * self.jitter
             base += (rng or random).uniform(-spread, spread)
