@@ -17,6 +17,7 @@ from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
 from wfstate.engine import Executor, mark_cancelled, prepare_resume
+from wfstate.engine.events import Progress
 from wfstate.engine.processes import reap_orphans
 from wfstate.exceptions import NotResumable, RunFinished, RunLocked, StillRunning, WFStateError
 from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time, utcnow
@@ -24,8 +25,6 @@ from wfstate.stores import get_store
 from wfstate.stores.base import StateStore
 
 logger = logging.getLogger("wfstate.runs")
-
-Progress = Callable[[dict[str, Any]], None]
 
 
 def get_definition(name: str) -> WorkflowDefinition:

@@ -38,6 +38,7 @@ from wfstate.definitions.templates import (
     render_text,
     render_value,
 )
+from wfstate.engine.events import Progress, ProgressEvent
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
 from wfstate.exceptions import StateLocked, StorageError, WFStateError
@@ -47,7 +48,6 @@ from wfstate.stores.base import StateStore
 logger = logging.getLogger("wfstate.engine")
 
 Listener = Callable[[WorkflowState], None]
-Progress = Callable[[dict[str, Any]], None]
 
 
 def _elapsed_ms(started_at: str | None, completed_at: str) -> int | None:
@@ -110,7 +110,7 @@ class Executor:
                 except Exception:
                     logger.exception("checkpoint listener failed for run %s", state.workflow_id)
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:
             try:
                 self.progress(event)

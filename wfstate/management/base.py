@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from wfstate.engine.events import ProgressEvent
 from wfstate.exceptions import WFStateError
 from wfstate.state import RunStatus, WorkflowState
 
@@ -64,7 +65,7 @@ class WFStateCommand(BaseCommand):
         isatty = getattr(self.stdout, "isatty", None)
         return bool(isatty and isatty())
 
-    def progress(self, event: dict[str, Any]) -> None:
+    def progress(self, event: ProgressEvent) -> None:
         """One line per step start and end: state, status, duration, attempt."""
         if self.as_json or self.verbosity == 0:
             return
@@ -82,6 +83,8 @@ class WFStateCommand(BaseCommand):
                     f"retrying in {event.get('delay', 0):.2f}s"
                 )
             )
+        elif kind == "step_kept":
+            self.stdout.write(f"  = {name}  kept: completed before the resume (attempt {attempt})")
         elif kind == "step_finished":
             status = event.get("status")
             seconds = (event.get("duration_ms") or 0) / 1000
