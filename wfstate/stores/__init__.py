@@ -21,20 +21,19 @@ _store: StateStore | None = None
 _store_guard = threading.Lock()
 
 
-def store_options() -> dict[str, Any]:
-    """The constructor arguments the settings give (the store never reads settings)."""
+def store_options(backend: type[StateStore] | None = None) -> dict[str, Any]:
+    """The constructor arguments the settings give ``backend`` (the configured one by
+    default): ``WFSTATE["STORE"]["OPTIONS"]``, over the top-level settings the backend
+    declares it takes (``StateStore.setting_options``; ``LOCK_BACKEND``, ``REDIS_URL``,
+    ``FILE_MODE``... are aliases of ``JSONFileStore``'s options). The store never reads
+    settings itself.
+    """
     from wfstate.conf import conf
 
-    options: dict[str, Any] = {
-        "root": conf.STORAGE_DIR,
-        "file_mode": conf.FILE_MODE,
-        "lock_timeout": conf.LOCK_TIMEOUT,
-        "lock_backend": conf.LOCK_BACKEND,
-    }
-    if conf.LOCK_BACKEND == "redis":
-        options["lock_options"] = {"redis_url": conf.REDIS_URL}
-    options.update(conf.STORE.get("OPTIONS") or {})
-    return options
+    if backend is None:
+        backend = import_string(conf.STORE["BACKEND"])
+    options = dict(conf.STORE.get("OPTIONS") or {})
+    return backend.options_from_settings(lambda name: getattr(conf, name), options)
 
 
 def get_store() -> StateStore:
@@ -46,7 +45,7 @@ def get_store() -> StateStore:
                 from wfstate.conf import conf
 
                 backend = import_string(conf.STORE["BACKEND"])
-                _store = backend(**store_options())
+                _store = backend(**store_options(backend))
     return _store
 
 
