@@ -21,11 +21,13 @@ STORES = ["json", "memory", "contract"]
 
 
 def make_store(kind: str, tmp_path: Path, **options: object) -> StateStore:
+    # A generous lock timeout: four threads taking turns on a busy machine must not
+    # starve (the timeout itself is tested in tests/test_store_locks.py).
     if kind == "json":
-        return JSONFileStore(tmp_path / "storage", lock_timeout=0.5, **options)  # type: ignore[arg-type]
+        return JSONFileStore(tmp_path / "storage", lock_timeout=10, **options)  # type: ignore[arg-type]
     if kind == "contract":
-        return ContractStore(tmp_path / "storage", lock_timeout=0.5, **options)  # type: ignore[arg-type]
-    return MemoryStore(lock_timeout=0.5, **options)  # type: ignore[arg-type]
+        return ContractStore(tmp_path / "storage", lock_timeout=10, **options)  # type: ignore[arg-type]
+    return MemoryStore(lock_timeout=10, **options)  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=STORES)
