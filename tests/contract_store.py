@@ -42,7 +42,8 @@ from wfstate.exceptions import (
 from wfstate.state import WorkflowState, utcnow
 from wfstate.stores.base import StateStore, check_size, validate_id, validate_name
 
-TEMP_PREFIX = ".tmp-"
+# Temp files are hidden names ending ``.tmp`` (the convention docs/storage.md names).
+TEMP_SUFFIX = ".tmp"
 
 
 class ContractStore(StateStore):
@@ -94,7 +95,7 @@ class ContractStore(StateStore):
     @staticmethod
     def _write(path: Path, data: bytes, *, durable: bool = True) -> None:
         """Temp file beside ``path``, fsync (if ``durable``), rename."""
-        tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
         try:
             with open(tmp, "xb") as fh:
                 os.chmod(tmp, 0o600)
@@ -242,10 +243,16 @@ class ContractStore(StateStore):
             raise RunNotFound(f"no run {workflow_id} ({path} does not exist)") from None
         except OSError as exc:
             raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
+        if not data.strip():
+            raise CorruptState(f"{path} is empty", path=str(path))
         try:
             document = json.loads(data)
-            if not isinstance(document, dict):
-                raise ValueError("not an object")
+        except (ValueError, RecursionError) as exc:
+            raise CorruptState(f"{path} is not valid JSON: {exc}", path=str(path)) from None
+        if not isinstance(document, dict):
+            kind = type(document).__name__
+            raise CorruptState(f"{path} holds a JSON {kind}, not a state object", path=str(path))
+        try:
             state = WorkflowState.from_dict(document)
         except (ValueError, RecursionError) as exc:
             raise CorruptState(f"{path} is not a valid state: {exc}", path=str(path)) from None
@@ -323,7 +330,7 @@ class ContractStore(StateStore):
         if not self.runs.exists():
             return []
         return sorted(
-            [*self.runs.glob(f"*/{TEMP_PREFIX}*"), *self.runs.glob(f"*/outputs/{TEMP_PREFIX}*")]
+            [*self.runs.glob(f"*/.*{TEMP_SUFFIX}"), *self.runs.glob(f"*/outputs/.*{TEMP_SUFFIX}")]
         )
 
     def sweep(self) -> builtins.list[str]:

@@ -454,6 +454,10 @@ def test_memory_store_sweep_is_a_no_op() -> None:
 def test_get_store_follows_settings(wfstate_settings: dict[str, object], settings: object) -> None:
     from wfstate.stores import get_store
 
+    settings.WFSTATE = {  # type: ignore[attr-defined]
+        **wfstate_settings,
+        "STORE": {"BACKEND": "wfstate.stores.JSONFileStore"},  # whatever WFSTATE_TEST_STORE says
+    }
     store = get_store()
     assert isinstance(store, JSONFileStore)
     assert store.root == wfstate_settings["STORAGE_DIR"]
