@@ -14,7 +14,13 @@ import pytest
 from tests.contract_store import ContractStore
 from wfstate.exceptions import CorruptState, RunNotFound, StateTooLarge, StillRunning
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, new_workflow_id
-from wfstate.stores import JSONFileStore, MemoryStore, StateStore, store_options
+from wfstate.stores import (
+    JSONFileStore,
+    MemoryStore,
+    StateStore,
+    store_options,
+    store_options_error,
+)
 from wfstate.stores._atomic import temp_name
 
 STORES = ["json", "memory", "contract"]
@@ -341,6 +347,17 @@ def test_store_options_give_each_backend_only_what_it_takes(settings: object) ->
     options = store_options(JSONFileStore)
     assert options["lock_timeout"] == 7
     assert options["lock_options"] == {"redis_url": "redis://x/0"}
+
+
+def test_options_a_backend_does_not_take_are_named(settings: object) -> None:
+    settings.WFSTATE = {  # type: ignore[attr-defined]
+        **settings.WFSTATE,  # type: ignore[attr-defined]
+        "STORE": {"BACKEND": "wfstate.stores.MemoryStore", "OPTIONS": {"root": "/x"}},
+    }
+    problem = store_options_error()
+    assert problem is not None
+    assert "wfstate.stores.memory.MemoryStore" in problem and "root" in problem
+    assert store_options_error(JSONFileStore) is None
 
 
 # --- the file store only ----------------------------------------------------------------------

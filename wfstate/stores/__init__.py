@@ -6,6 +6,7 @@ until the ``WFSTATE`` setting changes (``apps.py`` connects the reset).
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import Any
 
@@ -15,7 +16,16 @@ from wfstate.stores.base import StateStore, validate_id
 from wfstate.stores.jsonfile import JSONFileStore
 from wfstate.stores.memory import MemoryStore
 
-__all__ = ["JSONFileStore", "MemoryStore", "StateStore", "get_store", "reset_store", "validate_id"]
+__all__ = [
+    "JSONFileStore",
+    "MemoryStore",
+    "StateStore",
+    "get_store",
+    "reset_store",
+    "store_options",
+    "store_options_error",
+    "validate_id",
+]
 
 _store: StateStore | None = None
 _store_guard = threading.Lock()
@@ -34,6 +44,25 @@ def store_options(backend: type[StateStore] | None = None) -> dict[str, Any]:
         backend = import_string(conf.STORE["BACKEND"])
     options = dict(conf.STORE.get("OPTIONS") or {})
     return backend.options_from_settings(lambda name: getattr(conf, name), options)
+
+
+def store_options_error(backend: type[StateStore] | None = None) -> str | None:
+    """What is wrong with the options the settings give ``backend`` (an option it does
+    not take, a required one missing), or None; for a system check, before
+    ``get_store()`` fails with a ``TypeError``."""
+    from wfstate.conf import conf
+
+    if backend is None:
+        backend = import_string(conf.STORE["BACKEND"])
+    options = store_options(backend)
+    try:
+        inspect.signature(backend).bind(**options)
+    except TypeError as exc:
+        return (
+            f"{backend.__module__}.{backend.__qualname__} does not take the options "
+            f"{sorted(options)}: {exc}"
+        )
+    return None
 
 
 def get_store() -> StateStore:
