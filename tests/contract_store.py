@@ -90,7 +90,10 @@ class ContractStore(StateStore):
 
     def _mkdirs(self, *paths: Path) -> None:
         for path in paths:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"could not create {path}: {exc.strerror}") from exc
 
     @staticmethod
     def _write(path: Path, data: bytes, *, durable: bool = True) -> None:
