@@ -180,45 +180,48 @@ def _poll(try_once: Any, timeout: float) -> bool:
 class _FlockHold:
     """flock on ``<id>.lock`` through a bare descriptor, for as long as it is entered."""
 
-    __slots__ = ("backend", "fd", "timeout", "workflow_id")
+    __slots__ = ("backend", "fd", "held", "timeout", "workflow_id")
 
     def __init__(self, backend: FileLockBackend, workflow_id: str, timeout: float) -> None:
         self.backend = backend
         self.workflow_id = workflow_id
         self.timeout = timeout
         self.fd = -1
+        self.held: dict[str, int] = {}
 
     def __enter__(self) -> None:
         backend, workflow_id = self.backend, self.workflow_id
         name = f"{workflow_id}.lock"
-        deadline = time.monotonic() + self.timeout
-        while True:
-            fd = backend._open_fd(name)
-            try:
-                if not backend._try_lock(fd) and not _poll(
-                    partial(backend._try_lock, fd), max(0.0, deadline - time.monotonic())
-                ):
-                    raise StateLocked(
-                        f"run {workflow_id}: write lock not acquired within {self.timeout:g}s "
-                        f"({backend.directory / name})",
-                        workflow_id=workflow_id,
-                    )
-                if _unlinked(fd):
-                    # forget() removed the file while we waited for it: the lock that
-                    # counts now is the file of that name, if anyone made it again.
-                    backend._unlock(fd)
-                    os.close(fd)
-                    continue
-            except BaseException:
+        fd = backend._open_fd(name)
+        try:
+            if not backend._try_lock(fd) and not _poll(
+                partial(backend._try_lock, fd), self.timeout
+            ):
+                raise StateLocked(
+                    f"run {workflow_id}: write lock not acquired within {self.timeout:g}s "
+                    f"({backend.directory / name})",
+                    workflow_id=workflow_id,
+                )
+            if os.fstat(fd).st_nlink == 0:
+                # forget() removed the file while we waited for it (rare): the lock that
+                # counts now is the file of that name, if anyone made it again.
+                backend._unlock(fd)
                 os.close(fd)
-                raise
-            break
+                fd = -1
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        if fd < 0:
+            self.__enter__()
+            return
         self.fd = fd
-        backend._held()[name] = fd
+        self.held = backend._held()
+        self.held[name] = fd
 
     def __exit__(self, *exc_info: object) -> None:
         fd, self.fd = self.fd, -1
-        self.backend._held().pop(f"{self.workflow_id}.lock", None)
+        self.held.pop(f"{self.workflow_id}.lock", None)
         try:
             self.backend._unlock(fd)
         finally:
