@@ -11,8 +11,9 @@ Its own layout, under ``<root>/contract/``::
     quarantine/<id>/                 corrupt runs moved aside
 
 Several processes can share it (locks are ``fcntl.flock``), so the API and index tests
-run against it too: ``WFSTATE_TEST_STORE=contract`` (tests/settings.py). It leaves the
-optional ``raw_reader`` at its default, so ``sync`` goes through ``load()``.
+run against it too: ``WFSTATE_TEST_STORE=contract`` (tests/settings.py). With
+``raw_reads=False`` it leaves the optional ``raw_reader`` at its default, so ``sync``
+goes through ``load()``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +55,7 @@ class ContractStore(StateStore):
         root: the storage directory (``STORAGE_DIR`` by default).
         lock_timeout: seconds a writer waits (``LOCK_TIMEOUT`` by default).
         max_bytes: the largest document saved or read.
+        raw_reads: offer ``raw_reader()`` (``sync``'s fast path) or not.
     """
 
     setting_options: ClassVar[dict[str, str]] = {
@@ -66,7 +69,9 @@ class ContractStore(StateStore):
         *,
         lock_timeout: float = 10.0,
         max_bytes: int = 16 * 1024 * 1024,
+        raw_reads: bool = True,
     ) -> None:
+        self.raw_reads = raw_reads
         self.base = Path(root) / "contract"
         self.runs = self.base / "runs"
         self.locks = self.base / "locks"
@@ -329,6 +334,11 @@ class ContractStore(StateStore):
 
     # --- maintenance -----------------------------------------------------------------------
 
+    def raw_reader(self) -> Callable[[str], bytes | None] | None:
+        if not self.raw_reads:
+            return None
+        return partial(_read_document, self.runs, self.max_bytes)
+
     def temp_files(self) -> builtins.list[Path]:
         if not self.runs.exists():
             return []
@@ -377,3 +387,14 @@ class ContractStore(StateStore):
         finally:
             held.__exit__(None, None, None)  # the run is gone: its lock files go too
         return str(target / "state.json")
+
+
+def _read_document(runs: Path, max_bytes: int, workflow_id: str) -> bytes | None:
+    """The stored document's bytes, or None for anything unusual (``load()`` says what)."""
+    try:
+        path = runs / validate_id(workflow_id) / "state.json"
+        if path.is_symlink() or path.stat().st_size > max_bytes:
+            return None
+        return path.read_bytes()
+    except Exception:
+        return None

@@ -289,11 +289,12 @@ def test_quarantine_moves_the_run_aside_with_everything_kept_for_it(
     assert store.load(good.workflow_id).revision == 1
 
 
-def test_the_contract_defaults_are_safe() -> None:
+def test_the_contract_defaults_are_safe(tmp_path: Path) -> None:
     """MemoryStore overrides none of the optional methods but raw_reader."""
     store = MemoryStore()
     state = new_state()
     store.save(state)
+    assert ContractStore(tmp_path, raw_reads=False).raw_reader() is None  # the default
     assert store.path_for(state.workflow_id) is None
     assert store.outputs_dir(state.workflow_id) is None
     assert store.temp_files() == []
@@ -308,9 +309,7 @@ def test_raw_reader_gives_the_stored_document_or_none(kind: str, tmp_path: Path)
     state = new_state(tag="v1")
     store.save(state)
     reader = store.raw_reader()
-    if reader is None:  # optional: sync then calls load()
-        assert kind == "contract"
-        return
+    assert reader is not None
     assert json.loads(reader(state.workflow_id) or b"")["inputs"] == {"tag": "v1"}
     assert reader(new_workflow_id()) is None
     assert reader("../etc/passwd") is None
