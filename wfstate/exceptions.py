@@ -135,6 +135,16 @@ class DiskFull(StorageError):
     code = "disk_full"
 
 
+class StateTooLarge(StorageError):
+    """A state larger than the store's ``max_bytes``: refused before anything is
+    written, since the store would refuse to read it back. ``size`` and ``limit`` say by
+    how much."""
+
+    code = "state_too_large"
+    size: int
+    limit: int
+
+
 class StateLocked(WFStateError, TimeoutError):
     """A write lock could not be had within ``LOCK_TIMEOUT``."""
 

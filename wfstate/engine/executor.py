@@ -41,7 +41,7 @@ from wfstate.definitions.templates import (
 from wfstate.engine.events import Progress, ProgressEvent
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
-from wfstate.exceptions import StateLocked, StorageError, WFStateError
+from wfstate.exceptions import StateLocked, StateTooLarge, StorageError, WFStateError
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time, utcnow
 from wfstate.stores.base import StateStore
 
@@ -196,6 +196,8 @@ class Executor:
                         )
                     return state
                 current = nxt
+        except StateTooLarge as exc:
+            return self._fail_too_large(exc)
         except Exception as exc:
             return self._fail_on_exception(current, exc)
 
@@ -439,9 +441,12 @@ class Executor:
             status, output = StepStatus.FAILED, None
             outcome.ok = False
             outcome.error = f"the output of {what} is not JSON-serialisable: {exc}"
-        output, truncated = self._inline(state.workflow_id, sdef.name, "stdout", output)
+        # Spilled outputs keep the bytes the process wrote, not a re-encoded text.
+        output, truncated = self._inline(
+            state.workflow_id, sdef.name, "stdout", output, outcome.raw_output
+        )
         stderr, err_truncated = self._inline(
-            state.workflow_id, sdef.name, "stderr", _clean(outcome.stderr)
+            state.workflow_id, sdef.name, "stderr", _clean(outcome.stderr), outcome.raw_stderr
         )
         completed = utcnow()
         with self._lock:
@@ -471,14 +476,17 @@ class Executor:
         )
         return entry
 
-    def _inline(self, workflow_id: str, name: str, stream: str, value: Any) -> tuple[Any, bool]:
-        """Cut a big text output to ``max_inline_output`` bytes, keeping it whole beside."""
+    def _inline(
+        self, workflow_id: str, name: str, stream: str, value: Any, raw: bytes | None = None
+    ) -> tuple[Any, bool]:
+        """Cut a big text output to ``max_inline_output`` bytes, keeping it whole beside:
+        the ``raw`` bytes the process wrote when there are any, not the decoded text."""
         if not isinstance(value, str):
             return value, False
         data = value.encode("utf-8")
         if len(data) <= self.max_inline_output:
             return value, False
-        self.store.save_output(workflow_id, name, stream, data)
+        self.store.save_output(workflow_id, name, stream, data if raw is None else raw)
         return data[: self.max_inline_output].decode("utf-8", errors="ignore"), True
 
     # --- parallel ------------------------------------------------------------------------
@@ -650,6 +658,43 @@ class Executor:
                     entry.error = entry.error or "cancelled"
         self._finish(RunStatus.CANCELLED, "cancelled")
 
+    def _fail_too_large(self, exc: StateTooLarge) -> WorkflowState:
+        """A checkpoint the store refused as too large (nothing was written): the
+        biggest outputs move to side files, biggest first, until the run can be saved as
+        failed, saying why; so its file stays one the store reads.
+
+        Raises:
+            StateTooLarge: still too large without any output (huge inputs).
+        """
+        state = self._state
+        assert state is not None
+        error = f"the state grew too large to be saved ({exc})"
+        with self._lock:
+            for entry in state.states.values():
+                if entry.status == StepStatus.RUNNING:  # never ran: the run stops here
+                    entry.status, entry.error = StepStatus.FAILED, "not run: " + error
+        for entry in sorted(state.states.values(), key=_output_size, reverse=True):
+            if _output_size(entry):
+                with self._lock:
+                    if not entry.output_truncated:  # the side files have it already
+                        self._spill(state.workflow_id, entry)
+                    entry.output = entry.stderr = None
+                    entry.output_truncated = True
+                    entry.status = StepStatus.FAILED
+                    entry.error = f"its output was moved to side files: {error}"
+            try:
+                self._finish(RunStatus.FAILED, f"state '{entry.name}': {error}")
+                return state
+            except StateTooLarge:
+                continue
+        raise exc
+
+    def _spill(self, workflow_id: str, entry: StepResult) -> None:
+        for stream, value in (("stdout", entry.output), ("stderr", entry.stderr)):
+            if value is not None:
+                data = value.encode() if isinstance(value, str) else orjson.dumps(value)
+                self.store.save_output(workflow_id, entry.name, stream, data)
+
     def _finish(self, status: RunStatus, error: str | None) -> None:
         state = self._state
         assert state is not None
@@ -677,6 +722,14 @@ def _branch_ok(branch: StateDef, result: StepResult) -> bool:
     return result.status == StepStatus.COMPLETED or (
         result.status == StepStatus.FAILED and branch.continue_on_error
     )
+
+
+def _output_size(entry: StepResult) -> int:
+    try:
+        output = 0 if entry.output is None else len(orjson.dumps(entry.output))
+    except TypeError:
+        output = 0
+    return output + len(entry.stderr or "")
 
 
 def _is_storage_error(exc: BaseException) -> bool:

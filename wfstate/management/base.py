@@ -137,5 +137,5 @@ class WFStateCommand(BaseCommand):
 def state_file(workflow_id: str) -> str | None:
     from wfstate.stores import get_store
 
-    path_for = getattr(get_store(), "path_for", None)
-    return str(path_for(workflow_id)) if path_for else None
+    path = get_store().path_for(workflow_id)
+    return str(path) if path is not None else None

@@ -291,8 +291,15 @@ class RedisLockBackend(LockBackend):
             raise self._redis_error(f"read the owner of run {workflow_id}", exc) from exc
 
     def forget(self, workflow_id: str) -> None:
-        with contextlib.suppress(redis.RedisError):
-            self.connection.delete(self._owner_key(workflow_id))
+        """Delete the run's owner record: ours if this process holds the run lock (a
+        delete), else only if nobody holds it (a live holder's record stays)."""
+        key = self._owner_key(workflow_id)
+        with contextlib.suppress(redis.RedisError, StorageError):
+            held = self._run_locks.get(workflow_id)
+            if held is not None:
+                self._delete_if_holder(key, held.holder_id)
+            elif self.run_lock_owner(workflow_id) is None:
+                self.connection.delete(key)
 
 
 def _holder_of(raw: str | bytes) -> str | None:
