@@ -20,6 +20,11 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
+# A revision counts a file's writes from 0; no run writes two billion checkpoints, and
+# the index keeps it in a 32-bit column. A document outside this range is not a state
+# document (``from_dict`` refuses it, so the store reports the file corrupt).
+REVISION_MAX = 2**31 - 1
+
 
 class RunStatus(StrEnum):
     PENDING = "pending"
@@ -217,7 +222,7 @@ class WorkflowState:
                 completed_at=data.get("completed_at"),
                 inputs=dict(data.get("inputs") or {}),
                 states={str(k): StepResult.from_dict(v) for k, v in states.items()},
-                revision=int(data.get("revision") or 0),
+                revision=_revision(data.get("revision")),
                 error=data.get("error"),
                 history=list(history),
             )
@@ -281,3 +286,10 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         data = UPGRADES[version](data)
         version = data["schema_version"]
     return data
+
+
+def _revision(value: Any) -> int:
+    revision = int(value or 0)
+    if not 0 <= revision <= REVISION_MAX:
+        raise ValueError(f"revision {revision} is outside 0..{REVISION_MAX}")
+    return revision
