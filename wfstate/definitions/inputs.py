@@ -86,6 +86,12 @@ def _type_problem(definition: InputDef, value: Any) -> str | None:
         or (isinstance(value, float) and not math.isfinite(value))
     ):
         return f"expected a number, got {type(value).__name__} {value!r}"
+    if kind == "integer" and isinstance(value, float) and abs(value) >= 2**63:
+        # A JSON parser gives a float for an integer too big for 64 bits: it was rounded.
+        return (
+            f"{value!r} is outside the range of a 64-bit integer ({INT_MIN} to {INT_MAX}), "
+            "the largest a run's state can store"
+        )
     if kind in ("integer", "number") and isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
         return (
             f"{_show_int(value)} is outside the range of a 64-bit integer "
@@ -166,7 +172,12 @@ def validate_inputs(
             except ValueError as exc:
                 errors.setdefault(name, []).append(str(exc))
                 continue
-        if spec.type == "integer" and isinstance(value, float) and value.is_integer():
+        if (
+            spec.type == "integer"
+            and isinstance(value, float)
+            and value.is_integer()
+            and abs(value) < 2**63
+        ):
             value = int(value)
         problems = check_value(spec, value)
         if problems:
