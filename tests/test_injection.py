@@ -75,6 +75,9 @@ def test_shell_raw_is_the_one_way_out(tmp_path: Path) -> None:
     # Only as the last filter: anything applied after it makes an ordinary (quoted) string.
     assert render_command("{{ inputs.p | shell_raw | upper }}", ctx) == "'PRINTF '\"'\"'%S'\"'\"' A B'"
     assert render_command("{{ inputs.p | safe }}", ctx) == "'printf '\"'\"'%s'\"'\"' a b'"
+    # A shell_raw value kept for later is an ordinary string where it is output.
+    kept = "{% set y = inputs.p | shell_raw %}{{ y }}"
+    assert render_command(kept, ctx) == "'printf '\"'\"'%s'\"'\"' a b'"
     # No other filter of the sandbox inserts a value unquoted.
     for name in sorted(_env.filters):
         if name in ("_shq", "shell_raw") or name in SKIPPED:
@@ -124,7 +127,11 @@ REFUSED = {
     "find -exec sh -c": "find . -exec sh -c 'echo {{ inputs.p }}' \\;",
     "sh -c $(...)": 'sh -c "$(printf %s {{ inputs.p }})"',
     "su -c": "su nobody -c 'echo {{ inputs.p }}'",
+    "sh -c -o opt": "sh -c -o errexit 'printf %s {{ inputs.p }}'",
+    "su --command": "su --command='echo {{ inputs.p }}' nobody",
     "eval": "eval printf %s {{ inputs.p }}",
+    "trap": "trap 'echo {{ inputs.p }}' EXIT",
+    "ssh": "ssh localhost echo {{ inputs.p }}",
     "$(( ))": "echo $(( {{ inputs.p }} ))",
     "${ }": "echo ${X:-{{ inputs.p }}}",
     "$'...'": "echo $'{{ inputs.p }}'",

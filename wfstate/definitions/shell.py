@@ -15,10 +15,11 @@ placeholder: its value is inserted as it is (a trusted fragment of shell).
 
 Contexts no escaping can make sound are refused when the definition is loaded, with the
 line and a reason: a here-document body or delimiter, the script of ``sh -c`` (and
-``bash``, ``su``... ``-c``) or of ``eval``, ``$(( ))``, ``${ }``, bash's ``$'...'``,
-right after ``$`` or ``\\``, escaped quotes inside backquotes. ``{% if %}`` and
-``{% for %}`` are followed branch by branch: every branch (and a loop body) must leave
-the quoting as it found it. ``{% filter %}`` and ``{% call %}`` blocks, which would
+``bash``, ``su``... ``-c``), the arguments of ``eval``, ``trap``, ``alias`` and ``ssh``
+(shell code too), ``$(( ))``, ``${ }``, bash's ``$'...'``, right after ``$`` or ``\\``,
+escaped quotes inside backquotes, ``case`` inside ``$( )``. ``{% if %}`` and ``{% for %}``
+are followed branch by branch: every branch (and a loop body) must leave the quoting as
+it found it. ``{% filter %}`` and ``{% call %}`` blocks, which would
 re-write or re-place text around placeholders, are refused.
 """
 
@@ -62,24 +63,27 @@ _REFUSED = {
 # Programs that run their `-c` argument as a shell script.
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "yash", "posh", "su"})
 SHELLS |= {"runuser", "busybox"}
+# Commands whose arguments are shell code: eval, trap's action, an alias's text, the
+# command ssh has a remote shell run.
+CODE_ARGUMENTS = frozenset({"eval", "trap", "alias", "ssh"})
 _UNKNOWN_WORD = "\x01"  # a word whose text depends on a branch or a value
 
 NESTED_SHELL = (
-    "a placeholder in the script of a nested shell ({what}) would be run as shell code; "
+    "a placeholder in the shell code that {what} runs would be run as code, not read as "
+    "a value; "
     "pass the value as an argument instead: sh -c 'printf \"%s\" \"$1\"' sh {{{{ x }}}}, "
     'or through env: and "$VAR"'
 )
 
 
-class ShellRaw(str):
-    """A trusted fragment that ``| shell_raw`` lets into a command unquoted."""
+def shell_raw(value: object) -> str:
+    """The ``| shell_raw`` filter: the one explicit way to insert text unquoted.
 
-    __slots__ = ()
-
-
-def shell_raw(value: object) -> ShellRaw:
-    """The ``| shell_raw`` filter: the one explicit way to insert text unquoted."""
-    return ShellRaw(str(value))
+    It only marks the placeholder it ends (``{{ x | shell_raw }}``), which the template
+    pass leaves unquoted; the value itself is an ordinary string, so a ``shell_raw``
+    value used anywhere else (``{% set y = x | shell_raw %}{{ y }}``) is quoted.
+    """
+    return str(value)
 
 
 @dataclass
@@ -92,7 +96,8 @@ class _Frame:
     in_shell: bool = False  # a shell's name was a word of this command
     saw_c: bool = False  # ... and then a -c option
     script_taken: bool = False  # ... and then the script word
-    in_eval: bool = False  # ``eval`` was a word of this command
+    in_eval: str = ""  # ``eval`` (or another of CODE_ARGUMENTS) was a word of this command
+    optarg: bool = False  # the next word is the argument of a shell's -o option
     heredoc_strip: bool = False
     line: str = ""  # a heredoc body's current line
 
@@ -102,9 +107,11 @@ class _Frame:
     def nested_script(self) -> str:
         """Why a placeholder in this frame's current word would be code, or ''."""
         if self.in_eval:
-            return "eval"
+            return self.in_eval
         if self.in_shell and self.saw_c and not self.script_taken:
             return "sh -c"
+        if self.in_shell and (self.word or "").startswith("--command"):
+            return "su --command"
         return ""
 
 
@@ -146,8 +153,11 @@ class QuoteTracker:
         frame.word = None
         if word is None:
             return
+        optarg, frame.optarg = frame.optarg, False
+        if frame.in_shell and re.fullmatch(r"[-+][A-Za-z]*o", word):
+            frame.optarg = True  # sh -o errexit: the next word is no script
         if frame.in_shell and frame.saw_c and not frame.script_taken:
-            if not word.startswith("-"):
+            if not optarg and not word.startswith(("-", "+")):
                 frame.script_taken = True
             return
         if word == "case" and any(f.opener in ("$(", "`") for f in self.stack):
@@ -156,14 +166,15 @@ class QuoteTracker:
         name = os.path.basename(word)
         if name in SHELLS:
             frame.in_shell = True
-        elif name == "eval":
-            frame.in_eval = True
+        elif name in CODE_ARGUMENTS:
+            frame.in_eval = name
         elif frame.in_shell and re.fullmatch(r"-[A-Za-z]*c[A-Za-z]*", word):
             frame.saw_c = True
 
     def _end_command(self, frame: _Frame) -> None:
         self._end_word(frame)
-        frame.in_shell = frame.saw_c = frame.script_taken = frame.in_eval = False
+        frame.in_shell = frame.saw_c = frame.script_taken = frame.optarg = False
+        frame.in_eval = ""
 
     # --- the character model -----------------------------------------------------------
 
@@ -453,7 +464,8 @@ class QuoteTracker:
                     mine.word = _UNKNOWN_WORD
                 mine.in_shell |= theirs.in_shell
                 mine.saw_c |= theirs.saw_c
-                mine.in_eval |= theirs.in_eval
+                mine.in_eval = mine.in_eval or theirs.in_eval
+                mine.optarg |= theirs.optarg
                 mine.script_taken &= theirs.script_taken
         return merged
 
@@ -464,8 +476,8 @@ class QuoteTracker:
             and self.at_word_start == other.at_word_start
             and self.unreliable == other.unreliable
             and all(
-                (a.word, a.in_shell, a.saw_c, a.script_taken, a.in_eval)
-                == (b.word, b.in_shell, b.saw_c, b.script_taken, b.in_eval)
+                (a.word, a.in_shell, a.saw_c, a.script_taken, a.in_eval, a.optarg)
+                == (b.word, b.in_shell, b.saw_c, b.script_taken, b.in_eval, b.optarg)
                 for a, b in zip(self.stack, other.stack, strict=True)
             )
         )
@@ -474,14 +486,11 @@ class QuoteTracker:
 def escape(value: object, context: str) -> str:
     """Render ``value`` as literal shell text for ``context`` (see :meth:`QuoteTracker.context`).
 
-    The value's rendered text is quoted whatever its type: only a :class:`ShellRaw`
-    (``| shell_raw``) passes through as it is.
+    The value's rendered text is quoted whatever its type (``Markup`` included).
 
     Raises:
         ValueError: the value holds a NUL byte, which no shell argument can carry.
     """
-    if type(value) is ShellRaw:
-        return value
     text = str(value)
     if "\x00" in text:
         raise ValueError("the value contains a NUL byte, which a shell command cannot carry")
