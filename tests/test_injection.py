@@ -66,14 +66,16 @@ def test_markup_filters_are_quoted_like_any_value(
     result = _sh(command, tmp_path)
     assert not (tmp_path / "X").exists(), f"injection via {command!r}"
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode() == render_text("{{ %s }}" % expression, _ctx(p=value))
+    assert result.stdout.decode() == render_text("{{ " + expression + " }}", _ctx(p=value))
 
 
 def test_shell_raw_is_the_one_way_out(tmp_path: Path) -> None:
     ctx = _ctx(p="printf '%s' a b")
     assert render_command("{{ inputs.p | shell_raw }}", ctx) == "printf '%s' a b"
     # Only as the last filter: anything applied after it makes an ordinary (quoted) string.
-    assert render_command("{{ inputs.p | shell_raw | upper }}", ctx) == "'PRINTF '\"'\"'%S'\"'\"' A B'"
+    assert (
+        render_command("{{ inputs.p | shell_raw | upper }}", ctx) == "'PRINTF '\"'\"'%S'\"'\"' A B'"
+    )
     assert render_command("{{ inputs.p | safe }}", ctx) == "'printf '\"'\"'%s'\"'\"' a b'"
     # A shell_raw value kept for later is an ordinary string where it is output.
     kept = "{% set y = inputs.p | shell_raw %}{{ y }}"
@@ -142,7 +144,7 @@ REFUSED = {
     "'#' after {% if %}": "echo a{% if inputs.p %} {% endif %}# {{ inputs.p }}",
     "{% filter %}": "{% filter upper %}printf %s {{ inputs.p }}{% endfilter %}",
     "{% call %}": "{% macro m() %}{{ caller() }}{% endmacro %}{% call m() %}x{% endcall %}",
-    "case in $( )": "echo \"$(case a in a) echo {{ inputs.p }};; esac)\"",
+    "case in $( )": 'echo "$(case a in a) echo {{ inputs.p }};; esac)"',
 }
 
 
@@ -166,13 +168,16 @@ def test_contexts_that_cannot_be_quoted_are_refused_at_load(tmp_path: Path, temp
     ("template", "expected"),
     [
         # what the refusals recommend instead
-        ("sh -c 'printf \"%s\" \"$1\"' sh {{ inputs.p }}", lambda v: v),
+        ('sh -c \'printf "%s" "$1"\' sh {{ inputs.p }}', lambda v: v),
         ("cat <<'EOF'\nliteral $x\nEOF\nprintf '%s' {{ inputs.p }}", lambda v: "literal $x\n" + v),
         ("cat <<EOF\n$(printf A)\nEOF\nprintf '%s' \"{{ inputs.p }}\"", lambda v: "A\n" + v),
         ("cat <<-EOF\n\tb\n\tEOF\nprintf '%s' '{{ inputs.p }}'", lambda v: "b\n" + v),
         ("printf '%s' $((1 + 2)) {{ inputs.p }}", lambda v: "3" + v),
         ("printf '%s' ${HOME:+h}{{ inputs.p }}", lambda v: "h" + v),
-        ("{% if inputs.p %}printf '%s' {% else %}printf '%s' {% endif %}{{ inputs.p }}", lambda v: v),
+        (
+            "{% if inputs.p %}printf '%s' {% else %}printf '%s' {% endif %}{{ inputs.p }}",
+            lambda v: v,
+        ),
         ("{% for c in [1, 2] %}printf '%s' {{ inputs.p }};{% endfor %}", lambda v: v * 2),
     ],
 )
@@ -292,7 +297,7 @@ def _expression(name: str) -> str:
     """``inputs.v | name(args)``; iterators are listed (their repr names an address)."""
     expression = f"({SUBJECTS.get(name, 'inputs.v')}) | {name}{ARGS.get(name, '')}"
     try:
-        sample = render_text("{{ %s }}" % expression, _ctx(v="abc"))
+        sample = render_text("{{ " + expression + " }}", _ctx(v="abc"))
     except TemplateError:
         return expression
     return f"({expression}) | list" if " at 0x" in sample else expression
@@ -326,7 +331,7 @@ CONTEXTS: dict[str, tuple[str, Callable[[str], str]]] = {
     "comment": ("printf '%s' x # {{ @E }}", lambda v: "x"),
     "comment glued by {#- -#}": ("printf '%s' a {#- c -#}#{{ @E }}", lambda v: "a#" + v),
     "comment glued by {{- -}}": ("printf '%s' a {{- '' -}} # {{ @E }}", lambda v: "a#" + v),
-    "argument of sh -c": ("sh -c 'printf \"%s\" \"$1\"' sh {{ @E }}", _same),
+    "argument of sh -c": ('sh -c \'printf "%s" "$1"\' sh {{ @E }}', _same),
     # (``:`` rather than cat: a builtin, no process to start per filter)
     "after a here-document": (": <<'EOF'\n$x '\nEOF\nprintf '%s' {{ @E }}", _same),
     "after an unquoted one": (": <<-EOF\n\t$x \"\n\tEOF\nprintf '%s' {{ @E }}", _same),
@@ -380,7 +385,7 @@ def test_every_filter_in_every_context_prints_exactly_the_rendered_value(value: 
         (root / "out").mkdir()
         for name, expression in EXPRESSIONS.items():
             try:
-                rendered = render_text("{{ %s }}" % expression, ctx)
+                rendered = render_text("{{ " + expression + " }}", ctx)
             except TemplateError:
                 # The filter cannot take this value: the command fails to render too.
                 with pytest.raises(TemplateError):

@@ -12,7 +12,6 @@ from django.test import Client
 
 from tests.api_support import API
 from tests.engine_helpers import call
-
 from wfstate.definitions import (
     WorkflowDefinition,
     input_json_schema,
@@ -218,7 +217,9 @@ def test_integers_beyond_64_bits_are_refused_naming_the_input(
     edge = validate_inputs(unbounded, {"tag": "v1", "jobs": 2**63 - 1, "ratio": -(2**63)})
     assert (edge["jobs"], edge["ratio"]) == (2**63 - 1, -(2**63))
     # a number spelled in digits is read exactly, not through a float
-    exact = validate_inputs(unbounded, {"tag": "v1", "ratio": "9007199254740993"}, coerce_strings=True)
+    exact = validate_inputs(
+        unbounded, {"tag": "v1", "ratio": "9007199254740993"}, coerce_strings=True
+    )
     assert exact["ratio"] == 9007199254740993
 
 
@@ -268,18 +269,24 @@ def _invalid_inputs(code: int, out: str) -> dict[str, Any]:
 @pytest.mark.parametrize("value", [str(2**64), str(-(2**63) - 1), "1" * 40])
 def test_big_integers_on_the_command_line_are_invalid_inputs(tmp_path: Path, value: str):
     for name in ("n", "x"):
-        error = _invalid_inputs(*call("run_workflow", "bigint", "--input", f"{name}={value}", "--json")[:2])
+        error = _invalid_inputs(
+            *call("run_workflow", "bigint", "--input", f"{name}={value}", "--json")[:2]
+        )
         assert set(error["errors"]) == {name}
     for suffix in ("json", "yaml"):
         path = tmp_path / f"inputs.{suffix}"
         path.write_text(f'{{"n": {value}}}')
-        error = _invalid_inputs(*call("run_workflow", "bigint", "--inputs-file", str(path), "--json")[:2])
+        error = _invalid_inputs(
+            *call("run_workflow", "bigint", "--inputs-file", str(path), "--json")[:2]
+        )
         assert set(error["errors"]) == {"n"}
     code, out, _ = call("run_workflow", "bigint", "--json")
     assert code == 0, out
     workflow_id = orjson.loads(out)["workflow_id"]
     error = _invalid_inputs(
-        *call("resume_workflow", workflow_id, "--from", "previous", "--input", f"n={value}", "--json")[:2]
+        *call(
+            "resume_workflow", workflow_id, "--from", "previous", "--input", f"n={value}", "--json"
+        )[:2]
     )
     assert set(error["errors"]) == {"n"}
 

@@ -71,7 +71,7 @@ _UNKNOWN_WORD = "\x01"  # a word whose text depends on a branch or a value
 NESTED_SHELL = (
     "a placeholder in the shell code that {what} runs would be run as code, not read as "
     "a value; "
-    "pass the value as an argument instead: sh -c 'printf \"%s\" \"$1\"' sh {{{{ x }}}}, "
+    'pass the value as an argument instead: sh -c \'printf "%s" "$1"\' sh {{{{ x }}}}, '
     'or through env: and "$VAR"'
 )
 
@@ -185,7 +185,7 @@ class QuoteTracker:
         while i < n:
             i = self._step(text, i)
 
-    def _step(self, text: str, i: int) -> int:  # noqa: C901, PLR0911, PLR0912, PLR0915
+    def _step(self, text: str, i: int) -> int:
         ch = text[i]
         frame = self.top
         self.after_dollar = False
