@@ -130,6 +130,10 @@ REFUSED = {
     "sh -c $(...)": 'sh -c "$(printf %s {{ inputs.p }})"',
     "su -c": "su nobody -c 'echo {{ inputs.p }}'",
     "sh -c -o opt": "sh -c -o errexit 'printf %s {{ inputs.p }}'",
+    "bash --rcfile f -c": "bash --rcfile f -c 'printf %s {{ inputs.p }}'",
+    "busybox sh -c": "busybox sh -c 'printf %s {{ inputs.p }}'",
+    "a value as sh's option": "sh {{ inputs.p }} 'printf %s {{ inputs.p }}'",
+    "a value in sh's options": "sh -e{{ inputs.p }} 'printf %s {{ inputs.p }}'",
     "su --command": "su --command='echo {{ inputs.p }}' nobody",
     "eval": "eval printf %s {{ inputs.p }}",
     "trap": "trap 'echo {{ inputs.p }}' EXIT",
@@ -169,6 +173,8 @@ def test_contexts_that_cannot_be_quoted_are_refused_at_load(tmp_path: Path, temp
     [
         # what the refusals recommend instead
         ('sh -c \'printf "%s" "$1"\' sh {{ inputs.p }}', lambda v: v),
+        ('sh -e -c \'printf "%s" "$1"\' -c {{ inputs.p }}', lambda v: v),
+        ("printf '%s' 'printf %s \"$2\"' > s.sh; sh ./s.sh {{ inputs.p }} {{ inputs.p }}", lambda v: v),
         ("cat <<'EOF'\nliteral $x\nEOF\nprintf '%s' {{ inputs.p }}", lambda v: "literal $x\n" + v),
         ("cat <<EOF\n$(printf A)\nEOF\nprintf '%s' \"{{ inputs.p }}\"", lambda v: "A\n" + v),
         ("cat <<-EOF\n\tb\n\tEOF\nprintf '%s' '{{ inputs.p }}'", lambda v: "b\n" + v),

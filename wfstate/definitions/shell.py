@@ -98,6 +98,8 @@ class _Frame:
     script_taken: bool = False  # ... and then the script word
     in_eval: str = ""  # ``eval`` (or another of CODE_ARGUMENTS) was a word of this command
     optarg: bool = False  # the next word is the argument of a shell's -o option
+    options_done: bool = False  # the shell's first operand was seen: no -c after it
+    permutes: bool = False  # su and runuser take options after operands too
     heredoc_strip: bool = False
     line: str = ""  # a heredoc body's current line
 
@@ -149,31 +151,48 @@ class QuoteTracker:
         frame.word = (frame.word or "") + text
 
     def _end_word(self, frame: _Frame) -> None:
+        """A word of the current simple command is complete: follow ``sh -c`` and eval.
+
+        A shell's options come before its first operand (``sh -e -c SCRIPT``, ``sh
+        FILE ARGS``; su and runuser take them anywhere); the word after ``-c`` that is
+        not an option or an option's argument is the script. A word holding a value
+        could be any option, ``-c`` included.
+        """
         word = frame.word
         frame.word = None
         if word is None:
             return
         optarg, frame.optarg = frame.optarg, False
-        if frame.in_shell and re.fullmatch(r"[-+][A-Za-z]*o", word):
-            frame.optarg = True  # sh -o errexit: the next word is no script
-        if frame.in_shell and frame.saw_c and not frame.script_taken:
-            if not optarg and not word.startswith(("-", "+")):
-                frame.script_taken = True
-            return
         if word == "case" and any(f.opener in ("$(", "`") for f in self.stack):
             # Its "pattern)" lines would read as the end of the substitution.
             self.unreliable = "a case statement inside $( ) or backquotes"
+        if optarg:
+            return
+        unknown = _UNKNOWN_WORD in word
+        is_option = word[:1] in ("-", "+") or word.startswith(_UNKNOWN_WORD)
+        if frame.in_shell and re.fullmatch(r"[-+][A-Za-z]*[oO]|--rcfile|--init-file", word):
+            frame.optarg = True  # sh -o errexit: the next word is no operand
+        if frame.saw_c and not frame.script_taken:
+            if not is_option or unknown:
+                frame.script_taken = True
+            return
         name = os.path.basename(word)
         if name in SHELLS:
             frame.in_shell = True
+            frame.options_done = False
+            frame.permutes = name in ("su", "runuser")
         elif name in CODE_ARGUMENTS:
             frame.in_eval = name
-        elif frame.in_shell and re.fullmatch(r"-[A-Za-z]*c[A-Za-z]*", word):
-            frame.saw_c = True
+        elif frame.in_shell and not frame.options_done:
+            if unknown or re.fullmatch(r"-[A-Za-z]*c[A-Za-z]*", word):
+                frame.saw_c = True
+            elif word == "--" or not is_option:
+                frame.options_done = not frame.permutes
 
     def _end_command(self, frame: _Frame) -> None:
         self._end_word(frame)
         frame.in_shell = frame.saw_c = frame.script_taken = frame.optarg = False
+        frame.options_done = frame.permutes = False
         frame.in_eval = ""
 
     # --- the character model -----------------------------------------------------------
@@ -306,7 +325,7 @@ class QuoteTracker:
         elif ch == "#" and self.at_word_start:
             self._end_word(frame)
             self.stack.append(_Frame(COMMENT))
-        elif ch == "(" and text.startswith("((", i) and self.at_word_start:
+        elif ch == "(" and text.startswith("((", i) and self.at_word_start is not False:
             self._end_word(frame)
             self.stack.append(_Frame(ARITH, "(("))
         elif ch == "(" and frame.opener == "$(":
@@ -466,6 +485,8 @@ class QuoteTracker:
                 mine.saw_c |= theirs.saw_c
                 mine.in_eval = mine.in_eval or theirs.in_eval
                 mine.optarg |= theirs.optarg
+                mine.options_done &= theirs.options_done
+                mine.permutes |= theirs.permutes
                 mine.script_taken &= theirs.script_taken
         return merged
 
@@ -478,6 +499,7 @@ class QuoteTracker:
             and all(
                 (a.word, a.in_shell, a.saw_c, a.script_taken, a.in_eval, a.optarg)
                 == (b.word, b.in_shell, b.saw_c, b.script_taken, b.in_eval, b.optarg)
+                and (a.options_done, a.permutes) == (b.options_done, b.permutes)
                 for a, b in zip(self.stack, other.stack, strict=True)
             )
         )
