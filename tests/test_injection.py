@@ -136,6 +136,9 @@ REFUSED = {
     "a value in sh's options": "sh -e{{ inputs.p }} 'printf %s {{ inputs.p }}'",
     "su --command": "su --command='echo {{ inputs.p }}' nobody",
     "eval": "eval printf %s {{ inputs.p }}",
+    "a value naming the command": "{{ inputs.p }} -c 'printf %s {{ inputs.p }}'",
+    "a value glued to a name": "{{ '' }}eval printf %s {{ inputs.p }}",
+    "a value naming env's command": "env -i A=1 {{ inputs.p }} {{ inputs.p }}",
     "trap": "trap 'echo {{ inputs.p }}' EXIT",
     "ssh": "ssh localhost echo {{ inputs.p }}",
     "$(( ))": "echo $(( {{ inputs.p }} ))",
@@ -174,6 +177,8 @@ def test_contexts_that_cannot_be_quoted_are_refused_at_load(tmp_path: Path, temp
         # what the refusals recommend instead
         ('sh -c \'printf "%s" "$1"\' sh {{ inputs.p }}', lambda v: v),
         ('sh -e -c \'printf "%s" "$1"\' -c {{ inputs.p }}', lambda v: v),
+        ("A={{ inputs.p }} env B={{ inputs.p }} printf '%s' {{ inputs.p }} {{ inputs.p }}", lambda v: v * 2),
+        ("if true; then printf '%s' {{ inputs.p }}; fi", lambda v: v),
         ("printf '%s' 'printf %s \"$2\"' > s.sh; sh ./s.sh {{ inputs.p }} {{ inputs.p }}", lambda v: v),
         ("cat <<'EOF'\nliteral $x\nEOF\nprintf '%s' {{ inputs.p }}", lambda v: "literal $x\n" + v),
         ("cat <<EOF\n$(printf A)\nEOF\nprintf '%s' \"{{ inputs.p }}\"", lambda v: "A\n" + v),

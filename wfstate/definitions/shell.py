@@ -66,6 +66,14 @@ SHELLS |= {"runuser", "busybox"}
 # Commands whose arguments are shell code: eval, trap's action, an alias's text, the
 # command ssh has a remote shell run.
 CODE_ARGUMENTS = frozenset({"eval", "trap", "alias", "ssh"})
+# Words after which the next word is (again) a command's name.
+COMMAND_PREFIXES = frozenset(
+    {"if", "then", "do", "else", "elif", "while", "until", "!", "{", "time", "exec"}
+    | {"command", "builtin", "env", "nohup", "xargs", "sudo", "doas", "nice", "ionice"}
+    | {"timeout", "stdbuf", "setsid", "chroot", "taskset", "flock", "strace", "watch"}
+    | {"-exec", "-execdir", "-ok", "-okdir"}
+)
+VALUE_COMMAND = "value-named command"
 _UNKNOWN_WORD = "\x01"  # a word whose text depends on a branch or a value
 
 NESTED_SHELL = (
@@ -74,6 +82,17 @@ NESTED_SHELL = (
     'pass the value as an argument instead: sh -c \'printf "%s" "$1"\' sh {{{{ x }}}}, '
     'or through env: and "$VAR"'
 )
+
+
+def _nested_message(what: str) -> str:
+    if what == VALUE_COMMAND:
+        return (
+            "a placeholder after a value that may be the name of the command run (the "
+            "first word, or the first after env, sudo, xargs, find -exec...): it could "
+            "name eval or sh, which would run this one as code; write the program's name "
+            "in the template (or pass the values through env:)"
+        )
+    return NESTED_SHELL.format(what=what)
 
 
 def shell_raw(value: object) -> str:
@@ -100,6 +119,9 @@ class _Frame:
     optarg: bool = False  # the next word is the argument of a shell's -o option
     options_done: bool = False  # the shell's first operand was seen: no -c after it
     permutes: bool = False  # su and runuser take options after operands too
+    cmd_pos: bool = True  # the next word may be the command's name
+    wrapped: bool = False  # a wrapper (env, sudo, xargs...) runs a later word as a command
+    wrap_optarg: bool = False  # ... and the last word was one of its options
     heredoc_strip: bool = False
     line: str = ""  # a heredoc body's current line
 
@@ -163,12 +185,34 @@ class QuoteTracker:
         if word is None:
             return
         optarg, frame.optarg = frame.optarg, False
+        unknown = _UNKNOWN_WORD in word
+        literal = word.split(_UNKNOWN_WORD, 1)[0]
+        assignment = re.match(r"[A-Za-z_][A-Za-z0-9_]*=", literal) is not None
+        option = literal.startswith(("-", "+"))
+        if word in COMMAND_PREFIXES:
+            # The command's name is still to come: after env's or sudo's options (whose
+            # arguments may look like a name: a word after an option is not taken as the
+            # command's name for sure), or after if/then/!.
+            frame.wrapped = True
+            frame.wrap_optarg = False
+        elif frame.cmd_pos or frame.wrapped:
+            if unknown and not option and not assignment:
+                # A value names the command: it could be eval or sh, the words after it code.
+                frame.in_eval = frame.in_eval or VALUE_COMMAND
+                frame.cmd_pos = frame.wrapped = False
+            elif option:
+                frame.wrap_optarg = frame.wrapped and "=" not in word
+            elif assignment:
+                pass
+            elif frame.wrapped and frame.wrap_optarg:
+                frame.wrap_optarg = False
+            else:
+                frame.cmd_pos = frame.wrapped = False  # a literal name: the command
         if word == "case" and any(f.opener in ("$(", "`") for f in self.stack):
             # Its "pattern)" lines would read as the end of the substitution.
             self.unreliable = "a case statement inside $( ) or backquotes"
         if optarg:
             return
-        unknown = _UNKNOWN_WORD in word
         is_option = word[:1] in ("-", "+") or word.startswith(_UNKNOWN_WORD)
         if frame.in_shell and re.fullmatch(r"[-+][A-Za-z]*[oO]|--rcfile|--init-file", word):
             frame.optarg = True  # sh -o errexit: the next word is no operand
@@ -192,7 +236,8 @@ class QuoteTracker:
     def _end_command(self, frame: _Frame) -> None:
         self._end_word(frame)
         frame.in_shell = frame.saw_c = frame.script_taken = frame.optarg = False
-        frame.options_done = frame.permutes = False
+        frame.options_done = frame.permutes = frame.wrapped = frame.wrap_optarg = False
+        frame.cmd_pos = True
         frame.in_eval = ""
 
     # --- the character model -----------------------------------------------------------
@@ -424,13 +469,13 @@ class QuoteTracker:
             if frame.kind == UNQUOTED and frame.word is not None:
                 what = frame.nested_script()
                 if what:
-                    raise ValueError(NESTED_SHELL.format(what=what))
+                    raise ValueError(_nested_message(what))
             if frame.opener == "$'":
                 raise ValueError(_REFUSED[ANSI])
         top = self._word_frame()
         if top.nested_script() and top.word is None:
             # The placeholder starts the script word itself.
-            raise ValueError(NESTED_SHELL.format(what=top.nested_script()))
+            raise ValueError(_nested_message(top.nested_script()))
         context = self.context()
         if self.top.kind != COMMENT:
             self._add_to_word(_UNKNOWN_WORD)
@@ -487,6 +532,9 @@ class QuoteTracker:
                 mine.optarg |= theirs.optarg
                 mine.options_done &= theirs.options_done
                 mine.permutes |= theirs.permutes
+                mine.cmd_pos |= theirs.cmd_pos
+                mine.wrapped |= theirs.wrapped
+                mine.wrap_optarg |= theirs.wrap_optarg
                 mine.script_taken &= theirs.script_taken
         return merged
 
@@ -499,7 +547,8 @@ class QuoteTracker:
             and all(
                 (a.word, a.in_shell, a.saw_c, a.script_taken, a.in_eval, a.optarg)
                 == (b.word, b.in_shell, b.saw_c, b.script_taken, b.in_eval, b.optarg)
-                and (a.options_done, a.permutes) == (b.options_done, b.permutes)
+                and (a.options_done, a.permutes, a.cmd_pos, a.wrapped, a.wrap_optarg)
+                == (b.options_done, b.permutes, b.cmd_pos, b.wrapped, b.wrap_optarg)
                 for a, b in zip(self.stack, other.stack, strict=True)
             )
         )
