@@ -5,6 +5,7 @@ Every command is run by the real ``/bin/sh``; a payload that runs creates the fi
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import subprocess
 import tempfile
@@ -177,9 +178,15 @@ def test_contexts_that_cannot_be_quoted_are_refused_at_load(tmp_path: Path, temp
         # what the refusals recommend instead
         ('sh -c \'printf "%s" "$1"\' sh {{ inputs.p }}', lambda v: v),
         ('sh -e -c \'printf "%s" "$1"\' -c {{ inputs.p }}', lambda v: v),
-        ("A={{ inputs.p }} env B={{ inputs.p }} printf '%s' {{ inputs.p }} {{ inputs.p }}", lambda v: v * 2),
+        (
+            "A={{ inputs.p }} env B={{ inputs.p }} printf '%s' {{ inputs.p }} {{ inputs.p }}",
+            lambda v: v * 2,
+        ),
         ("if true; then printf '%s' {{ inputs.p }}; fi", lambda v: v),
-        ("printf '%s' 'printf %s \"$2\"' > s.sh; sh ./s.sh {{ inputs.p }} {{ inputs.p }}", lambda v: v),
+        (
+            "printf '%s' 'printf %s \"$2\"' > s.sh; sh ./s.sh {{ inputs.p }} {{ inputs.p }}",
+            lambda v: v,
+        ),
         ("cat <<'EOF'\nliteral $x\nEOF\nprintf '%s' {{ inputs.p }}", lambda v: "literal $x\n" + v),
         ("cat <<EOF\n$(printf A)\nEOF\nprintf '%s' \"{{ inputs.p }}\"", lambda v: "A\n" + v),
         ("cat <<-EOF\n\tb\n\tEOF\nprintf '%s' '{{ inputs.p }}'", lambda v: "b\n" + v),
@@ -424,3 +431,40 @@ def test_every_filter_in_every_context_prints_exactly_the_rendered_value(value: 
             out = root / "out" / str(index)
             assert out.exists(), f"{what} never ran: {result.stderr!r}"
             assert out.read_bytes().decode() == text, what
+
+
+# --- property: random command templates, accepted or refused, never injected -------------
+
+FRAGMENTS = [
+    *("printf %s ", "echo ", "cat ", "sh ", "bash -c ", "-c ", "-e ", "eval ", "env ", "A="),
+    *("'", '"', "$(", ")", "`", "#", "\n", ";", " ", "\\", "|", "&", "(", "$", "x", "-"),
+    *("<<EOF\n", "<<'EOF'\n", "<<-EOF\n", "EOF\n", "\tEOF\n", "$((", "))", "${X:-", "}"),
+    *("case a in a) ", ";; esac", "if ", "then ", "; fi", "sudo -u ", "find . -exec ", "$'"),
+    *("{{ inputs.v }}", "{{- inputs.v -}}", "{{ inputs.v | tojson }}", "{{ inputs.v | e }}"),
+    *("{#- c -#}", "{% if inputs.v %}", "{% else %}", "{% endif %}", "{{ '' }}"),
+    *("{% for i in [1, 2] %}", "{% endfor %}", "{% set y %}", "{% endset %}", "{{ y }}"),
+]
+VALUES = [*PAYLOADS, "-c", "eval", "sh", "x)touch X;(", "))$(touch X)", "\\", "EOF"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    template=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=12).map("".join),
+    value=st.sampled_from(VALUES),
+)
+def test_any_accepted_template_keeps_values_literal(template: str, value: str) -> None:
+    try:
+        command = render_command(template, _ctx(v=value))
+    except TemplateError:
+        return  # refused (or not valid Jinja2): nothing runs
+    with tempfile.TemporaryDirectory() as tmp:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                ["/bin/sh", "-c", command],
+                cwd=tmp,
+                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                timeout=10,
+                check=False,
+            )
+        assert not (Path(tmp) / "X").exists(), f"injection via {command!r}"
