@@ -491,6 +491,7 @@ class QuoteTracker:
     # --- branches -----------------------------------------------------------------------
 
     def snapshot(self) -> QuoteTracker:
+        """An independent copy, to follow one branch of a block from here."""
         return copy.deepcopy(self)
 
     def _key(self) -> tuple[object, ...]:
@@ -595,7 +596,6 @@ class CommandRefused(ValueError):
         self.reason = reason
 
 
-_ALLOWED_CAPTURED = (nodes.Assign, nodes.Macro, nodes.AssignBlock)
 _REFUSED_TAGS = {
     nodes.FilterBlock: (
         "{% filter %} re-writes the text around placeholders after they are quoted; "
