@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from wfstate.exceptions import (
     CorruptState,
@@ -41,6 +41,7 @@ from wfstate.exceptions import (
     StillRunning,
     StorageError,
 )
+from wfstate.records import RunLockOwner, owner_from, unknown_owner
 from wfstate.state import WorkflowState, utcnow
 from wfstate.stores.base import StateStore, check_size, validate_id, validate_name
 
@@ -176,17 +177,17 @@ class ContractStore(StateStore):
             self._release(workflow_id, "write", fd)
 
     @contextlib.contextmanager
-    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
         validate_id(workflow_id)
         fd = self._lock_file(workflow_id, "run", wait=0)
         if fd < 0:
-            owner = self.run_lock_owner(workflow_id) or {}
+            owner = self.run_lock_owner(workflow_id) or unknown_owner()
             raise RunLocked(
-                f"run {workflow_id} is being executed by pid {owner.get('pid')} on "
-                f"{owner.get('host')} since {owner.get('since')}",
+                f"run {workflow_id} is being executed by pid {owner['pid']} on "
+                f"{owner['host']} since {owner['since']}",
                 owner=owner,
             )
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": utcnow()}
+        info: RunLockOwner = {"pid": os.getpid(), "host": socket.gethostname(), "since": utcnow()}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -196,7 +197,7 @@ class ContractStore(StateStore):
                 os.ftruncate(fd, 0)
             self._release(workflow_id, "run", fd)
 
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         path = self.locks / f"{validate_id(workflow_id)}.run"
         deadline = time.monotonic() + 0.2
         while True:
@@ -211,11 +212,11 @@ class ContractStore(StateStore):
                     raw = os.pread(fd, 4096, 0)
                     if raw:
                         with contextlib.suppress(ValueError):
-                            owner = json.loads(raw)
-                            if isinstance(owner, dict):
+                            owner = owner_from(json.loads(raw))
+                            if owner is not None:
                                 return owner
                     if time.monotonic() >= deadline:
-                        return {}  # held, by somebody who has not said who (yet)
+                        return unknown_owner()  # held, by somebody who has not said who
                 else:
                     return None  # free (the lock goes with the close)
             finally:

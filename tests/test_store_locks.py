@@ -454,7 +454,8 @@ def test_dead_owner_info_is_not_blamed_while_a_prober_holds_the_lock(
         with pytest.raises(RunLocked) as info, lock_store.run_lock(run_id):
             pass
         assert f"pid {dead.pid}" not in str(info.value)
-        assert lock_store.run_lock_owner(run_id) == {}
+        # Held, by nobody it can name (pid 0): not the dead process, not "free".
+        assert lock_store.run_lock_owner(run_id) == {"pid": 0, "host": "", "since": ""}
         portalocker.unlock(prober)
     with lock_store.run_lock(run_id) as me:
         assert me["pid"] == os.getpid()

@@ -20,6 +20,7 @@ from wfstate.engine import Executor, mark_cancelled, prepare_resume
 from wfstate.engine.events import Progress
 from wfstate.engine.processes import reap_orphans
 from wfstate.exceptions import NotResumable, RunFinished, RunLocked, StillRunning, WFStateError
+from wfstate.records import RunLockOwner
 from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time, utcnow
 from wfstate.stores import get_store
 from wfstate.stores.base import StateStore
@@ -41,7 +42,7 @@ def load_run(workflow_id: str) -> WorkflowState:
     return get_store().load(workflow_id)
 
 
-def run_owner(workflow_id: str) -> dict[str, Any] | None:
+def run_owner(workflow_id: str) -> RunLockOwner | None:
     """Who executes the run now (pid, host, since), or None."""
     return get_store().run_lock_owner(workflow_id)
 

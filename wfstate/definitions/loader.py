@@ -40,6 +40,7 @@ from wfstate.definitions.model import (
     WorkflowDefinition,
 )
 from wfstate.exceptions import InvalidDefinition, TemplateError
+from wfstate.records import DefinitionProblem
 
 __all__ = [
     "definition_from_dict",
@@ -96,7 +97,7 @@ class _Collector:
     def __init__(self, file: str, source: SourceMap | None) -> None:
         self.file = file
         self.source = source
-        self.errors: list[dict[str, Any]] = []
+        self.errors: list[DefinitionProblem] = []
         self.warnings: list[str] = []
         self.error_paths: set[Path_] = set()
 
@@ -114,7 +115,12 @@ class _Collector:
     def error(self, path: Path_, message: str) -> None:
         line, state = self._locate(path)
         self.error_paths.add(tuple(path))
-        entry = {"file": self.file, "line": line, "state": state, "message": message}
+        entry: DefinitionProblem = {
+            "file": self.file,
+            "line": line,
+            "state": state,
+            "message": message,
+        }
         if entry not in self.errors:
             self.errors.append(entry)
 
@@ -608,9 +614,13 @@ def _duplicates(source: SourceMap, out: _Collector) -> None:
         message = f"{what} is defined twice" + (
             f" in {where}" if where and path != ("states",) else ""
         )
-        entry = {"file": out.file, "line": line, "state": None, "message": message}
-        if path[:1] == ("states",) and len(path) >= 2:
-            entry["state"] = str(path[1])
+        state = str(path[1]) if path[:1] == ("states",) and len(path) >= 2 else None
+        entry: DefinitionProblem = {
+            "file": out.file,
+            "line": line,
+            "state": state,
+            "message": message,
+        }
         out.errors.append(entry)
 
 

@@ -25,10 +25,10 @@ EXIT_RUN_FAILED = 3
 
 
 def error_payload(exc: WFStateError) -> dict[str, Any]:
-    payload: dict[str, Any] = {"code": exc.code, "message": str(exc)}
-    for attr in ("errors", "owner", "path"):
-        if getattr(exc, attr, None) is not None:
-            payload[attr] = getattr(exc, attr)
+    """The error's JSON (``WFStateError.as_dict()``, as the API's) for ``--json``, plus
+    ``message``: the same text as ``detail``, the key scripts of earlier versions read."""
+    payload: dict[str, Any] = dict(exc.as_dict())
+    payload["message"] = str(exc)
     return payload
 
 

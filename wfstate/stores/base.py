@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from wfstate.exceptions import InvalidRunId, StateTooLarge
+from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState
 
 # The only form a run id may take: a canonical, lower-case UUID4. Checked before any
@@ -185,7 +186,7 @@ class StateStore(ABC):
         """
 
     @abstractmethod
-    def run_lock(self, workflow_id: str) -> AbstractContextManager[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> AbstractContextManager[RunLockOwner]:
         """Hold the run lock for a whole execution; yields the recorded owner info
         (``pid``, ``host``, ``since``). Released, it keeps nothing for a run that does
         not exist.
@@ -195,9 +196,10 @@ class StateStore(ABC):
         """
 
     @abstractmethod
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
-        """Who executes the run right now (pid, host, since), ``{}`` when it is held by
-        somebody who says nothing (yet), or None when nobody does."""
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
+        """Who executes the run right now (a ``wfstate.records.RunLockOwner``: pid, host,
+        since), ``wfstate.records.unknown_owner()`` (pid 0) when it is held by somebody
+        who says nothing (yet), or None when nobody does."""
 
     # --- cancellation requests (a marker the executor polls) ---------------------------
 

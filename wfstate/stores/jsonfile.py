@@ -35,6 +35,7 @@ from wfstate.exceptions import (
     StillRunning,
     StorageError,
 )
+from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState, utcnow
 from wfstate.stores._atomic import (
     _CLOEXEC,
@@ -152,7 +153,7 @@ class JSONFileStore(StateStore):
         return self.locks.write_lock(workflow_id, self.lock_timeout)
 
     @contextlib.contextmanager
-    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
         validate_id(workflow_id)
         self._ensure_dir()
         with self.locks.run_lock(workflow_id) as info:
@@ -164,7 +165,7 @@ class JSONFileStore(StateStore):
                 if not self.exists(workflow_id):
                     self.locks.forget(workflow_id)
 
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         validate_id(workflow_id)
         if not self.directory.exists():
             return None
@@ -250,7 +251,7 @@ class JSONFileStore(StateStore):
             held = self.locks.run_lock(workflow_id)
             held.__enter__()
         except RunLocked as exc:
-            owner = getattr(exc, "owner", None) or {}
+            owner = exc.owner
             raise StillRunning(
                 f"run {workflow_id} is being executed by {describe_owner(owner)}; "
                 "cancel it before deleting it",

@@ -37,6 +37,7 @@ import orjson
 import portalocker
 
 from wfstate.exceptions import RunLocked, StateLocked, StorageError
+from wfstate.records import RunLockOwner, owner_from, unknown_owner
 from wfstate.state import utcnow
 
 # portalocker's flock locker, bound once: the module-level ``portalocker.lock()`` checks
@@ -50,12 +51,12 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def owner_info() -> dict[str, Any]:
+def owner_info() -> RunLockOwner:
     """Who we are, as a run lock records it."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": utcnow()}
 
 
-def _provably_dead(owner: dict[str, Any]) -> bool:
+def _provably_dead(owner: RunLockOwner) -> bool:
     """True when the recorded owner is a process of this host that no longer exists."""
     pid = owner.get("pid")
     if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
@@ -77,10 +78,10 @@ def _unlinked(fd: int) -> bool:
         return False
 
 
-def describe_owner(owner: dict[str, Any] | None) -> str:
-    if not owner:
+def describe_owner(owner: RunLockOwner | None) -> str:
+    if not owner or not owner["pid"]:
         return "another process"
-    return f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
+    return f"pid {owner['pid']} on {owner['host']} since {owner['since']}"
 
 
 class LockBackend(ABC):
@@ -106,7 +107,7 @@ class LockBackend(ABC):
         """A context manager holding the (non re-entrant) write lock."""
 
     @abstractmethod
-    def run_lock(self, workflow_id: str) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> contextlib.AbstractContextManager[RunLockOwner]:
         """Hold the run lock for a whole execution; yields the owner info recorded.
 
         Raises:
@@ -114,7 +115,7 @@ class LockBackend(ABC):
         """
 
     @abstractmethod
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         """The live holder of the run lock, or None when nobody executes the run."""
 
     def forget(self, workflow_id: str) -> None:  # noqa: B027 - optional hook
@@ -288,7 +289,7 @@ class FileLockBackend(LockBackend):
         return _FlockHold(self, workflow_id, timeout)
 
     @contextlib.contextmanager
-    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
         name = f"{workflow_id}.run.lock"
         while True:
             fh = self._open(name)
@@ -332,7 +333,7 @@ class FileLockBackend(LockBackend):
         Raises:
             RunLocked: somebody holds it (``owner`` says who, when they said).
         """
-        owner: dict[str, Any] | None = None
+        owner: RunLockOwner | None = None
 
         def attempt() -> bool:
             nonlocal owner
@@ -349,20 +350,20 @@ class FileLockBackend(LockBackend):
             raise RunLocked(
                 f"run {workflow_id} is being executed by {describe_owner(owner)}",
                 workflow_id=workflow_id,
-                owner=owner or {},
+                owner=owner,
             )
 
     @staticmethod
-    def _read_owner(fh: IO[bytes]) -> dict[str, Any] | None:
+    def _read_owner(fh: IO[bytes]) -> RunLockOwner | None:
         try:
             fh.seek(0)
             raw = fh.read(4096)
             data = orjson.loads(raw) if raw else None
         except (OSError, orjson.JSONDecodeError):
             return None
-        return data if isinstance(data, dict) else None
+        return owner_from(data)
 
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         for _ in range(100):
             try:
                 # Never created here: a probe must not leave a sidecar behind.
@@ -374,13 +375,13 @@ class FileLockBackend(LockBackend):
             finally:
                 fh.close()
             if found is not _UNLINKED:
-                return found if isinstance(found, dict) else None
+                return found if found is None else owner_from(found)
             # Removed by a delete while we probed: look at the file of that name now.
         return None
 
-    def _probe_owner(self, fh: IO[bytes]) -> object:
-        """The live owner recorded in ``fh``, None when it is free, ``{}`` when held by
-        somebody who says nothing (yet), or ``_UNLINKED``."""
+    def _probe_owner(self, fh: IO[bytes]) -> RunLockOwner | object | None:
+        """The live owner recorded in ``fh``, None when it is free, ``unknown_owner()``
+        when held by somebody who says nothing (yet), or ``_UNLINKED``."""
         found: object = None
 
         def attempt() -> bool:
@@ -408,7 +409,7 @@ class FileLockBackend(LockBackend):
             return bool(owner)
 
         if not _poll(attempt, 0.2):
-            return {}  # held by somebody who says nothing (yet)
+            return unknown_owner()  # held by somebody who says nothing (yet)
         return found
 
     def forget(self, workflow_id: str) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from wfstate.exceptions import RunLocked, RunNotFound, StateLocked, StillRunning
+from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState, utcnow
 from wfstate.stores.base import StateStore, check_size, validate_id, validate_name
 from wfstate.stores.jsonfile import parse_state, serialize
@@ -36,7 +36,7 @@ class MemoryStore(StateStore):
         self._outputs: dict[tuple[str, str, str], bytes] = {}
         self._cancel: set[str] = set()
         self._write_locks: dict[str, threading.RLock] = {}
-        self._run_owners: dict[str, dict[str, Any]] = {}
+        self._run_owners: dict[str, RunLockOwner] = {}
         self._guard = threading.Lock()
 
     def __repr__(self) -> str:
@@ -57,7 +57,7 @@ class MemoryStore(StateStore):
             lock.release()
 
     @contextlib.contextmanager
-    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
         validate_id(workflow_id)
         with self._guard:
             if workflow_id in self._run_owners:
@@ -73,7 +73,7 @@ class MemoryStore(StateStore):
             with self._guard:
                 self._run_owners.pop(workflow_id, None)
 
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         return self._run_owners.get(validate_id(workflow_id))
 
     def save(self, state: WorkflowState, *, durable: bool = True) -> None:
@@ -108,7 +108,7 @@ class MemoryStore(StateStore):
             held = self.run_lock(workflow_id)
             held.__enter__()
         except RunLocked as exc:
-            owner = getattr(exc, "owner", None) or {}
+            owner = exc.owner
             raise StillRunning(
                 f"run {workflow_id} is being executed by {describe_owner(owner)}; "
                 "cancel it before deleting it",
