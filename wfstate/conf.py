@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "TASK_BACKEND": "default",
     "TASK_QUEUE": "default",
+    "IDEMPOTENCY_RETENTION": 86400.0,  # seconds an Idempotency-Key keeps naming its run
 }
 
 
@@ -92,6 +93,10 @@ class Settings:
     @property
     def TASK_QUEUE(self) -> str:
         return str(self._get("TASK_QUEUE"))
+
+    @property
+    def IDEMPOTENCY_RETENTION(self) -> float:
+        return float(self._get("IDEMPOTENCY_RETENTION"))
 
 
 conf = Settings()

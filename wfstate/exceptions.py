@@ -145,3 +145,10 @@ class CorruptState(WFStateError, ValueError):
 
     code = "corrupt_state"
     path: str
+
+
+class IdempotencyConflict(WFStateError):
+    """An idempotency key already started a run of this workflow with other inputs."""
+
+    code = "idempotency_conflict"
+    exit_code = 1

@@ -126,9 +126,15 @@ def execute(
 
 
 def create_run(
-    name: str, inputs: Mapping[str, Any] | None = None, *, coerce_strings: bool = False
+    name: str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    coerce_strings: bool = False,
+    started_by: Mapping[str, Any] | None = None,
 ) -> tuple[WorkflowState, WorkflowDefinition]:
     """Validate inputs and write the run's first (pending) checkpoint.
+
+    ``started_by`` is recorded in the state (SPEC §11: ``{"kind": "command"|"api"|...}``).
 
     Raises:
         WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
@@ -140,6 +146,7 @@ def create_run(
         inputs=values,
         workflow_version=definition.version,
         definition_sha256=definition.sha256,
+        started_by=dict(started_by) if started_by else None,
     )
     get_store().save(state)
     _index(state)
@@ -155,13 +162,31 @@ def start_run(
     progress: Progress | None = None,
     cancel_event: threading.Event | None = None,
     on_created: Callable[[WorkflowState], None] | None = None,
+    idempotency_key: str | None = None,
+    started_by: Mapping[str, Any] | None = None,
 ) -> WorkflowState:
     """Start a run: execute it here, or (``detach``) enqueue it and return it pending.
 
+    With ``idempotency_key``, a second start of the same workflow with the same key
+    returns the run the first one created, as it is now (``on_created`` is then not
+    called, and nothing is executed or enqueued again).
+
     Raises:
-        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
+        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError,
+        IdempotencyConflict (the key was used with other inputs).
     """
-    state, _definition = create_run(name, inputs, coerce_strings=coerce_strings)
+    if idempotency_key is not None:
+        from wfstate.triggers import idempotency
+
+        state, created = idempotency.create_run_once(
+            name, inputs, key=idempotency_key, coerce_strings=coerce_strings, started_by=started_by
+        )
+        if not created:
+            return state
+    else:
+        state, _definition = create_run(
+            name, inputs, coerce_strings=coerce_strings, started_by=started_by
+        )
     if on_created is not None:
         on_created(state)
     if detach:

@@ -128,12 +128,19 @@ IF_NONE_MATCH = OpenApiParameter(
     required=False,
     description="An ETag from an earlier response: 304 with no body while the run is unchanged.",
 )
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="A client's key (1-255 printable characters): a retry with it returns the same run.",
+)
 LOCATION = OpenApiParameter(
     "Location",
     OpenApiTypes.URI,
     OpenApiParameter.HEADER,
-    response=[202],
-    description="The new run's URL.",
+    response=[200, 202],
+    description="The run's URL.",
 )
 
 
@@ -196,18 +203,22 @@ class IndexSearchFilter(SearchFilter):
         description=(
             "Validates the inputs against the workflow's input schema, writes the run's "
             "first (pending) state and hands it to the background task backend. Returns "
-            "202 at once with the run and its URL; poll the URL to follow it."
+            "202 at once with the run and its URL; poll the URL to follow it. With an "
+            "`Idempotency-Key` header (or `idempotency_key` in the body), a repeated request "
+            "returns the run the first one started, with 200; the same key with other "
+            "inputs is a 409 `idempotency_conflict`."
         ),
         request=s.RunCreateSerializer,
         responses={
             202: s.RunSerializer,
+            200: s.RunSerializer,
             **BAD_REQUEST,
             **AUTH_ERRORS,
             404: _error("No workflow of that name."),
             **CONFLICT,
             **UNAVAILABLE,
         },
-        parameters=[LOCATION],
+        parameters=[LOCATION, IDEMPOTENCY_KEY],
     ),
     retrieve=extend_schema(
         summary="A run's state",
@@ -329,11 +340,22 @@ class RunViewSet(WFStateAPIMixin, viewsets.GenericViewSet[WorkflowRun]):
     def create(self, request: Request) -> Response:
         body = self.get_serializer(data=request.data)
         body.is_valid(raise_exception=True)
+        # Idempotency-Key (header, or "idempotency_key" in the body): a retry returns the
+        # run the first request created, with 200 instead of 202.
+        key = request.headers.get("Idempotency-Key") or body.validated_data.get("idempotency_key")
+        started_by = {"kind": "api", "user": request.user.get_username()}
+        created: list[WorkflowState] = []
         state = runs.start_run(
-            body.validated_data["workflow_name"], body.validated_data["inputs"], detach=True
+            body.validated_data["workflow_name"],
+            body.validated_data["inputs"],
+            detach=True,
+            idempotency_key=key,
+            started_by=started_by,
+            on_created=created.append,
         )
         data = self._run(state)
-        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(data, status=code, headers={"Location": data["url"]})
 
     def retrieve(self, request: Request, workflow_id: str) -> Response:
         state = runs.load_run(workflow_id)
