@@ -90,7 +90,7 @@ def test_a_key_belongs_to_one_workflow(admin_client: Client) -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there"])
+@pytest.mark.parametrize("key", ["", "x" * 256, "tab\there", "é"])
 def test_malformed_keys_are_refused(admin_client: Client, key: str) -> None:
     with pytest.raises(InvalidInputs, match="idempotency key"):
         runs.start_run("api_quick", detach=True, idempotency_key=key)

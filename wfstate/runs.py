@@ -110,19 +110,28 @@ def execute(
             prepare(state, definition)
         elif state.status.is_final:
             return state  # a duplicate delivery of a finished run: nothing to do
-        with _listeners() as listeners:
-            executor = Executor(
-                store,
-                definition,
-                listeners=listeners,
-                progress=progress,
-                max_inline_output=conf.MAX_INLINE_OUTPUT,
-                cancel_event=cancel_event,
-            )
-            try:
-                return executor.execute(state)
-            finally:
-                store.clear_cancel(workflow_id)
+        from wfstate.triggers.concurrency import admission
+
+        # A concurrency slot, taken under the run lock before the first step.
+        with admission(store, state, definition) as admitted:
+            if not admitted:  # queued behind the limit (or cancelled by it)
+                if prepare is not None or state.status.is_final:
+                    store.save(state)
+                    _index(state)
+                return state
+            with _listeners() as listeners:
+                executor = Executor(
+                    store,
+                    definition,
+                    listeners=listeners,
+                    progress=progress,
+                    max_inline_output=conf.MAX_INLINE_OUTPUT,
+                    cancel_event=cancel_event,
+                )
+                try:
+                    return executor.execute(state)
+                finally:
+                    store.clear_cancel(workflow_id)
 
 
 def create_run(

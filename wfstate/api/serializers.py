@@ -147,7 +147,8 @@ class RunCreateSerializer(serializers.Serializer[dict[str, Any]]):
         default=dict,
         help_text="input values by name, in the types the definition declares",
     )
-    idempotency_key = serializers.CharField(
+    idempotency_key = serializers.RegexField(
+        r"^[ -~]{1,255}$",
         required=False,
         max_length=255,
         help_text="as the Idempotency-Key header: a retry with the same key returns the same run",

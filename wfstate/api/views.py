@@ -133,7 +133,8 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     required=False,
-    description="A client's key (1-255 printable characters): a retry with it returns the same run.",
+    pattern=r"^[ -~]{1,255}$",
+    description="A client's key (1-255 printable ASCII characters): a retry with it returns the same run.",
 )
 LOCATION = OpenApiParameter(
     "Location",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import signal
 from collections.abc import Mapping
 from datetime import timedelta
@@ -39,6 +40,8 @@ from wfstate.triggers.models import IdempotencyKey
 logger = logging.getLogger("wfstate.idempotency")
 
 MAX_KEY_LENGTH = 255
+# What an HTTP header carries safely: printable ASCII (the API's schema says the same).
+_KEY = re.compile(r"[ -~]{1,255}")
 # Test hook: SIGKILL this process right after the key is reserved, before the run
 # exists (tests/test_idempotency.py proves a retry still gets a run).
 CRASH_AFTER_RESERVE_ENV = "WFSTATE_TEST_CRASH_AFTER_RESERVE"
@@ -51,10 +54,11 @@ def inputs_digest(values: Mapping[str, Any]) -> str:
 
 def check_key(key: str) -> str:
     """Raises: InvalidInputs when the key is empty, too long or not printable."""
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise InvalidInputs(
-            f"an idempotency key is 1 to {MAX_KEY_LENGTH} printable characters, not {key!r}",
-            errors={"idempotency_key": ["1 to 255 printable characters"]},
+            f"an idempotency key is 1 to {MAX_KEY_LENGTH} printable ASCII characters, "
+            f"not {key!r}",
+            errors={"idempotency_key": ["1 to 255 printable ASCII characters"]},
         )
     return key
 
