@@ -330,7 +330,12 @@ class RunViewSet(WFStateAPIMixin, viewsets.GenericViewSet[WorkflowRun]):
         }.get(self.action, s.RunSummarySerializer)
 
     def _run(self, state: WorkflowState) -> dict[str, Any]:
-        return dict(s.RunSerializer(state.to_dict(), context=self.get_serializer_context()).data)
+        document = state.to_dict()
+        if state.status == "pending":  # held back by a concurrency limit?
+            from wfstate.triggers.concurrency import queue_position
+
+            document["queue_position"] = queue_position(state.workflow_id)
+        return dict(s.RunSerializer(document, context=self.get_serializer_context()).data)
 
     def list(self, request: Request) -> Response:
         queryset = self.filter_queryset(self.get_queryset())
