@@ -121,7 +121,7 @@ def lab(settings: Any, tmp_path: Path) -> Iterator[Lab]:
     try:
         yield made
     finally:
-        for path in list(made.tmp.glob("gate*")) + [made.tmp / "gate-all"]:
+        for path in made.tmp.glob("gate*"):
             path.touch()
         made.join()
 
@@ -292,7 +292,7 @@ def _max_parallel(per_run: dict[str, list[dict[str, Any]]]) -> int:
 def test_four_rq_workers_never_run_more_than_the_limit(cluster: Any) -> None:
     cluster.start_workers(4)
     store = get_store()
-    inputs = {"log": str(cluster.log), "nap": 0.1}
+    inputs = {"log": str(cluster.log), "nap": 0.3}
     ids = [runs.start_run("limited", inputs, detach=True).workflow_id for _ in range(10)]
 
     def all_done() -> bool:
@@ -304,8 +304,11 @@ def test_four_rq_workers_never_run_more_than_the_limit(cluster: Any) -> None:
         raise AssertionError(f"{exc}\n{cluster.worker_output()}") from None
     per_run = scale_steps.executions(scale_steps.read_log(cluster.log))
     assert set(per_run) == set(ids)
-    assert _max_parallel(per_run) == 2  # never more, and the limit was used
-    assert not QueueEntry.objects.exists()
+    # Never more than the limit, and the limit was used (with limit 5 the same run
+    # shows 3 or 4 at once: the check can fail).
+    assert _max_parallel(per_run) == 2
+    # A holder leaves the queue just after its last checkpoint.
+    wait_for(lambda: not QueueEntry.objects.exists(), 30, "the queue to empty")
 
 
 @pytest.mark.slow

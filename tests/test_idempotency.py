@@ -135,7 +135,7 @@ def test_twenty_concurrent_posts_with_one_key_make_one_run() -> None:
                 )
                 with guard:
                     responses.append(response)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             connection.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,10 @@ def every_second(name: str, catch_up: str = "all", **fields: Any) -> Schedule:
 def test_every_ticks_are_aligned_on_the_epoch() -> None:
     schedule = Schedule(name="e", every_seconds=600)
     ticks = schedules.iter_ticks(schedule, T0 + timedelta(minutes=3))
-    assert [next(ticks) for _ in range(2)] == [T0 + timedelta(minutes=10), T0 + timedelta(minutes=20)]
+    assert [next(ticks) for _ in range(2)] == [
+        T0 + timedelta(minutes=10),
+        T0 + timedelta(minutes=20),
+    ]
     # Strictly after: a tick instant itself is not due again.
     assert next(schedules.iter_ticks(schedule, T0)) == T0 + timedelta(minutes=10)
 
@@ -198,7 +200,11 @@ def test_file_schedules_are_synced_and_keep_their_enabled_flag(
     assert schedules.sync_file_schedules() == 2
     assert schedules.sync_file_schedules() == 0  # nothing changed: nothing written
     first = Schedule.objects.get(name="nightly-1")
-    assert (first.cron, first.timezone, first.inputs) == ("0 2 * * *", "Europe/Paris", {"who": "paris"})
+    assert (first.cron, first.timezone, first.inputs) == (
+        "0 2 * * *",
+        "Europe/Paris",
+        {"who": "paris"},
+    )
     assert first.source == ScheduleSource.FILE
     often = Schedule.objects.get(name="often")
     assert (often.every_seconds, often.catch_up) == (600.0, "none")
@@ -207,7 +213,9 @@ def test_file_schedules_are_synced_and_keep_their_enabled_flag(
     assert schedules.sync_file_schedules() == 1
     often.refresh_from_db()
     assert (often.every_seconds, often.enabled) == (300.0, False)
-    (directory / "nightly.yaml").write_text(SCHEDULED.split("schedule:")[0] + "states:" + SCHEDULED.split("states:")[1])
+    (directory / "nightly.yaml").write_text(
+        SCHEDULED.split("schedule:")[0] + "states:" + SCHEDULED.split("states:")[1]
+    )
     schedules.sync_file_schedules()
     assert not Schedule.objects.filter(source=ScheduleSource.FILE).exists()
 
@@ -226,7 +234,9 @@ def test_the_admin_lists_schedules_with_their_next_fire_times(admin_client: Clie
     assert "fast" in page
     upcoming = schedules.next_ticks(Schedule.objects.get(name="nightly-x"), 1)[0]
     assert upcoming.strftime("%Y-%m-%d 02:00") in page
-    detail = admin_client.get(f"/admin/wfstate/schedule/{Schedule.objects.get(name='fast').pk}/change/")
+    detail = admin_client.get(
+        f"/admin/wfstate/schedule/{Schedule.objects.get(name='fast').pk}/change/"
+    )
     assert detail.status_code == 200
     # Disable from the list.
     pk = Schedule.objects.get(name="fast").pk

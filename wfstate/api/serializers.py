@@ -111,12 +111,16 @@ class RunSerializer(serializers.Serializer[dict[str, Any]]):
         child=AnyJSONField(),
         allow_null=True,
         required=False,
-        help_text='what started the run: {"kind": "command"|"api"|"admin"|"schedule"|"parent", ...}',
+        help_text=(
+            'what started the run: {"kind": "command"|"api"|"admin"|"schedule"|"parent", ...}'
+        ),
     )
     queue_position = serializers.IntegerField(
         allow_null=True,
         required=False,
-        help_text="a pending run held back by a concurrency limit: its place in the queue (0 = next)",
+        help_text=(
+            "a pending run held back by a concurrency limit: its place in the queue (0 = next)"
+        ),
     )
     states = serializers.DictField(
         child=StepResultSerializer(), help_text="results by state name, in execution order"

@@ -134,7 +134,9 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     OpenApiParameter.HEADER,
     required=False,
     pattern=r"^[ -~]{1,255}$",
-    description="A client's key (1-255 printable ASCII characters): a retry with it returns the same run.",
+    description=(
+        "A client's key (1-255 printable ASCII characters): a retry with it returns the same run."
+    ),
 )
 LOCATION = OpenApiParameter(
     "Location",

@@ -36,7 +36,9 @@ def check_timezone(name: str) -> None:
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"time zone {name!r} is unknown (an IANA name, e.g. Europe/Paris)") from None
+        raise ValueError(
+            f"time zone {name!r} is unknown (an IANA name, e.g. Europe/Paris)"
+        ) from None
 
 
 def build_schedules(out: Any, workflow: str, raw: Any) -> tuple[ScheduleDef, ...]:

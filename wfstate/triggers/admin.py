@@ -19,7 +19,13 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from wfstate.triggers import concurrency, schedules
-from wfstate.triggers.models import IdempotencyKey, QueueEntry, Schedule, ScheduleSource, ScheduleTick
+from wfstate.triggers.models import (
+    IdempotencyKey,
+    QueueEntry,
+    Schedule,
+    ScheduleSource,
+    ScheduleTick,
+)
 
 
 class ScheduleForm(forms.ModelForm[Schedule]):
@@ -74,7 +80,7 @@ class ScheduleTickInline(admin.TabularInline[ScheduleTick, Schedule]):
     can_delete = False
     ordering = ["-tick"]
     fields = ["tick", "workflow_id", "fired_at", "error"]
-    readonly_fields = fields
+    readonly_fields = ["tick", "workflow_id", "fired_at", "error"]
     verbose_name_plural = _("recent ticks")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ScheduleTick]:
@@ -111,9 +117,10 @@ class ScheduleAdmin(admin.ModelAdmin[Schedule]):
         if not obj.enabled:
             return "—"
         ticks = schedules.next_ticks(obj, 3)
-        return format_html_join(
-            ", ", "{}", ((formats.date_format(t, "Y-m-d H:i:s"),) for t in ticks)
-        ) or "—"
+        return (
+            format_html_join(", ", "{}", ((formats.date_format(t, "Y-m-d H:i:s"),) for t in ticks))
+            or "—"
+        )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Schedule | None = None) -> Any:
         if obj is not None and obj.source == ScheduleSource.FILE:
@@ -149,7 +156,14 @@ class IdempotencyKeyAdmin(admin.ModelAdmin[IdempotencyKey]):
     list_display = ["key", "workflow_name", "workflow_id", "created_at", "expires_at"]
     list_filter = ["workflow_name"]
     search_fields = ["key", "workflow_id"]
-    readonly_fields = ["key", "workflow_name", "inputs_sha256", "workflow_id", "created_at", "expires_at"]
+    readonly_fields = [
+        "key",
+        "workflow_name",
+        "inputs_sha256",
+        "workflow_id",
+        "created_at",
+        "expires_at",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

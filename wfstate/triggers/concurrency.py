@@ -27,6 +27,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -82,7 +83,7 @@ def _slot_lock(store: StateStore, name: str) -> AbstractContextManager[dict[str,
         return _local_slot(name)
     # The run lock of the store's backend under the slot's name (taken without waiting).
     getattr(store, "_ensure_dir", lambda: None)()
-    return locks.run_lock(name)  # type: ignore[no-any-return]
+    return locks.run_lock(name)
 
 
 def _slot_free(store: StateStore, name: str) -> bool:
@@ -90,7 +91,7 @@ def _slot_free(store: StateStore, name: str) -> bool:
     if locks is None:
         lock = _local_slots.get(name)
         return lock is None or not lock.locked()
-    return locks.run_lock_owner(name) is None  # type: ignore[no-any-return]
+    return locks.run_lock_owner(name) is None
 
 
 def _take_slot(store: StateStore, key: str, limit: int) -> contextlib.ExitStack | None:
@@ -111,7 +112,7 @@ def _take_slot(store: StateStore, key: str, limit: int) -> contextlib.ExitStack 
 
 def _entry(state: WorkflowState, workflow_name: str, key: str) -> QueueEntry:
     """This run's queue row (queued unless it already holds a slot)."""
-    created = parse_time(state.started_at)
+    created = parse_time(state.started_at) or datetime.now(UTC)
     try:
         with transaction.atomic():
             entry, _ = QueueEntry.objects.get_or_create(

@@ -56,8 +56,7 @@ def check_key(key: str) -> str:
     """Raises: InvalidInputs when the key is empty, too long or not printable."""
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise InvalidInputs(
-            f"an idempotency key is 1 to {MAX_KEY_LENGTH} printable ASCII characters, "
-            f"not {key!r}",
+            f"an idempotency key is 1 to {MAX_KEY_LENGTH} printable ASCII characters, not {key!r}",
             errors={"idempotency_key": ["1 to 255 printable ASCII characters"]},
         )
     return key

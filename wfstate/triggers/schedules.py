@@ -140,7 +140,6 @@ def fire_tick(schedule: Schedule, tick: datetime) -> Fired | None:
     """Claim ``tick`` of ``schedule`` and start its run; None when another scheduler
     claimed it first. The run's id is chosen before the claim, so the tick row always
     names the run it starts."""
-    from wfstate import runs
 
     workflow_id = new_workflow_id()
     try:
@@ -172,9 +171,7 @@ def _start(schedule: Schedule, tick: datetime, workflow_id: str) -> Any:
         "schedule": schedule.name,
         "tick": tick.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
     }
-    state, created = create_if_absent(
-        workflow_id, definition.name, values, started_by=started_by
-    )
+    state, created = create_if_absent(workflow_id, definition.name, values, started_by=started_by)
     if created:
         enqueue_execution(workflow_id)
     return state
@@ -201,9 +198,7 @@ def fire_due(now: datetime | None = None) -> list[Fired]:
         # by the policy), moving forward only: a lagging scheduler never moves it back.
         newest = _newest_due(schedule, now)
         if newest is not None:
-            Schedule.objects.filter(pk=schedule.pk).filter(
-                _before(newest)
-            ).update(last_tick=newest)
+            Schedule.objects.filter(pk=schedule.pk).filter(_before(newest)).update(last_tick=newest)
     return fired
 
 
@@ -297,7 +292,8 @@ def sync_file_schedules() -> int:
             continue
         if row.source != ScheduleSource.FILE:
             logger.warning(
-                "schedule %s of workflow %s: an admin schedule has that name; the file's is ignored",
+                "schedule %s of workflow %s: an admin schedule has that name; "
+                "the file's is ignored",
                 name,
                 fields["workflow_name"],
             )
