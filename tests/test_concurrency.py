@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from django.urls import reverse
 
 from tests import scale_steps
 from tests.engine_helpers import spawn, wait_for
@@ -162,6 +163,10 @@ def test_runs_over_the_limit_wait_in_creation_order(lab: Lab, admin_client: Clie
     assert concurrency.queue_position(first) is None
     response = admin_client.get(f"/api/wfstate/runs/{third}/")
     assert response.json()["queue_position"] == 1
+    page = admin_client.get(reverse("admin:wfstate_workflowrun_change", args=[third]))
+    assert "number 2 in the queue" in page.content.decode()
+    queue = admin_client.get(reverse("admin:wfstate_queueentry_changelist")).content.decode()
+    assert third in queue
     # Another key has its own slot.
     assert runs.execute(other_env).status == RunStatus.COMPLETED
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from tests.engine_helpers import call, manage, spawn, wait_for
@@ -104,6 +105,19 @@ def test_each_due_tick_fires_once_and_names_its_run() -> None:
 
 
 @pytest.mark.django_db
+def test_the_run_page_says_which_schedule_and_tick_started_it(admin_client: Client) -> None:
+    every_second("shown", created_at=T0)
+    (result,) = schedules.fire_due(T0 + timedelta(seconds=1.5))
+    page = admin_client.get(
+        reverse("admin:wfstate_workflowrun_change", args=[result.workflow_id])
+    ).content.decode()
+    assert "Started by" in page
+    assert "<th>kind</th><td><code>schedule</code></td>" in page
+    assert "<th>schedule</th><td><code>shown</code></td>" in page
+    assert result.tick.strftime("%Y-%m-%dT%H:%M:%S") in page
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     ("catch_up", "expected"),
     [("all", [1, 2, 3, 4, 5]), ("latest", [5]), ("none", [])],
@@ -150,6 +164,19 @@ def test_a_tick_whose_scheduler_died_before_the_run_existed_is_repaired() -> Non
     assert state.started_by is not None
     assert state.started_by["schedule"] == "crashed"
     assert schedules.repair_ticks() == []  # exists now
+
+
+@pytest.mark.django_db
+def test_old_ticks_are_pruned_and_never_fire_again() -> None:
+    schedule = every_second("old", created_at=T0)
+    schedules.fire_due(T0 + timedelta(seconds=2.5))
+    now = T0 + schedules.TICK_RETENTION + timedelta(seconds=1.5)
+    assert schedules.prune_ticks(now) == 1  # the tick at T0+1 (T0+2 is younger)
+    schedule.refresh_from_db()
+    assert schedule.last_tick == T0 + timedelta(seconds=2)
+    # last_tick, not the rows, says what is done: with catch_up latest only the newest.
+    Schedule.objects.filter(pk=schedule.pk).update(catch_up="latest")
+    assert [f.tick for f in schedules.fire_due(now)] == [now - timedelta(seconds=0.5)]
 
 
 # --- schedules in workflow files ------------------------------------------------------------

@@ -9,6 +9,7 @@ crashed executor freed, and prunes expired idempotency keys.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -20,8 +21,10 @@ from wfstate.triggers import schedules
 
 logger = logging.getLogger("wfstate.scheduler")
 
-# Housekeeping (file schedules, repairs, queues, expired keys) at most this often.
+# Housekeeping (file schedules, repairs, queues) at most this often; pruning old
+# ticks and expired idempotency keys (table scans) much less often.
 HOUSEKEEPING_INTERVAL = 5.0
+PRUNE_INTERVAL = 600.0
 
 
 @dataclass
@@ -31,8 +34,9 @@ class PassResult:
     woken: list[str] = field(default_factory=list)
 
 
-def one_pass(*, housekeeping: bool = True) -> PassResult:
-    """Fire due ticks (and, with ``housekeeping``, sync, repair, wake and prune)."""
+def one_pass(*, housekeeping: bool = True, prune: bool = True) -> PassResult:
+    """Fire due ticks (and, with ``housekeeping``, sync file schedules, repair ticks and
+    wake queues; with ``prune``, delete old ticks and expired idempotency keys)."""
     from wfstate.triggers import concurrency, idempotency
 
     result = PassResult()
@@ -42,6 +46,8 @@ def one_pass(*, housekeeping: bool = True) -> PassResult:
     if housekeeping:
         result.repaired = schedules.repair_ticks()
         result.woken = concurrency.wake_queues()
+    if prune:
+        schedules.prune_ticks()
         idempotency.prune_expired()
     return result
 
@@ -55,14 +61,17 @@ def run_forever(
     """Loop until ``stop`` is set: a pass, then sleep until the next tick (at most
     ``interval`` seconds). An error in one pass is logged and the loop goes on."""
     stop = stop or threading.Event()
-    last_housekeeping = 0.0
+    last_housekeeping = last_prune = -math.inf
     while not stop.is_set():
         close_old_connections()  # a long-lived process: never keep a broken connection
         housekeeping = time.monotonic() - last_housekeeping >= HOUSEKEEPING_INTERVAL
+        prune = time.monotonic() - last_prune >= PRUNE_INTERVAL
         try:
-            result = one_pass(housekeeping=housekeeping)
+            result = one_pass(housekeeping=housekeeping, prune=prune)
             if housekeeping:
                 last_housekeeping = time.monotonic()
+            if prune:
+                last_prune = time.monotonic()
             if on_pass is not None:
                 on_pass(result)
             pause = schedules.seconds_until_next(cap=interval)

@@ -45,6 +45,9 @@ MAX_GRACE = 60.0
 # A tick whose run was not created this long after it was fired: its scheduler died in
 # between; ``repair_ticks`` creates the run (the tick row names its id).
 REPAIR_AFTER = 30.0
+# Tick rows are kept this long (they say which run each tick started), then pruned:
+# a tick that old is long behind every schedule's ``last_tick`` and never due again.
+TICK_RETENTION = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,13 @@ def repair_ticks(now: datetime | None = None) -> list[str]:
     return created
 
 
+def prune_ticks(now: datetime | None = None) -> int:
+    """Delete tick rows older than ``TICK_RETENTION``; returns how many."""
+    cutoff = (now or timezone.now()) - TICK_RETENTION
+    deleted, _ = ScheduleTick.objects.filter(tick__lt=cutoff).delete()
+    return deleted
+
+
 # --- schedules declared in workflow files --------------------------------------------------
 
 
@@ -314,6 +324,7 @@ __all__ = [
     "grace",
     "iter_ticks",
     "next_ticks",
+    "prune_ticks",
     "repair_ticks",
     "seconds_until_next",
     "sync_file_schedules",
