@@ -108,6 +108,15 @@ def test_a_key_past_its_retention_starts_a_new_run(settings: Any) -> None:
 
 
 @pytest.mark.django_db
+def test_a_key_whose_run_was_deleted_starts_a_new_run() -> None:
+    first = runs.start_run("api_quick", detach=True, idempotency_key="del")
+    runs.delete_run(first.workflow_id)
+    second = runs.start_run("api_quick", detach=True, idempotency_key="del")
+    assert second.workflow_id != first.workflow_id  # never the deleted run made again
+    assert not get_store().exists(first.workflow_id)
+
+
+@pytest.mark.django_db
 def test_conflict_is_reported_by_the_service(admin_client: Client) -> None:
     runs.start_run("api_quick", {"who": "a"}, detach=True, idempotency_key="svc")
     with pytest.raises(IdempotencyConflict) as info:

@@ -164,6 +164,21 @@ def test_a_tick_whose_scheduler_died_before_the_run_existed_is_repaired() -> Non
     assert state.started_by is not None
     assert state.started_by["schedule"] == "crashed"
     assert schedules.repair_ticks() == []  # exists now
+    # A run the user deleted afterwards is not made again.
+    runs.delete_run(row.workflow_id)
+    assert schedules.repair_ticks() == []
+
+
+@pytest.mark.django_db
+def test_a_deleted_scheduled_run_is_not_repaired() -> None:
+    schedule = every_second("deleted", created_at=T0)
+    (result,) = schedules.fire_due(T0 + timedelta(seconds=1.5))
+    runs.delete_run(result.workflow_id)
+    ScheduleTick.objects.filter(schedule=schedule).update(
+        fired_at=timezone.now() - timedelta(seconds=schedules.REPAIR_AFTER + 1)
+    )
+    assert schedules.repair_ticks() == []
+    assert not get_store().exists(result.workflow_id)
 
 
 @pytest.mark.django_db

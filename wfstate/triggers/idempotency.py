@@ -34,6 +34,7 @@ from wfstate.conf import conf
 from wfstate.definitions import validate_inputs
 from wfstate.exceptions import IdempotencyConflict, InvalidInputs
 from wfstate.state import WorkflowState, new_workflow_id
+from wfstate.stores import get_store
 from wfstate.triggers._create import create_if_absent
 from wfstate.triggers.models import IdempotencyKey
 
@@ -82,9 +83,12 @@ def _reserve(name: str, key: str, digest: str) -> tuple[IdempotencyKey, bool]:
         found = IdempotencyKey.objects.filter(workflow_name=name, key=key).first()
         if found is None:
             continue  # expired and deleted by another request meanwhile: insert again
-        if found.expires_at <= now:
-            # Past retention: the key may start a new run. Delete exactly this row (a
-            # racer may have replaced it already), then compete for the insert again.
+        if found.expires_at <= now or (
+            found.run_created and not get_store().exists(found.workflow_id)
+        ):
+            # Past retention, or its run was deleted since: the key may start a new run.
+            # Delete exactly this row (a racer may have replaced it already), then
+            # compete for the insert again.
             IdempotencyKey.objects.filter(pk=found.pk, expires_at=found.expires_at).delete()
             continue
         return found, False
@@ -127,7 +131,10 @@ def create_run_once(
         os.kill(os.getpid(), signal.SIGKILL)
     by = dict(started_by or {"kind": "api"})
     by["idempotency_key"] = key
-    return create_if_absent(row.workflow_id, definition.name, values, started_by=by)
+    state, created = create_if_absent(row.workflow_id, definition.name, values, started_by=by)
+    if not row.run_created:
+        IdempotencyKey.objects.filter(pk=row.pk).update(run_created=True)
+    return state, created
 
 
 def prune_expired(now: Any = None) -> int:

@@ -80,6 +80,8 @@ class ScheduleTick(models.Model):
     # Chosen before the insert, so the tick always names the run it starts (a crash
     # between the insert and the run's first checkpoint is repaired with this id).
     workflow_id = models.CharField(_("run id"), max_length=36, unique=True)
+    # Set once the run's first checkpoint exists: a run deleted later is never re-made.
+    run_created = models.BooleanField(_("run created"), default=False)
     fired_at = models.DateTimeField(_("fired"), default=now)
     error = models.TextField(_("error"), blank=True)
 
@@ -103,6 +105,9 @@ class IdempotencyKey(models.Model):
     key = models.CharField(_("key"), max_length=255)
     inputs_sha256 = models.CharField(_("inputs digest"), max_length=64)
     workflow_id = models.CharField(_("run id"), max_length=36, unique=True)
+    # Set once the run's first checkpoint exists: if the run is deleted later, the key
+    # is free again (for a new run with a new id), never re-making the deleted one.
+    run_created = models.BooleanField(_("run created"), default=False)
     created_at = models.DateTimeField(_("created"), default=now)
     expires_at = models.DateTimeField(_("expires"), db_index=True)
 

@@ -157,6 +157,7 @@ def fire_tick(schedule: Schedule, tick: datetime) -> Fired | None:
         logger.error("schedule %s, tick %s: %s", schedule.name, tick.isoformat(), exc)
         ScheduleTick.objects.filter(pk=row.pk).update(error=str(exc)[:2000])
         return Fired(schedule.name, tick, workflow_id, error=str(exc))
+    ScheduleTick.objects.filter(pk=row.pk).update(run_created=True)
     return Fired(schedule.name, tick, state.workflow_id)
 
 
@@ -244,6 +245,7 @@ def repair_ticks(now: datetime | None = None) -> list[str]:
     created: list[str] = []
     window = ScheduleTick.objects.filter(
         error="",
+        run_created=False,
         fired_at__lt=now - timedelta(seconds=REPAIR_AFTER),
         fired_at__gt=now - timedelta(days=1),
     ).select_related("schedule")
@@ -255,6 +257,7 @@ def repair_ticks(now: datetime | None = None) -> list[str]:
         except WFStateError as exc:
             ScheduleTick.objects.filter(pk=row.pk).update(error=str(exc)[:2000])
             continue
+        ScheduleTick.objects.filter(pk=row.pk).update(run_created=True)
         created.append(state.workflow_id)
     return created
 
