@@ -289,6 +289,19 @@ def test_the_admin_lists_schedules_with_their_next_fire_times(admin_client: Clie
     )
     assert response.status_code == 200
     assert not Schedule.objects.get(pk=pk).enabled
+    # Start one now: the run says the admin user started it, from which schedule.
+    response = admin_client.post(
+        "/admin/wfstate/schedule/",
+        {"action": "start_now", "_selected_action": [pk]},
+        follow=True,
+    )
+    assert "1 run started." in response.content.decode()
+    (workflow_id,) = get_store().list()
+    assert runs.load_run(workflow_id).started_by == {
+        "kind": "admin",
+        "user": "admin",
+        "schedule": "fast",
+    }
 
 
 @pytest.mark.django_db

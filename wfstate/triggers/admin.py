@@ -18,6 +18,7 @@ from django.utils.html import format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from wfstate.exceptions import WFStateError
 from wfstate.triggers import concurrency, schedules
 from wfstate.triggers.models import (
     IdempotencyKey,
@@ -103,7 +104,7 @@ class ScheduleAdmin(admin.ModelAdmin[Schedule]):
     ]
     list_filter = ["enabled", "source", "catch_up", "workflow_name"]
     search_fields = ["name", "workflow_name"]
-    actions = ["enable_schedules", "disable_schedules"]
+    actions = ["enable_schedules", "disable_schedules", "start_now"]
     inlines = [ScheduleTickInline]
 
     @admin.display(description=_("when"))
@@ -149,6 +150,22 @@ class ScheduleAdmin(admin.ModelAdmin[Schedule]):
     @admin.action(description=_("Disable selected schedules"), permissions=["change"])
     def disable_schedules(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
         self._set_enabled(request, queryset, False)
+
+    @admin.action(description=_("Start a run of selected schedules now"), permissions=["change"])
+    def start_now(self, request: HttpRequest, queryset: QuerySet[Schedule]) -> None:
+        from wfstate.triggers.schedules import start_now
+
+        started = 0
+        for schedule in queryset:
+            try:
+                start_now(schedule, user=request.user.get_username())
+            except WFStateError as exc:
+                self.message_user(request, f"{schedule.name}: {exc}", messages.ERROR)
+                continue
+            started += 1
+        if started:
+            message = ngettext("%d run started.", "%d runs started.", started) % started
+            self.message_user(request, message, messages.SUCCESS)
 
 
 @admin.register(IdempotencyKey)

@@ -181,6 +181,20 @@ def _start(schedule: Schedule, tick: datetime, workflow_id: str) -> Any:
     return state
 
 
+def start_now(schedule: Schedule, *, user: str) -> Any:
+    """Start a run of ``schedule`` now, outside its ticks (the admin's action).
+
+    Raises:
+        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
+    """
+    from wfstate import runs
+
+    started_by = {"kind": "admin", "user": user, "schedule": schedule.name}
+    return runs.start_run(
+        schedule.workflow_name, dict(schedule.inputs or {}), detach=True, started_by=started_by
+    )
+
+
 def fire_due(now: datetime | None = None) -> list[Fired]:
     """Fire every enabled schedule's due ticks; returns the ticks this call won.
 
@@ -329,6 +343,7 @@ __all__ = [
     "next_ticks",
     "prune_ticks",
     "repair_ticks",
+    "start_now",
     "seconds_until_next",
     "sync_file_schedules",
 ]
