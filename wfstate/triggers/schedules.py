@@ -343,7 +343,7 @@ __all__ = [
     "next_ticks",
     "prune_ticks",
     "repair_ticks",
-    "start_now",
     "seconds_until_next",
+    "start_now",
     "sync_file_schedules",
 ]
