@@ -9,6 +9,7 @@ gives, and poll for conditions.
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -350,6 +351,20 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
             proc.wait(10)
 
 
+def _first_line(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    """The process's first line of output, waiting at most ``timeout`` for it."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"process {proc.pid} printed nothing within {timeout}s")
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError(
+            f"process {proc.pid} ended: {proc.stderr.read() if proc.stderr else ''}"
+        )
+    return line
+
+
 def _wait_until(instant: datetime) -> None:
     """Wait for wall-clock time to pass ``instant`` (the condition is the time itself)."""
     wait_for(lambda: timezone.now() >= instant, 120, f"the clock to pass {instant}")
@@ -365,8 +380,7 @@ def test_three_schedulers_fire_each_tick_of_ten_seconds_once(tmp_path: Path) -> 
     try:
         # All three are up once each has printed its first line.
         for proc in procs:
-            assert proc.stdout is not None
-            assert "scheduler started" in proc.stdout.readline()
+            assert "scheduler started" in _first_line(proc)
         start = timezone.now().replace(microsecond=0) + timedelta(seconds=1)
         end = start + timedelta(seconds=10)
         _wait_until(end + timedelta(seconds=1.5))
@@ -405,8 +419,7 @@ def test_ticks_missed_while_no_scheduler_ran_follow_each_policy(tmp_path: Path) 
         every_second(f"gap-{policy}", policy)
     proc = spawn(storage, "run_scheduler", "--interval", "0.2")
     try:
-        assert proc.stdout is not None
-        assert "scheduler started" in proc.stdout.readline()
+        assert "scheduler started" in _first_line(proc)
         wait_for(
             lambda: all(
                 ScheduleTick.objects.filter(schedule__name=f"gap-{p}").exists()
