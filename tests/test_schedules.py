@@ -306,6 +306,29 @@ def test_the_admin_lists_schedules_with_their_next_fire_times(admin_client: Clie
 
 
 @pytest.mark.django_db
+def test_the_api_lists_schedules_with_their_next_fire_times(admin_client: Client) -> None:
+    from tests.api_support import API, assert_conforms, openapi_schema
+
+    schema = openapi_schema(admin_client)
+    Schedule.objects.create(name="nightly-x", workflow_name="api_quick", cron="0 2 * * *")
+    every_second("off", enabled=False)
+    response = admin_client.get(f"{API}schedules/")
+    assert response.status_code == 200
+    assert_conforms(schema, "get", f"{API}schedules/", response)
+    by_name = {s["name"]: s for s in response.json()}
+    assert len(by_name["nightly-x"]["next_fire_times"]) == 3
+    assert by_name["nightly-x"]["next_fire_times"][0].endswith("T02:00:00.000000Z")
+    assert by_name["off"]["next_fire_times"] == []
+    one = admin_client.get(f"{API}schedules/nightly-x/")
+    assert one.status_code == 200
+    assert_conforms(schema, "get", f"{API}schedules/nightly-x/", one)
+    missing = admin_client.get(f"{API}schedules/nope/")
+    assert missing.status_code == 404
+    assert_conforms(schema, "get", f"{API}schedules/nope/", missing)
+    assert Client().get(f"{API}schedules/").status_code in (401, 403)
+
+
+@pytest.mark.django_db
 def test_an_admin_schedule_with_a_bad_cron_is_refused(admin_client: Client) -> None:
     response = admin_client.post(
         "/admin/wfstate/schedule/add/",

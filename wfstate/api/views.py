@@ -453,7 +453,7 @@ class WFStateSchemaGenerator(SchemaGenerator):
         ours = [
             e
             for e in endpoints
-            if getattr(getattr(e[3], "cls", None), "__module__", None) == __name__
+            if str(getattr(getattr(e[3], "cls", None), "__module__", "")).startswith("wfstate.api.")
         ]
         self.endpoints = ours
 
