@@ -204,7 +204,10 @@ def test_a_cancelled_queued_run_leaves_the_queue(lab: Lab) -> None:
     assert runs.cancel_run(doomed)[0] == "cancelled"
     gate.touch()
     lab.join()
-    # The cancelled run no longer stands in the way of the one behind it.
+    # The cancelled run no longer stands in the way of the one behind it: the holder
+    # woke the live run behind it, not the cancelled one.
+    assert enqueued(after)
+    assert not enqueued(doomed)
     assert runs.execute(after).status == RunStatus.COMPLETED
 
 

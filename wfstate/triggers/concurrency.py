@@ -176,14 +176,21 @@ def queue_position(workflow_id: str) -> int | None:
 
 
 def wake_key(key: str, limit: int) -> list[str]:
-    """Hand the ``limit`` oldest queued runs of ``key`` to the task backend."""
+    """Hand the ``limit`` oldest queued runs of ``key`` to the task backend (entries of
+    runs that ended meanwhile, e.g. cancelled while queued, are dropped on the way)."""
+    from wfstate.stores import get_store
     from wfstate.tasks import enqueue_execution
 
-    woken = []
+    store = get_store()
+    woken: list[str] = []
     queued = QueueEntry.objects.filter(key=key, status=QueueEntry.Status.QUEUED).order_by(
         "run_created_at", "workflow_id"
     )
-    for entry in queued[:limit]:
+    for entry in queued.iterator():
+        if len(woken) >= limit:
+            break
+        if not _live(store, entry):
+            continue
         try:
             enqueue_execution(entry.workflow_id)
         except Exception:
