@@ -297,6 +297,14 @@ def sync_file_schedules() -> int:
     wanted: dict[str, dict[str, Any]] = {}
     for definition in runs.list_definitions():
         for spec in definition.schedules:
+            if spec.name in wanted:
+                logger.warning(
+                    "schedule %s is declared by workflows %s and %s; the first one is kept",
+                    spec.name,
+                    wanted[spec.name]["workflow_name"],
+                    definition.name,
+                )
+                continue
             wanted[spec.name] = {
                 "workflow_name": definition.name,
                 "cron": spec.cron,
