@@ -234,3 +234,10 @@ class CorruptState(WFStateError, ValueError):
         body = super().as_dict()
         body["path"] = self.path
         return body
+
+
+class IdempotencyConflict(WFStateError):
+    """An idempotency key already started a run of this workflow with other inputs."""
+
+    code = "idempotency_conflict"
+    exit_code = 1

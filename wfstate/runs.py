@@ -131,18 +131,27 @@ def execute(
             prepare(state, definition)
         elif state.status.is_final:
             return state  # a duplicate delivery of a finished run: nothing to do
-        executor = Executor(
-            store,
-            definition,
-            listeners=listeners,
-            progress=progress,
-            max_inline_output=conf.MAX_INLINE_OUTPUT,
-            cancel_event=cancel_event,
-        )
-        try:
-            return executor.execute(state)
-        finally:
-            store.clear_cancel(workflow_id)
+        from wfstate.triggers.concurrency import admission
+
+        # A concurrency slot, taken under the run lock before the first step.
+        with admission(store, state, definition) as admitted:
+            if not admitted:  # queued behind the limit (or cancelled by it)
+                if prepare is not None or state.status.is_final:
+                    store.save(state)
+                    _index(state)
+                return state
+            executor = Executor(
+                store,
+                definition,
+                listeners=listeners,
+                progress=progress,
+                max_inline_output=conf.MAX_INLINE_OUTPUT,
+                cancel_event=cancel_event,
+            )
+            try:
+                return executor.execute(state)
+            finally:
+                store.clear_cancel(workflow_id)
 
 
 # How long a resume waits for a run lock whose holder already recorded the run's end
@@ -200,9 +209,15 @@ def _fail_unexecutable(store: StateStore, workflow_id: str, exc: WFStateError) -
 
 
 def create_run(
-    name: str, inputs: Mapping[str, Any] | None = None, *, coerce_strings: bool = False
+    name: str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    coerce_strings: bool = False,
+    started_by: Mapping[str, Any] | None = None,
 ) -> tuple[WorkflowState, WorkflowDefinition]:
     """Validate inputs and write the run's first (pending) checkpoint.
+
+    ``started_by`` is recorded in the state (SPEC §11: ``{"kind": "command"|"api"|...}``).
 
     Raises:
         WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
@@ -214,6 +229,7 @@ def create_run(
         inputs=values,
         workflow_version=definition.version,
         definition_sha256=definition.sha256,
+        started_by=dict(started_by) if started_by else None,
     )
     get_store().save(state)
     _index(state)
@@ -229,13 +245,31 @@ def start_run(
     progress: Progress | None = None,
     cancel_event: threading.Event | None = None,
     on_created: Callable[[WorkflowState], None] | None = None,
+    idempotency_key: str | None = None,
+    started_by: Mapping[str, Any] | None = None,
 ) -> WorkflowState:
     """Start a run: execute it here, or (``detach``) enqueue it and return it pending.
 
+    With ``idempotency_key``, a second start of the same workflow with the same key
+    returns the run the first one created, as it is now (``on_created`` is then not
+    called, and nothing is executed or enqueued again).
+
     Raises:
-        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
+        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError,
+        IdempotencyConflict (the key was used with other inputs).
     """
-    state, _definition = create_run(name, inputs, coerce_strings=coerce_strings)
+    if idempotency_key is not None:
+        from wfstate.triggers import idempotency
+
+        state, created = idempotency.create_run_once(
+            name, inputs, key=idempotency_key, coerce_strings=coerce_strings, started_by=started_by
+        )
+        if not created:
+            return state
+    else:
+        state, _definition = create_run(
+            name, inputs, coerce_strings=coerce_strings, started_by=started_by
+        )
     if on_created is not None:
         on_created(state)
     if detach:

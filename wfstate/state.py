@@ -137,6 +137,9 @@ class WorkflowState:
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    # What started the run (SPEC §11): {"kind": "command"|"api"|"admin"|"schedule"|
+    # "parent", ...}. Optional, so a file without it is still a valid document.
+    started_by: dict[str, Any] | None = None
 
     @classmethod
     def new(
@@ -147,6 +150,7 @@ class WorkflowState:
         workflow_version: str = "",
         definition_sha256: str = "",
         workflow_id: str | None = None,
+        started_by: dict[str, Any] | None = None,
     ) -> WorkflowState:
         now = utcnow()
         return cls(
@@ -157,6 +161,7 @@ class WorkflowState:
             inputs=dict(inputs or {}),
             started_at=now,
             updated_at=now,
+            started_by=dict(started_by) if started_by else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +188,7 @@ class WorkflowState:
             "updated_at": self.updated_at,
             "completed_at": self.completed_at,
             "inputs": self.inputs,
+            "started_by": self.started_by,
             "states": self.states,
             "revision": self.revision,
             "error": self.error,
@@ -225,6 +231,7 @@ class WorkflowState:
                 revision=_revision(data.get("revision")),
                 error=data.get("error"),
                 history=list(history),
+                started_by=_started_by(data.get("started_by")),
             )
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None
@@ -247,6 +254,14 @@ class WorkflowState:
         if start is None or end is None:
             return None
         return int((end - start).total_seconds() * 1000)
+
+
+def _started_by(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("'started_by' is not an object")
+    return dict(value)
 
 
 # --- schema upgrades --------------------------------------------------------------------

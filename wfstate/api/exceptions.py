@@ -35,6 +35,7 @@ STATUS_BY_ERROR: dict[type[wf.WFStateError], int] = {
     wf.NotResumable: status.HTTP_409_CONFLICT,
     wf.RunFinished: status.HTTP_409_CONFLICT,
     wf.StillRunning: status.HTTP_409_CONFLICT,
+    wf.IdempotencyConflict: status.HTTP_409_CONFLICT,
     wf.StateLocked: status.HTTP_409_CONFLICT,
     # A corrupt file is a fact about the stored run, not about the request: the client
     # cannot fix it by retrying, an operator can (``doctor --fix``). 409, not 500.

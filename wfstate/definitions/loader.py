@@ -593,6 +593,10 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
     initial = raw_states.get("initial")
     _check_graph(out, initial, built, string_states)
 
+    from wfstate.definitions import triggers  # the schedule: and concurrency: keys
+
+    schedules = triggers.build_schedules(out, str(data.get("name")), data.get("schedule"))
+    concurrency = triggers.build_concurrency(out, data.get("concurrency"))
     if out.errors:
         return None
     version = data.get("version")
@@ -604,6 +608,8 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
         description=str(data.get("description") or ""),
         inputs=tuple(inputs),
         warnings=tuple(out.warnings),
+        schedules=schedules,
+        concurrency=concurrency,
     )
 
 

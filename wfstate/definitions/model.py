@@ -108,6 +108,28 @@ class InputDef:
 
 
 @dataclass(frozen=True)
+class ScheduleDef:
+    """One ``schedule:`` entry: a cron expression or a fixed period (``every``)."""
+
+    name: str
+    cron: str = ""
+    every: float | None = None  # seconds
+    timezone: str = "UTC"
+    inputs: dict[str, Any] = field(default_factory=dict)
+    catch_up: Literal["none", "latest", "all"] = "latest"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ConcurrencyDef:
+    """``concurrency:``: at most ``limit`` runs per rendered ``key`` at a time."""
+
+    limit: int = 1
+    key: str = ""  # a template over inputs; "" = one limit for the whole workflow
+    on_limit: Literal["queue", "cancel_newest", "cancel_oldest"] = "queue"
+
+
+@dataclass(frozen=True)
 class WorkflowDefinition:
     name: str
     initial: str
@@ -120,6 +142,8 @@ class WorkflowDefinition:
     # Unsupported keys (awf's hooks, agent, capture...), one message each: reported by
     # validate_workflow as warnings, never silently dropped.
     warnings: tuple[str, ...] = ()
+    schedules: tuple[ScheduleDef, ...] = ()
+    concurrency: ConcurrencyDef | None = None
 
     def graph(self) -> dict[str, Any]:
         """Nodes and edges, for the admin's SVG and the API."""

@@ -13,14 +13,18 @@ store written from it alone.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import os
 import re
+import socket
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from wfstate.exceptions import InvalidRunId, StateTooLarge
+from wfstate.exceptions import InvalidRunId, RunLocked, StateTooLarge
 from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState
 
@@ -283,6 +287,25 @@ class StateStore(ABC):
         validate_id(workflow_id)
         return None
 
+    def slot_lock(self, name: str) -> AbstractContextManager[RunLockOwner]:
+        """A named lock taken without waiting, held like a run lock (a dead holder's is
+        free): a concurrency slot of ``wfstate.triggers.concurrency``. ``name`` is
+        ``slot-<hex>-<n>``, never a run id.
+
+        The default keeps slots in this process (enough for one process, as with
+        ``MemoryStore``); a store shared by processes or hosts overrides it with its
+        lock backend.
+
+        Raises:
+            RunLocked: somebody holds it.
+        """
+        return _local_slot(name)
+
+    def slot_free(self, name: str) -> bool:
+        """Nobody holds the slot ``name`` now (a hint: it may be taken the next moment)."""
+        lock = _local_slots.get(name)
+        return lock is None or not lock.locked()
+
     def raw_reader(self) -> Callable[[str], bytes | None] | None:
         """A fast read of stored documents for ``sync``, or None (the default) to have
         ``sync`` call ``load()`` for every run.
@@ -319,3 +342,20 @@ class StateStore(ABC):
                 yield workflow_id, self.load(workflow_id)
             except Exception as exc:  # reported per run, never fatal
                 yield workflow_id, exc
+
+
+# The default slots (``StateStore.slot_lock``): in this process only.
+_local_slots: dict[str, threading.Lock] = {}
+_local_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _local_slot(name: str) -> Iterator[RunLockOwner]:
+    with _local_guard:
+        lock = _local_slots.setdefault(name, threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise RunLocked(f"slot {name} is held", workflow_id=name)
+    try:
+        yield {"pid": os.getpid(), "host": socket.gethostname(), "since": ""}
+    finally:
+        lock.release()

@@ -378,6 +378,14 @@ class JSONFileStore(StateStore):
 
     # --- maintenance -----------------------------------------------------------------------
 
+    def slot_lock(self, name: str) -> contextlib.AbstractContextManager[RunLockOwner]:
+        """A run lock of the lock backend under the slot's name (see ``StateStore``)."""
+        self._ensure_dir()
+        return self.locks.run_lock(name)
+
+    def slot_free(self, name: str) -> bool:
+        return self.locks.run_lock_owner(name) is None
+
     def raw_reader(self) -> Callable[[str], bytes | None]:
         """Reads ``<id>.json`` in one ``os.read``, no lock (see ``StateStore``)."""
         return partial(_read_plain, os.path.join(self._directory_str, ""), self.max_bytes)
