@@ -72,7 +72,7 @@ def serialize(state: WorkflowState) -> bytes:
         return orjson.dumps(document, option=DUMP_OPTIONS)
     # One atomic copy of the entries (another thread may add a step meanwhile).
     entries = list(states.items())
-    pieces = []
+    pieces: list[bytes] = []
     append = pieces.append
     cache_get = _STEP_CACHE.get
     for name, step in entries:
@@ -227,6 +227,7 @@ class JSONFileStore(StateStore):
         self.root = Path(root)
         self.directory = self.root / "states"
         self._directory_str = str(self.directory)
+        self._prefix = os.path.join(self._directory_str, "")  # "<root>/states/"
         self.file_mode = file_mode
         self.lock_timeout = lock_timeout
         self.max_bytes: int = max_bytes
@@ -288,7 +289,7 @@ class JSONFileStore(StateStore):
 
     def save(self, state: WorkflowState, *, durable: bool = True) -> None:
         # A plain string: pathlib's conversions would cost more than the syscalls here.
-        path = os.path.join(self._directory_str, f"{validate_id(state.workflow_id)}.json")
+        path = f"{self._prefix}{validate_id(state.workflow_id)}.json"
         self._ensure_dir()
         # The backend's lock directly: the id is checked and the directory made above.
         with self.locks.write_lock(state.workflow_id, self.lock_timeout):

@@ -274,6 +274,7 @@ class FileLockBackend(LockBackend):
         super().__init__()
         self.directory = directory
         self._directory_str = str(directory)
+        self._prefix = os.path.join(self._directory_str, "")  # no join per checkpoint
         self.file_mode = file_mode
 
     def _held(self) -> dict[str, int]:
@@ -287,7 +288,7 @@ class FileLockBackend(LockBackend):
     def _open_fd(self, name: str, *, create: bool = True, check_mode: bool = True) -> int:
         """Open a sidecar (``create=False``: FileNotFoundError when there is none;
         ``check_mode=False``: the caller fixes the mode itself, from its own fstat)."""
-        path = os.path.join(self._directory_str, name)
+        path = f"{self._prefix}{name}"
         flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | (os.O_CREAT if create else 0)
         try:
             fd = os.open(path, flags, self.file_mode)
