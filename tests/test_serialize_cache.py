@@ -8,12 +8,19 @@ import gc
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wfstate.state import StepResult, StepStatus, WorkflowState
 from wfstate.stores import jsonfile
 from wfstate.stores.jsonfile import DUMP_OPTIONS, serialize
+
+
+@pytest.fixture(autouse=True)
+def splice_every_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Splice whatever the steps' size (the store splices from 2 KB a step on)."""
+    monkeypatch.setattr(jsonfile, "SPLICE_MIN_STEP_BYTES", -1)
 
 
 def plain(state: WorkflowState) -> bytes:
@@ -217,3 +224,19 @@ def test_equal_numbers_of_another_type_are_encoded_afresh() -> None:
         assert id(step) in jsonfile._STEP_CACHE
         setattr(step, field, after)
         assert serialize(state) == plain(state), field
+
+
+def test_small_steps_are_encoded_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonfile, "SPLICE_MIN_STEP_BYTES", 2048)
+    state = WorkflowState.new("small")
+    for i in range(50):
+        state.states[f"s{i}"] = StepResult(name=f"s{i}", status=StepStatus.COMPLETED, output="ok")
+    for _ in range(3):
+        assert serialize(state) == plain(state)
+    assert not any(id(step) in jsonfile._STEP_CACHE for step in state.states.values())
+    # Steps of 4 KB: spliced from the second save on (the first measures them).
+    for step in state.states.values():
+        step.output = "x" * 4096
+    for _ in range(3):
+        assert serialize(state) == plain(state)
+    assert all(id(step) in jsonfile._STEP_CACHE for step in state.states.values())
