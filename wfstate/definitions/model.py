@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-StateType = Literal["step", "parallel", "terminal"]
+StateType = Literal["step", "parallel", "terminal", "for_each", "while"]
 Backoff = Literal["constant", "linear", "exponential"]
 Strategy = Literal["all_succeed", "any_succeed", "best_effort"]
 
@@ -81,11 +81,18 @@ class StateDef:
     # terminal
     status: Literal["success", "failure"] = "success"
     message: str | None = None
+    # loops (for_each / while; see wfstate.engine.loops). on_complete is on_success.
+    items: Any = None
+    while_: str | None = None
+    body: tuple[str, ...] = ()
+    max_iterations: int | str = 100
+    break_when: str | None = None
 
     def targets(self) -> list[str]:
         """Every state this one can go to (for graphs and reachability)."""
         out = [t.goto for t in self.transitions]
         out += [s for s in (self.on_success, self.on_failure) if s]
+        out += list(self.body)
         return list(dict.fromkeys(out))
 
 
@@ -145,4 +152,6 @@ class WorkflowDefinition:
                 )
             for branch in s.parallel:
                 edges.append({"source": s.name, "target": branch, "kind": "branch", "label": ""})
+            for step in s.body:
+                edges.append({"source": s.name, "target": step, "kind": "body", "label": ""})
         return {"initial": self.initial, "nodes": nodes, "edges": edges}

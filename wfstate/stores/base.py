@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from wfstate.exceptions import InvalidRunId
+from wfstate.exceptions import InvalidRunId, RunNotFound
 from wfstate.state import WorkflowState
 
 # The only form a run id may take: a canonical, lower-case UUID4. Checked before any
