@@ -36,6 +36,7 @@ from wfstate.definitions.templates import (
     render_text,
     render_value,
 )
+from wfstate.engine.loops import LOOP_TYPES, IterationScope, LoopsView, run_loop, scope_context
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
 from wfstate.exceptions import StateLocked, StorageError, WFStateError
@@ -92,6 +93,8 @@ class Executor:
         self._state: WorkflowState | None = None
         # Template fields of finished steps, reused from step to step (see build_context).
         self._context_cache: ContextCache = {}
+        # Loops' finished iterations by side file, read once (see engine/loops.py).
+        self._loop_records: dict[str, list[dict[str, Any]]] = {}
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -138,6 +141,8 @@ class Executor:
         state.error = None
         state.completed_at = None
         current = state.current_state or definition.initial
+        # Only the state a run resumes at may go on from recorded loop progress.
+        resuming = state.current_state is not None
         try:
             while True:
                 sdef = definition.states[current]
@@ -147,14 +152,18 @@ class Executor:
                 if self.should_stop():
                     self._finish_cancelled(current)
                     return state
+                exit_to: str | None = None
                 if sdef.type == "parallel":
                     result = self._run_parallel(sdef)
+                elif sdef.type in LOOP_TYPES:
+                    result, exit_to = run_loop(self, sdef, resume=resuming)
                 else:
                     result = self._run_step(sdef)
+                resuming = False
                 if result.status == StepStatus.CANCELLED:
                     self._finish_cancelled(current)
                     return state
-                nxt = self._route(sdef, result)
+                nxt = exit_to or self._route(sdef, result)
                 if nxt is None:
                     if result.status == StepStatus.COMPLETED or sdef.continue_on_error:
                         self._finish(RunStatus.COMPLETED, None)
@@ -190,7 +199,9 @@ class Executor:
         """The template context now; under the lock, so no branch is half-way through
         recording its result (which a cached entry would otherwise keep)."""
         with self._lock:
-            return build_context(self._state_snapshot(), self._context_cache)
+            context = build_context(self._state_snapshot(), self._context_cache)
+        context["loops"] = LoopsView(self, None)
+        return context
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -202,6 +213,7 @@ class Executor:
         set_current: bool,
         durable: bool = True,
         process: dict[str, Any] | None = None,
+        key: str | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -213,7 +225,7 @@ class Executor:
                 started_at=utcnow(),
                 process=process,
             )
-            state.states[name] = entry
+            state.states[key or name] = entry
             if set_current:
                 state.current_state = name
             self._checkpoint(durable=durable)
@@ -221,7 +233,12 @@ class Executor:
         return entry
 
     def _run_step(
-        self, sdef: StateDef, *, set_current: bool = True, stop: Callable[[], bool] | None = None
+        self,
+        sdef: StateDef,
+        *,
+        set_current: bool = True,
+        stop: Callable[[], bool] | None = None,
+        scope: IterationScope | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -234,10 +251,11 @@ class Executor:
         # are found if this executor dies (see processes.py).
         token = new_token()
         process = step_record(token) if sdef.command is not None else None
-        entry = self._begin(sdef.name, attempt, set_current=set_current, process=process)
+        key = scope.key(sdef.name) if scope else None
+        entry = self._begin(sdef.name, attempt, set_current=set_current, process=process, key=key)
         first_started = entry.started_at
         while True:
-            outcome = self._attempt(sdef, attempt, should_stop, token)
+            outcome = self._attempt(sdef, attempt, should_stop, token, scope)
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -260,7 +278,8 @@ class Executor:
                 entry.attempt = attempt
                 entry.error = outcome.error
                 self._checkpoint(durable=False)
-        return self._end(sdef, entry, outcome, attempt, first_started)
+        spill = scope.spill(sdef.name) if scope else None
+        return self._end(sdef, entry, outcome, attempt, first_started, spill)
 
     def _sleep(self, seconds: float, should_stop: Callable[[], bool]) -> bool:
         """Wait ``seconds``; True if stopped meanwhile."""
@@ -279,11 +298,12 @@ class Executor:
         attempt: int,
         should_stop: Callable[[], bool],
         token: str | None = None,
+        scope: IterationScope | None = None,
     ) -> AttemptResult:
         state = self._state
         assert state is not None
         try:
-            context = self._context()
+            context = self._context() if scope is None else scope_context(self, scope)
             if sdef.command is not None:
                 command = render_command(sdef.command, context)
                 cwd = render_text(sdef.dir, context) if sdef.dir else None
@@ -320,11 +340,13 @@ class Executor:
         outcome: AttemptResult,
         attempt: int,
         started_at: str | None,
+        spill: str | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
-        output, truncated = self._inline(state.workflow_id, sdef.name, "stdout", outcome.output)
-        stderr, err_truncated = self._inline(state.workflow_id, sdef.name, "stderr", outcome.stderr)
+        name = spill or sdef.name  # a loop's body step keeps each iteration's output
+        output, truncated = self._inline(state.workflow_id, name, "stdout", outcome.output)
+        stderr, err_truncated = self._inline(state.workflow_id, name, "stderr", outcome.stderr)
         if outcome.cancelled:
             status = StepStatus.CANCELLED
         elif outcome.ok:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from wfstate.definitions.model import WorkflowDefinition
+from wfstate.engine.loops import keeps_progress
 from wfstate.exceptions import DefinitionChanged, NotResumable, RunFinished
 from wfstate.state import RunStatus, StepStatus, WorkflowState, utcnow
 
@@ -97,7 +98,7 @@ def prepare_resume(
     target = resume_target(state, definition, from_state) if state.states else definition.initial
     order = _executed_order(state)
     rewound: list[dict[str, Any]] = []
-    if target in state.states:
+    if target in state.states and not keeps_progress(state, target, from_state):
         cut = order.index(target)
         for name in order[cut:]:
             rewound.append(state.states.pop(name).to_dict())
