@@ -731,6 +731,11 @@ class _Loop:
                 for name, result in results.items():
                     state.states[base + name] = result
             self._last_results = results
+            if self.parallel:
+                # No step start of this iteration follows to carry the count (the others
+                # may be long): say it now, atomically (a power cut may lose it, and the
+                # iteration then runs again; the side file is durable already).
+                ex._checkpoint(durable=False)
         ex._emit(
             {
                 "event": "iteration_finished",
