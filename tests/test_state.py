@@ -52,6 +52,7 @@ STEP_KEYS = [
     "output_truncated",
     "traceback",
     "process",
+    "loop",
 ]
 
 

@@ -125,6 +125,45 @@ class StateStore(ABC):
     def load_output(self, workflow_id: str, state_name: str, stream: str) -> bytes:
         """Raises: RunNotFound when no such side file exists."""
 
+    # --- append-only side files (a loop's finished iterations) ---------------------------
+    #
+    # The defaults keep the records as an output (``save_output``/``load_output``), so a
+    # store that implements only the abstract methods still runs loops; each append then
+    # rewrites the whole file, which a real store avoids (JSONFileStore appends).
+
+    def append_records(self, workflow_id: str, name: str, data: bytes) -> None:
+        """Append framed records (:mod:`wfstate.stores.records`) to the side file ``name``,
+        durably (fsynced before returning), under the run's write lock.
+
+        Raises:
+            InvalidRunId, StateLocked, StorageError.
+        """
+        with self.write_lock(workflow_id):
+            old = self.read_records(workflow_id, name)
+            self.save_output(workflow_id, name, "records", old + data)
+
+    def read_records(self, workflow_id: str, name: str) -> bytes:
+        """The bytes of the side file ``name`` (empty if it does not exist).
+
+        Raises:
+            InvalidRunId, StorageError.
+        """
+        try:
+            return self.load_output(workflow_id, name, "records")
+        except RunNotFound:
+            return b""
+
+    def truncate_records(self, workflow_id: str, name: str, size: int) -> None:
+        """Cut the side file ``name`` to ``size`` bytes (drops a torn or unacknowledged tail).
+
+        Raises:
+            InvalidRunId, StateLocked, StorageError.
+        """
+        with self.write_lock(workflow_id):
+            data = self.read_records(workflow_id, name)
+            if len(data) > size:
+                self.save_output(workflow_id, name, "records", data[:size])
+
     # --- maintenance ---------------------------------------------------------------------
 
     def sweep(self) -> builtins.list[str]:
