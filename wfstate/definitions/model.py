@@ -152,6 +152,19 @@ class WorkflowDefinition:
                 )
             for branch in s.parallel:
                 edges.append({"source": s.name, "target": branch, "kind": "branch", "label": ""})
-            for step in s.body:
-                edges.append({"source": s.name, "target": step, "kind": "body", "label": ""})
+            if s.body:
+                # Into the body, along it (a body step without routes goes on to the
+                # next one) and, from its last such step, back to the loop.
+                label = "for each" if s.type == "for_each" else f"while {s.while_ or ''}"
+                edges.append(
+                    {"source": s.name, "target": s.body[0], "kind": "body", "label": label}
+                )
+                for here, nxt in zip(s.body, [*s.body[1:], s.name], strict=True):
+                    step = self.states.get(here)
+                    if step is not None and not (
+                        step.on_success or step.on_failure or step.transitions
+                    ):
+                        edges.append(
+                            {"source": here, "target": nxt, "kind": "body", "label": ""}
+                        )
         return {"initial": self.initial, "nodes": nodes, "edges": edges}

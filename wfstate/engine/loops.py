@@ -781,3 +781,80 @@ class _Loop:
             }
         )
         return entry
+
+
+# --- reading a run's iterations (the admin, the API) ---------------------------------------
+
+
+def read_iterations(
+    store: Any,
+    state: WorkflowState,
+    loop: str,
+    *,
+    file: str | None = None,
+    offset: int = 0,
+    limit: int = 100,
+) -> dict[str, Any]:
+    """A loop's iterations as the admin and the API show them, read from its side file.
+
+    ``loop`` is a loop state of the run; ``file`` picks one run of it (a nested loop runs
+    once per outer iteration: each outer iteration's record names its inner loop's file),
+    by default the one in ``states``. Returns the loop's summary (``count``, ``length``,
+    ``running``: the iterations in flight, with the body step each is at), and
+    ``iterations[offset:offset + limit]``, each with every body step's result.
+
+    Raises:
+        RunNotFound: the run has no such loop (or no such file for it).
+        CorruptState, StorageError: the side file is behind the document, or unreadable.
+    """
+    from wfstate.exceptions import RunNotFound
+
+    entry = state.states.get(loop)
+    summary = entry.loop if entry is not None else None
+    if summary is None:
+        raise RunNotFound(f"run {state.workflow_id} has no loop '{loop}' with iterations")
+    count: int | None = int(summary["records"])
+    if file is not None and file != summary.get("file"):
+        if not file.startswith(f"{loop}.") or not _known_file(store, state, loop, file):
+            raise RunNotFound(f"run {state.workflow_id}: loop '{loop}' has no run {file!r}")
+        count = None  # an earlier run of the loop: every valid record of its file
+    else:
+        file = str(summary["file"])
+    found, _ = framing.decode(store.read_records(state.workflow_id, file), limit=count)
+    if count is not None and len(found) < count:
+        raise CorruptState(
+            f"run {state.workflow_id}: loop '{loop}': side file {file} holds {len(found)} "
+            f"valid records, the state counts {count}"
+        )
+    header = found[0] if found and found[0].get("kind") == "start" else {}
+    iterations = sorted(
+        (r for r in found if r.get("kind") == "iteration"), key=lambda r: r["index"]
+    )
+    offset, limit = max(0, offset), max(0, min(limit, 1000))
+    current = summary.get("running") if file == summary.get("file") else {}
+    return {
+        "loop": loop,
+        "file": file,
+        "type": header.get("type") or summary.get("type"),
+        "status": str(entry.status) if entry is not None else None,
+        "count": len(iterations),
+        "length": len(header["items"]) if isinstance(header.get("items"), list) else None,
+        "max_iterations": header.get("max_iterations"),
+        "broke_at": summary.get("broke_at") if file == summary.get("file") else None,
+        "running": [dict(v) for _, v in sorted((current or {}).items(), key=lambda kv: int(kv[0]))],
+        "offset": offset,
+        "limit": limit,
+        "iterations": iterations[offset : offset + limit],
+    }
+
+
+def _known_file(store: Any, state: WorkflowState, loop: str, file: str) -> bool:
+    """Whether ``file`` names a run of ``loop`` in this run (it must exist, and be a
+    loop side-file name: a name from the request never reaches a path unchecked)."""
+    from wfstate.stores.base import validate_name
+
+    try:
+        validate_name(file)
+    except ValueError:
+        return False
+    return bool(store.read_records(state.workflow_id, file))
