@@ -148,7 +148,9 @@ def main() -> None:
     workdir = make_workdir()
     try:
         loop = _run(workdir, loop_yaml(args.iterations), "iteration_finished")
-        side = sum(p.stat().st_size for p in (workdir / "storage-iteration_finished").rglob("*.log"))
+        side = sum(
+            p.stat().st_size for p in (workdir / "storage-iteration_finished").rglob("*.log")
+        )
         loop["side_file_bytes"] = side
         plain = (
             _run(workdir, plain_yaml(args.plain_steps), "step_finished")

@@ -52,7 +52,9 @@ states:
     on_complete: report
   hello:
     type: step
-    command: 'echo "{{ loop.index1 }}/{{ loop.length }} {{ loop.item }} first={{ loop.first }} last={{ loop.last }}"'
+    command: >-
+      echo "{{ loop.index1 }}/{{ loop.length }} {{ loop.item }}
+      first={{ loop.first }} last={{ loop.last }}"
   shout:
     type: step
     command: echo {{ states.hello.output | trim | upper }}
@@ -268,7 +270,9 @@ states:
     on_complete: done
   s:
     type: step
-    command: "echo {{{{ loop.item }}}} >> {tmp_path}/log && [ {{{{ loop.item }}}} != 3 -o -e {flag} ]"
+    command: >-
+      echo {{{{ loop.item }}}} >> {tmp_path}/log &&
+      [ {{{{ loop.item }}}} != 3 -o -e {flag} ]
   done: {{type: terminal}}
 """
     definition = loads_definition(yaml)
@@ -371,8 +375,10 @@ def test_store_delete_and_sweep_know_the_loops_directory(tmp_path: Path) -> None
             "a: {type: for_each, items: '[1]', body: [a], on_complete: done}",
             "a loop cannot be in its own body",
         ),
-        ("a: {type: for_each, body: [s], on_complete: done}\n  s: {type: step, command: 'true'}",
-         "'items' is required"),
+        (
+            "a: {type: for_each, body: [s], on_complete: done}\n  s: {type: step, command: 'true'}",
+            "'items' is required",
+        ),
         (
             "a: {type: while, while: 'x ==', body: [s], on_complete: done}\n"
             "  s: {type: step, command: 'true'}",
@@ -409,7 +415,8 @@ def test_keys_of_other_state_kinds_on_a_loop_are_warnings() -> None:
         "  s: {type: step, command: 'true'}\n  done: {type: terminal}\n"
     )
     assert definition.warnings == (
-        "<string>:4: state 'a': key 'max_concurrent' does not apply to a while state and is ignored",
+        "<string>:4: state 'a': key 'max_concurrent' does not apply to a while state "
+        "and is ignored",
     )
     # awf's break_condition is break_when; a body step without a route goes on in the body
     awf = loads_definition(

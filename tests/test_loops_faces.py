@@ -60,7 +60,9 @@ def test_api_lists_a_loops_iterations_and_a_nested_loops_runs(
         admin_client.get(path.replace("/outer/", "/nope/")),
         admin_client.get(path, {"file": "../../etc"}),
         admin_client.get(path, {"file": "outer.ffffffff"}),
-        admin_client.get(path.replace("/outer/", "/inner/"), {"file": first_inner.replace("inner", "outer", 1)}),
+        admin_client.get(
+            path.replace("/outer/", "/inner/"), {"file": first_inner.replace("inner", "outer", 1)}
+        ),
     ):
         assert bad.status_code in (400, 404), bad.content
         assert_conforms(schema, "GET", path, bad)
@@ -86,7 +88,9 @@ def test_admin_page_shows_a_loop_in_flight(admin_client: Client) -> None:
     from wfstate.state import StepResult, StepStatus
     from wfstate.stores.records import encode
 
-    store.append_records(state.workflow_id, "each.00000000", encode({"kind": "start", "items": [1, 2]}))
+    store.append_records(
+        state.workflow_id, "each.00000000", encode({"kind": "start", "items": [1, 2]})
+    )
     state.states["each"] = StepResult(
         name="each",
         status=StepStatus.RUNNING,

@@ -164,7 +164,5 @@ class WorkflowDefinition:
                     if step is not None and not (
                         step.on_success or step.on_failure or step.transitions
                     ):
-                        edges.append(
-                            {"source": here, "target": nxt, "kind": "body", "label": ""}
-                        )
+                        edges.append({"source": here, "target": nxt, "kind": "body", "label": ""})
         return {"initial": self.initial, "nodes": nodes, "edges": edges}

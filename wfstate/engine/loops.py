@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -220,9 +219,7 @@ class LoopsView(Mapping[str, Any]):
         }
 
     def __iter__(self) -> Iterator[str]:
-        return iter(
-            [n for n, s in self._ex.definition.states.items() if s.type in LOOP_TYPES]
-        )
+        return iter([n for n, s in self._ex.definition.states.items() if s.type in LOOP_TYPES])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -331,7 +331,9 @@ class JSONFileStore(StateStore):
                     self.file_mode,
                 )
             except OSError as exc:
-                raise StorageError(f"could not open {path}: {exc.strerror}", path=str(path)) from exc
+                raise StorageError(
+                    f"could not open {path}: {exc.strerror}", path=str(path)
+                ) from exc
             try:
                 new = os.fstat(fd).st_size == 0
                 view = memoryview(data)
@@ -339,7 +341,9 @@ class JSONFileStore(StateStore):
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
             except OSError as exc:
-                raise StorageError(f"could not append to {path}: {exc.strerror}", path=str(path)) from exc
+                raise StorageError(
+                    f"could not append to {path}: {exc.strerror}", path=str(path)
+                ) from exc
             finally:
                 os.close(fd)
             if new:  # the file's name must survive a power cut too
@@ -372,13 +376,17 @@ class JSONFileStore(StateStore):
             except FileNotFoundError:
                 return
             except OSError as exc:
-                raise StorageError(f"could not open {path}: {exc.strerror}", path=str(path)) from exc
+                raise StorageError(
+                    f"could not open {path}: {exc.strerror}", path=str(path)
+                ) from exc
             try:
                 if os.fstat(fd).st_size > size:
                     os.ftruncate(fd, size)
                     os.fsync(fd)
             except OSError as exc:
-                raise StorageError(f"could not truncate {path}: {exc.strerror}", path=str(path)) from exc
+                raise StorageError(
+                    f"could not truncate {path}: {exc.strerror}", path=str(path)
+                ) from exc
             finally:
                 os.close(fd)
 
