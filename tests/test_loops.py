@@ -427,3 +427,38 @@ def test_keys_of_other_state_kinds_on_a_loop_are_warnings() -> None:
         "  done: {type: terminal}\n"
     )
     assert awf.states["a"].break_when == "true" and awf.warnings == ()
+
+
+def test_resume_from_a_body_step_is_refused_and_previous_skips_the_body(
+    store: JSONFileStore,
+) -> None:
+    from wfstate.exceptions import NotResumable
+
+    state = _run(store, FOREACH)
+    definition = loads_definition(FOREACH)
+    with pytest.raises(NotResumable, match="'hello' is in the body of loop 'greet'"):
+        prepare_resume(state, definition, from_state="hello")
+    # "previous" is the last completed top-level state: report, not a body step
+    prepare_resume(state, definition, from_state="previous")
+    assert state.current_state == "report"
+
+
+def test_body_steps_jumping_for_ever_fail_the_iteration(
+    store: JSONFileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wfstate.engine import loops
+
+    monkeypatch.setattr(loops, "MAX_BODY_RUNS", 7)
+    yaml = """
+name: cycle
+states:
+  initial: a
+  a: {type: for_each, items: "[1]", body: [s, t], on_complete: done, on_failure: done}
+  s: {type: step, call: tests.engine_steps.noop}
+  t: {type: step, call: tests.engine_steps.noop, on_success: s}
+  done: {type: terminal}
+"""
+    state = _run(store, yaml)
+    assert state.states["a"].status == StepStatus.FAILED
+    assert state.states["a"].error == "iteration 0: 7 body steps ran in one iteration"
+    assert state.status == RunStatus.COMPLETED  # its on_failure went on

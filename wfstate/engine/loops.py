@@ -43,6 +43,8 @@ __all__ = ["LOOP_TYPES", "IterationScope", "LoopsView", "keeps_progress", "run_l
 logger = logging.getLogger("wfstate.engine")
 
 _VISIBLE = (StepStatus.COMPLETED, StepStatus.FAILED)
+# Body steps run in one iteration at most (jumps between body steps could cycle).
+MAX_BODY_RUNS = 10_000
 _LOOP_ALIASES = {
     "Item": "item",
     "Index": "index",
@@ -620,7 +622,12 @@ class _Loop:
         if resuming and info.get("step") in body:
             position = body.index(info["step"])
         first = position if resuming else -1
+        runs = 0
         while position < len(body):
+            runs += 1
+            if runs > MAX_BODY_RUNS:
+                # Body steps jumping to each other for ever: the iteration fails.
+                return _Outcome("failed", f"{MAX_BODY_RUNS} body steps ran in one iteration")
             name = body[position]
             bdef = ex.definition.states[name]
             with ex._lock:

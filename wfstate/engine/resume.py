@@ -27,6 +27,8 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
         NotResumable: the run cannot go on from there.
     """
     branches = {b for s in definition.states.values() for b in s.parallel}
+    # A loop's body steps are re-run through their loop, as branches through their block.
+    branches |= {b for s in definition.states.values() for b in s.body}
     executed = [n for n in _executed_order(state) if n in definition.states]
     # Top-level steps only: a parallel block's branches are re-run through their block.
     steps = [n for n in executed if definition.states[n].type != "terminal" and n not in branches]
@@ -51,6 +53,12 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
         )
     if definition.states[from_state].type == "terminal":
         raise NotResumable(f"run {state.workflow_id}: '{from_state}' is a terminal state")
+    owner = next((s.name for s in definition.states.values() if from_state in s.body), None)
+    if owner is not None:
+        raise NotResumable(
+            f"run {state.workflow_id}: '{from_state}' is in the body of loop '{owner}'; "
+            "resume from the loop"
+        )
     if from_state in branches:
         raise NotResumable(
             f"run {state.workflow_id}: '{from_state}' is a branch of a parallel block; "

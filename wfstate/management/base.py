@@ -82,6 +82,8 @@ class WFStateCommand(BaseCommand):
                     f"retrying in {event.get('delay', 0):.2f}s"
                 )
             )
+        elif kind == "iteration_finished":
+            self.stdout.write(f"  ⟳ {name}  iteration {event.get('index')} {event.get('status')}")
         elif kind == "step_finished":
             status = event.get("status")
             seconds = (event.get("duration_ms") or 0) / 1000
