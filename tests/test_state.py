@@ -33,6 +33,7 @@ TOP_KEYS = [
     "updated_at",
     "completed_at",
     "inputs",
+    "started_by",
     "states",
     "revision",
     "error",

@@ -20,6 +20,11 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
+# A revision counts a file's writes from 0; no run writes two billion checkpoints, and
+# the index keeps it in a 32-bit column. A document outside this range is not a state
+# document (``from_dict`` refuses it, so the store reports the file corrupt).
+REVISION_MAX = 2**31 - 1
+
 
 class RunStatus(StrEnum):
     PENDING = "pending"
@@ -137,6 +142,9 @@ class WorkflowState:
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    # What started the run (SPEC §11): {"kind": "command"|"api"|"admin"|"schedule"|
+    # "parent", ...}. Optional, so a file without it is still a valid document.
+    started_by: dict[str, Any] | None = None
 
     @classmethod
     def new(
@@ -147,6 +155,7 @@ class WorkflowState:
         workflow_version: str = "",
         definition_sha256: str = "",
         workflow_id: str | None = None,
+        started_by: dict[str, Any] | None = None,
     ) -> WorkflowState:
         now = utcnow()
         return cls(
@@ -157,6 +166,7 @@ class WorkflowState:
             inputs=dict(inputs or {}),
             started_at=now,
             updated_at=now,
+            started_by=dict(started_by) if started_by else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +193,7 @@ class WorkflowState:
             "updated_at": self.updated_at,
             "completed_at": self.completed_at,
             "inputs": self.inputs,
+            "started_by": self.started_by,
             "states": self.states,
             "revision": self.revision,
             "error": self.error,
@@ -222,9 +233,10 @@ class WorkflowState:
                 completed_at=data.get("completed_at"),
                 inputs=dict(data.get("inputs") or {}),
                 states={str(k): StepResult.from_dict(v) for k, v in states.items()},
-                revision=int(data.get("revision") or 0),
+                revision=_revision(data.get("revision")),
                 error=data.get("error"),
                 history=list(history),
+                started_by=_started_by(data.get("started_by")),
             )
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None
@@ -247,6 +259,14 @@ class WorkflowState:
         if start is None or end is None:
             return None
         return int((end - start).total_seconds() * 1000)
+
+
+def _started_by(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("'started_by' is not an object")
+    return dict(value)
 
 
 # --- schema upgrades --------------------------------------------------------------------
@@ -286,3 +306,10 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         data = UPGRADES[version](data)
         version = data["schema_version"]
     return data
+
+
+def _revision(value: Any) -> int:
+    revision = int(value or 0)
+    if not 0 <= revision <= REVISION_MAX:
+        raise ValueError(f"revision {revision} is outside 0..{REVISION_MAX}")
+    return revision
