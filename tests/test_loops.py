@@ -34,8 +34,13 @@ def _outputs(store: Any, state: WorkflowState, loop: str, step: str) -> list[Any
     return [r["states"][step]["output"] for r in _iterations(store, state, loop)]
 
 
-@pytest.fixture(params=["json", "memory"])
+@pytest.fixture(params=["json", "memory", "contract"])
 def any_store(request: Any, tmp_path: Path) -> Any:
+    """The file store (real appends), and two on the StateStore defaults."""
+    from tests.contract_store import ContractStore
+
+    if request.param == "contract":
+        return ContractStore(tmp_path / "contract")
     return JSONFileStore(tmp_path) if request.param == "json" else MemoryStore()
 
 
@@ -462,3 +467,14 @@ states:
     assert state.states["a"].status == StepStatus.FAILED
     assert state.states["a"].error == "iteration 0: 7 body steps ran in one iteration"
     assert state.status == RunStatus.COMPLETED  # its on_failure went on
+
+
+def test_quarantine_keeps_a_corrupt_runs_iterations(tmp_path: Path) -> None:
+    store = JSONFileStore(tmp_path)
+    state = _run(store, FOREACH)
+    store.path_for(state.workflow_id).write_bytes(b"{not json")
+    where = store.quarantine(state.workflow_id)
+    assert where is not None
+    kept = store.quarantine_directory / f"{state.workflow_id}.loops"
+    assert kept.is_dir() and list(kept.glob("greet.*.log"))
+    assert not store.loops_dir(state.workflow_id).exists()

@@ -510,6 +510,9 @@ class JSONFileStore(StateStore):
                 outputs = self.outputs_dir(workflow_id)
                 if outputs.is_dir() and not outputs.is_symlink():
                     self._quarantine_move(outputs, target_dir)
+                loops = self.loops_dir(workflow_id)
+                if loops.is_dir() and not loops.is_symlink():
+                    self._quarantine_move(loops, target_dir)
                 self.clear_cancel(workflow_id)
                 self.locks.forget(workflow_id)
         finally:
