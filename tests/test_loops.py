@@ -478,3 +478,23 @@ def test_quarantine_keeps_a_corrupt_runs_iterations(tmp_path: Path) -> None:
     kept = store.quarantine_directory / f"{state.workflow_id}.loops"
     assert kept.is_dir() and list(kept.glob("greet.*.log"))
     assert not store.loops_dir(state.workflow_id).exists()
+
+
+def test_each_iterations_big_output_is_kept_whole(store: JSONFileStore) -> None:
+    yaml = """
+name: big
+states:
+  initial: a
+  a: {type: for_each, items: '["x", "y"]', body: [s], on_complete: done}
+  s: {type: step, command: "printf '%040d{{ loop.item }}' 0"}
+  done: {type: terminal}
+"""
+    definition = loads_definition(yaml)
+    state = Executor(store, definition, max_inline_output=10).execute(WorkflowState.new("big"))
+    assert state.status == RunStatus.COMPLETED, state.error
+    file = state.states["a"].loop["file"]  # type: ignore[index]
+    records = _iterations(store, state, "a")
+    assert [r["states"]["s"]["output_truncated"] for r in records] == [True, True]
+    for index, item in enumerate("xy"):
+        whole = store.load_output(state.workflow_id, f"{file}.{index}.s", "stdout")
+        assert whole == b"0" * 40 + item.encode()

@@ -19,6 +19,7 @@ own. Templates in the body see ``loop`` (item, index...) and ``loops.<name>.iter
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -108,7 +109,11 @@ class IterationScope:
 
     def spill(self, name: str) -> str:
         """The side-file name of body step ``name``'s whole output (one per iteration)."""
-        return self.spill_prefix + name
+        spill = self.spill_prefix + name
+        if len(spill) > 120:  # side-file names are at most 128 characters
+            digest = hashlib.sha256(spill.encode()).hexdigest()[:16]
+            spill = f"{self.spill_prefix[:80]}{digest}"
+        return spill
 
     def chain(self) -> list[IterationScope]:
         """This scope and its parents, outermost first."""
@@ -401,7 +406,8 @@ class _Loop:
             self.items = items
             length = len(items)
         now = utcnow()
-        file = f"{sdef.name}.{secrets.token_hex(4)}"
+        # A side-file name is at most 128 characters (validate_name): long names are cut.
+        file = f"{sdef.name[:64]}.{secrets.token_hex(4)}"
         header = {
             "kind": "start",
             "loop": sdef.name,
