@@ -498,3 +498,13 @@ states:
     for index, item in enumerate("xy"):
         whole = store.load_output(state.workflow_id, f"{file}.{index}.s", "stdout")
         assert whole == b"0" * 40 + item.encode()
+
+
+def test_the_loop_example_in_the_docs_loads() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "workflows.md").read_text()
+    example = text.split("## Loops", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    definition = loads_definition(example)
+    assert definition.warnings == ()
+    customers = definition.states["customers"]
+    assert customers.max_concurrent == 4 and customers.body == ("bill", "notify")
+    assert definition.states["poll"].max_iterations == "{{ inputs.attempts }}"
