@@ -508,3 +508,47 @@ def test_the_loop_example_in_the_docs_loads() -> None:
     customers = definition.states["customers"]
     assert customers.max_concurrent == 4 and customers.body == ("bill", "notify")
     assert definition.states["poll"].max_iterations == "{{ inputs.attempts }}"
+
+
+def test_cancelled_parallel_loop_resumes_without_rerunning_finished_iterations(
+    tmp_path: Path,
+) -> None:
+    store = JSONFileStore(tmp_path)
+    yaml = f"""
+name: fanstop
+states:
+  initial: a
+  a:
+    type: for_each
+    items: "{{{{ range(1, 11) | list }}}}"
+    max_concurrent: 3
+    body: [s]
+    on_complete: done
+  s: {{type: step, command: "echo {{{{ loop.item }}}} >> {tmp_path}/log"}}
+  done: {{type: terminal}}
+"""
+    definition = loads_definition(yaml)
+    ex = Executor(store, definition)
+    finished: list[int] = []
+
+    def progress(event: dict[str, Any]) -> None:
+        if event["event"] == "iteration_finished":
+            finished.append(event["index"])
+            if len(finished) == 3:
+                ex.cancel_event.set()
+
+    ex.progress = progress
+    state = ex.execute(WorkflowState.new("fanstop"))
+    assert state.status == RunStatus.CANCELLED
+    recorded = {r["index"] + 1 for r in _iterations(store, state, "a")}
+    assert len(recorded) >= 3 and len(recorded) < 10
+    prepare_resume(state, definition)
+    state = Executor(store, definition).execute(state)
+    assert state.status == RunStatus.COMPLETED, state.error
+    runs = (tmp_path / "log").read_text().split()
+    assert sorted({int(r) for r in runs}) == list(range(1, 11))
+    for item in range(1, 11):
+        assert 1 <= runs.count(str(item)) <= 2
+        if item in recorded:
+            assert runs.count(str(item)) == 1
+    assert len(_iterations(store, state, "a")) == 10
