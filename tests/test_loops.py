@@ -364,6 +364,7 @@ def test_store_delete_and_sweep_know_the_loops_directory(tmp_path: Path) -> None
     other = _run(store, FOREACH)
     store.path_for(other.workflow_id).unlink()  # a delete interrupted half-way
     assert str(store.loops_dir(other.workflow_id)) in store.sweep()
+    assert not list(store.directory.glob(f"{other.workflow_id}*"))  # no sidecar left
     assert loops.is_dir()
     store.delete(state.workflow_id)
     assert not loops.exists()

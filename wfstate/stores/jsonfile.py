@@ -581,6 +581,8 @@ class JSONFileStore(StateStore):
                         directory.unlink()
                     else:
                         shutil.rmtree(directory)
+                    # No run, so no sidecar either (taking the lock made one).
+                    self.locks.forget(workflow_id)
             except Exception:  # noqa: S112 - busy or odd: leave it for the next sweep
                 continue
             removed.append(str(directory))
