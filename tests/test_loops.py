@@ -249,13 +249,20 @@ states:
     items: "{{ range(12) | list }}"
     max_concurrent: 4
     body: [s, t]
-    on_complete: done
+    on_complete: report
   s: {type: step, command: "echo {{ loop.item }}"}
   t: {type: step, command: "echo {{ states.s.output | trim }}-{{ loop.item }}"}
+  report:
+    type: step
+    command: >-
+      echo {% for it in loops.a.iterations %}{{ it.index }}={{ it.t.output | trim }},{% endfor %}
+    on_success: done
   done: {type: terminal}
 """
     state = _run(store, yaml)
     assert state.status == RunStatus.COMPLETED, state.error
+    # Templates read the iterations by index, whatever order they finished in.
+    assert state.states["report"].output == "".join(f"{i}={i}-{i}," for i in range(12)) + "\n"
     records = sorted(_iterations(store, state, "a"), key=lambda r: r["index"])
     assert [r["states"]["t"]["output"] for r in records] == [f"{i}-{i}\n" for i in range(12)]
     assert not any("." in key for key in state.states)

@@ -19,6 +19,7 @@ own. Templates in the body see ``loop`` (item, index...) and ``loops.<name>.iter
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import secrets
@@ -165,10 +166,12 @@ def scope_context(ex: Executor, scope: IterationScope | None) -> dict[str, Any]:
 
 
 class _Iterations(Sequence[dict[str, Any]]):
-    """A loop's finished iterations, by index, read from its side file when first used."""
+    """A loop's finished iterations, by index: a view of the live list of records, which
+    is kept in index order (records are inserted in order as iterations finish), so a
+    template reading ``iterations[i]`` in every iteration of a long loop costs O(1)."""
 
     def __init__(self, records: list[dict[str, Any]]) -> None:
-        self._records = sorted(records, key=lambda r: r["index"])
+        self._records = records
 
     def __len__(self) -> int:
         return len(self._records)
@@ -262,7 +265,11 @@ def load_records(ex: Executor, summary: Mapping[str, Any]) -> list[dict[str, Any
             f"run {state.workflow_id}: loop side file {file} holds {len(found)} valid records, "
             f"the state counts {count}"
         )
-    return [r for r in found if r.get("kind") == "iteration"]
+    return sorted((r for r in found if r.get("kind") == "iteration"), key=_by_index)
+
+
+def _by_index(record: Mapping[str, Any]) -> int:
+    return int(record["index"])
 
 
 # --- running a loop -----------------------------------------------------------------------
@@ -471,7 +478,7 @@ class _Loop:
             )
         header = found[0] if found else {}
         self.items = header.get("items")
-        self.records = [r for r in found if r.get("kind") == "iteration"]
+        self.records = sorted((r for r in found if r.get("kind") == "iteration"), key=_by_index)
         self.done = {int(r["index"]) for r in self.records}
         self.ex._loop_records[file] = self.records
         self.summary = summary
@@ -730,7 +737,9 @@ class _Loop:
             summary["records"] = int(summary["records"]) + 1
             summary["done"] = int(summary["done"]) + 1
             summary["running"].pop(str(index), None)
-            self.records.append(record)
+            # In index order (parallel iterations finish in any order): an append when
+            # they finish in order.
+            bisect.insort(self.records, record, key=_by_index)
             self.done.add(index)
             if scope.prefix:
                 # The iteration's scoped results leave the document (they are in the
