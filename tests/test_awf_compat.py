@@ -104,11 +104,29 @@ def test_other_files_that_validate():
     assert _warned_keys(hooks.warnings) == {"hooks", "capture"}
 
 
+def test_loop_fixtures_validate_cleanly():
+    foreach = _load("loop-foreach.yaml")
+    assert foreach.warnings == ()
+    loop = foreach.states["process_files"]
+    assert loop.type == "for_each"
+    assert loop.items == '["a.txt", "b.txt", "c.txt"]'
+    assert loop.body == ("echo_file",)
+    assert loop.max_iterations == 10
+    assert loop.on_success == "done"  # on_complete
+    assert foreach.states["echo_file"].command == (
+        'echo "Processing {{loop.Item}} ({{loop.Index}}/{{loop.Length}})"'
+    )
+    while_ = _load("loop-while.yaml")
+    assert while_.warnings == ()
+    countdown = while_.states["countdown"]
+    assert countdown.type == "while"
+    assert countdown.while_ == "states.decrement.exit_code == 0"
+    assert countdown.body == ("decrement",)
+
+
 @pytest.mark.parametrize(
     ("name", "line", "state", "kind"),
     [
-        ("loop-foreach.yaml", 8, "process_files", "for_each"),
-        ("loop-while.yaml", 8, "countdown", "while"),
         ("subworkflow-simple.yaml", 26, "call_child", "call_workflow"),
     ],
 )

@@ -53,6 +53,7 @@ STEP_KEYS = [
     "output_truncated",
     "traceback",
     "process",
+    "loop",
 ]
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from wfstate.definitions import get_registry
+from wfstate.engine.loops import read_iterations
 from wfstate.exceptions import WFStateError
 from wfstate.formatting import human_duration, pretty_json
 from wfstate.graph import graph_from_states, render_svg, timeline
-from wfstate.state import RunStatus, parse_time
+from wfstate.state import RunStatus, WorkflowState, parse_time
 from wfstate.stores import get_store
 
 
@@ -64,7 +65,11 @@ def run_page(workflow_id: str) -> dict[str, Any]:
         graph = graph_from_states(state)
     statuses = {name: str(step.status) for name, step in state.states.items()}
     page["graph_svg"] = render_svg(
-        graph, statuses, state.current_state, title=f"{state.workflow_name} {workflow_id}"
+        graph,
+        statuses,
+        state.current_state,
+        title=f"{state.workflow_name} {workflow_id}",
+        captions=_loop_captions(state),
     )
     page["timeline"] = timeline(state)
 
@@ -85,6 +90,9 @@ def run_page(workflow_id: str) -> dict[str, Any]:
             }
         )
     page["steps"] = steps
+    page["loops"] = [
+        _loop_panel(store, state, name) for name, step in state.states.items() if step.loop
+    ]
     page["history"] = [
         {
             "event": entry.get("event", ""),
@@ -103,3 +111,50 @@ def run_page(workflow_id: str) -> dict[str, Any]:
     page["resume_choices"] = ["current", "previous", *state.states]
     page["is_final"] = RunStatus(state.status).is_final
     return page
+
+
+# Iterations shown on the page; the API pages through the rest (GET runs/{id}/loops/{loop}/).
+LOOP_PAGE = 200
+
+
+def _loop_captions(state: WorkflowState) -> dict[str, str]:
+    """``6/10`` (iterations done / items) under each loop's node."""
+    captions = {}
+    for name, step in state.states.items():
+        if step.loop:
+            done, length = step.loop.get("done", 0), step.loop.get("length")
+            captions[name] = f"{done}/{length}" if length is not None else f"{done} done"
+    return captions
+
+
+def _loop_panel(store: Any, state: WorkflowState, name: str) -> dict[str, Any]:
+    """One loop of the run: its summary, the iterations in flight, the first finished ones
+    (read from the loop's side file; an unreadable one is reported, not raised)."""
+    panel: dict[str, Any] = {"name": name, "error": None, "iterations": [], "running": []}
+    try:
+        data = read_iterations(store, state, name, limit=LOOP_PAGE)
+    except WFStateError as exc:
+        panel["error"] = str(exc)
+        return panel
+    panel.update({k: v for k, v in data.items() if k not in ("iterations",)})
+    panel["more"] = max(0, data["count"] - LOOP_PAGE)
+    panel["iterations"] = [
+        {
+            "index": record["index"],
+            "item": pretty_json(record.get("item")),
+            "status": record.get("status"),
+            "exit_to": record.get("exit_to"),
+            "steps": [
+                {
+                    "name": step_name,
+                    "status": result.get("status"),
+                    "output": pretty_json(result.get("output")),
+                    "error": result.get("error"),
+                    "inner_file": (result.get("loop") or {}).get("file"),
+                }
+                for step_name, result in (record.get("states") or {}).items()
+            ],
+        }
+        for record in data["iterations"]
+    ]
+    return panel

@@ -35,7 +35,7 @@ NODE_GAP = 28  # horizontal space between nodes of a layer
 MARGIN = 24
 LOOP_LANE = 36  # room on the right for edges that go back up
 
-EDGE_KINDS = ("success", "failure", "branch", "when", "default")
+EDGE_KINDS = ("success", "failure", "branch", "when", "default", "body")
 
 
 # --- the graph's shape ------------------------------------------------------------------------
@@ -257,11 +257,14 @@ def render_svg(
     current: str | None = None,
     *,
     title: str = "",
+    captions: dict[str, str] | None = None,
 ) -> SafeString:
     """The graph as an inline ``<svg>``: status-coloured nodes, the current one outlined.
 
     Edge styles: success green, failure red, parallel branch dashed, conditional (when)
-    blue with its condition as a tooltip, default grey. Loops go up a lane on the right.
+    blue with its condition as a tooltip, default grey, a loop's body dotted (a loop
+    node is drawn with a double outline, ``captions`` under it: its iterations).
+    Edges back to an earlier layer go up a lane on the right.
     """
     drawing = layout(graph)
     step_status = step_status or {}
@@ -326,6 +329,8 @@ def render_svg(
         caption = node.type if node.type != "step" else ""
         if node.type == "terminal" and node.terminal_status:
             caption = f"end: {node.terminal_status}"
+        if captions and node.id in captions:
+            caption = f"{caption} {captions[node.id]}".strip()
         status_text = node.status or "not reached"
         current_attr = ' aria-current="step"' if node.current else ""
         class_attr = " ".join(classes)
@@ -337,6 +342,11 @@ def render_svg(
             f'<rect x="{node.x:.1f}" y="{node.y:.1f}" width="{NODE_W}" height="{NODE_H}" '
             f'rx="{radius:.0f}" ry="{radius:.0f}"/>'
         )
+        if node.type in ("for_each", "while"):
+            parts.append(
+                f'<rect class="wf-loop-inner" x="{node.x + 3:.1f}" y="{node.y + 3:.1f}" '
+                f'width="{NODE_W - 6}" height="{NODE_H - 6}" rx="6" ry="6"/>'
+            )
         cx = node.x + NODE_W / 2
         if caption or node.status:
             parts.append(

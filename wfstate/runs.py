@@ -48,6 +48,22 @@ def load_run(workflow_id: str) -> WorkflowState:
     return get_store().load(workflow_id)
 
 
+def loop_iterations(
+    workflow_id: str, loop: str, *, file: str | None = None, offset: int = 0, limit: int = 100
+) -> dict[str, Any]:
+    """A loop's iterations in a run (see ``wfstate.engine.loops.read_iterations``).
+
+    Raises:
+        RunNotFound: no such run, or no such loop in it. CorruptState, StorageError.
+    """
+    from wfstate.engine.loops import read_iterations
+
+    store = get_store()
+    return read_iterations(
+        store, store.load(workflow_id), loop, file=file, offset=offset, limit=limit
+    )
+
+
 def run_owner(workflow_id: str) -> RunLockOwner | None:
     """Who executes the run now (pid, host, since), or None."""
     return get_store().run_lock_owner(workflow_id)

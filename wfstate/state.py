@@ -81,6 +81,9 @@ class StepResult:
     # dies (pgid, pid, start_time, boot_id, host, token; see wfstate.engine.processes).
     # Cleared when the step ends.
     process: dict[str, Any] | None = None
+    # A for_each / while loop's progress (wfstate.engine.loops): its side file, how many
+    # of its records the document acknowledges, the iterations in flight. None otherwise.
+    loop: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +100,7 @@ class StepResult:
             "output_truncated": self.output_truncated,
             "traceback": self.traceback,
             "process": self.process,
+            "loop": self.loop,
         }
 
     @classmethod
@@ -115,6 +119,7 @@ class StepResult:
             output_truncated=bool(data.get("output_truncated", False)),
             traceback=data.get("traceback"),
             process=data.get("process"),
+            loop=data.get("loop"),
         )
 
 

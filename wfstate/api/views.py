@@ -163,6 +163,13 @@ class RunViewSet(WFStateAPIMixin, mixins.ListModelMixin, viewsets.GenericViewSet
         )
         return Response(self._run(state), status=status.HTTP_202_ACCEPTED)
 
+    @action(detail=True, methods=["get"], url_path=r"loops/(?P<loop>[^/]+)")
+    def loop(self, request: Request, workflow_id: str, loop: str) -> Response:
+        page = s.LoopPageSerializer(data=request.query_params)
+        page.is_valid(raise_exception=True)
+        data = runs.loop_iterations(workflow_id, loop, **page.validated_data)
+        return Response(s.LoopIterationsSerializer(data).data)
+
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, workflow_id: str) -> Response:
         outcome, state = runs.cancel_run(workflow_id)

@@ -36,6 +36,15 @@ STATE_KEYS: dict[str, frozenset[str]] = {
     | {"command", "call", "with", "dir", "env", "timeout", "retry", "continue_on_error"},
     "parallel": COMMON_STATE_KEYS | ROUTING_KEYS | {"parallel", "strategy", "max_concurrent"},
     "terminal": COMMON_STATE_KEYS | {"status", "message"},
+    # loops (definitions/loops.py): on_complete is on_success; break_condition is awf's
+    # spelling of break_when
+    "for_each": COMMON_STATE_KEYS
+    | ROUTING_KEYS
+    | {"items", "body", "max_iterations", "max_concurrent", "break_when", "break_condition"}
+    | {"on_complete"},
+    "while": COMMON_STATE_KEYS
+    | ROUTING_KEYS
+    | {"while", "body", "max_iterations", "break_when", "break_condition", "on_complete"},
 }
 ALL_STATE_KEYS = frozenset().union(*STATE_KEYS.values())
 AWF_STATE_KEYS = frozenset(
@@ -70,8 +79,6 @@ AWF_STATE_KEYS = frozenset(
 # awf state types wfstate cannot run: these states are errors, not warnings, because
 # skipping them would change what the workflow does.
 AWF_STATE_TYPES = {
-    "for_each": "awf 'for_each' loops are not supported yet",
-    "while": "awf 'while' loops are not supported yet",
     "call_workflow": "awf 'call_workflow' sub-workflows are not supported yet",
     "agent": "awf 'agent' steps are not supported",
     "operation": "awf 'operation' steps are not supported",

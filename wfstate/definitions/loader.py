@@ -32,6 +32,7 @@ import jsonschema
 
 from wfstate.definitions import awf, templates
 from wfstate.definitions._yaml import SourceMap, YAMLSyntaxError, load_yaml, path_str
+from wfstate.definitions.loops import LOOP_TYPES, body_owners, build_loop, check_loops
 from wfstate.definitions.model import (
     InputDef,
     RetryPolicy,
@@ -166,7 +167,7 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         value = error.instance
         if isinstance(value, str) and value in awf.AWF_STATE_TYPES:
             return f"state type {value!r} is not supported: {awf.AWF_STATE_TYPES[value]}"
-        return f"unknown state type {value!r}: expected step, parallel or terminal"
+        return f"unknown state type {value!r}: expected step, parallel, terminal, for_each or while"
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
     where = path_str(path[2:] if path[:1] == ["states"] and len(path) > 2 else path)
@@ -378,6 +379,8 @@ def _build_state(out: _Collector, name: str, raw: Any) -> StateDef | None:
         "line": out.source.line(path) if out.source else 0,
         "description": str(get("description", "")),
     }
+    if kind in LOOP_TYPES:
+        return build_loop(out, path, raw, get, fields)
     if kind in ("step", "parallel"):
         fields["on_success"] = get("on_success")
         fields["on_failure"] = get("on_failure")
@@ -508,10 +511,15 @@ def _check_graph(
 
     if not any(s.type == "terminal" for s in built.values()) and not opaque:
         out.error(("states",), "no terminal state: add a state with type: terminal")
+    check_loops(out, built, names)
+    # A body step with no route of its own goes back to its loop (the next body step,
+    # or the iteration's end).
+    owners = body_owners(built)
 
     def routes(name: str) -> set[str]:
         if name in built:
-            return {t for t in built[name].targets() if t in names}
+            back = {owners[name]} if name in owners else set()
+            return {t for t in built[name].targets() if t in names} | back
         return _opaque_targets(raw_states.get(name), names) - {name}
 
     # Reachability: routes from the initial state; a parallel block's branches are
@@ -546,7 +554,7 @@ def _check_graph(
         return  # already reported: no terminal at all
     for name in sorted(routed - can_end):
         state = built[name]
-        if not state.targets():
+        if not state.targets() and name not in owners:
             message = (
                 f"state '{name}' has no on_success, on_failure or transitions, "
                 "so the run cannot go on after it"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-StateType = Literal["step", "parallel", "terminal"]
+StateType = Literal["step", "parallel", "terminal", "for_each", "while"]
 Backoff = Literal["constant", "linear", "exponential"]
 Strategy = Literal["all_succeed", "any_succeed", "best_effort"]
 
@@ -88,11 +88,18 @@ class StateDef:
     # terminal
     status: Literal["success", "failure"] = "success"
     message: str | None = None
+    # loops (for_each / while; see wfstate.engine.loops). on_complete is on_success.
+    items: Any = None
+    while_: str | None = None
+    body: tuple[str, ...] = ()
+    max_iterations: int | str = 100
+    break_when: str | None = None
 
     def targets(self) -> list[str]:
         """Every state this one can go to (for graphs and reachability)."""
         out = [t.goto for t in self.transitions]
         out += [s for s in (self.on_success, self.on_failure) if s]
+        out += list(self.body)
         return list(dict.fromkeys(out))
 
 
@@ -176,4 +183,17 @@ class WorkflowDefinition:
                 )
             for branch in s.parallel:
                 edges.append({"source": s.name, "target": branch, "kind": "branch", "label": ""})
+            if s.body:
+                # Into the body, along it (a body step without routes goes on to the
+                # next one) and, from its last such step, back to the loop.
+                label = "for each" if s.type == "for_each" else f"while {s.while_ or ''}"
+                edges.append(
+                    {"source": s.name, "target": s.body[0], "kind": "body", "label": label}
+                )
+                for here, nxt in zip(s.body, [*s.body[1:], s.name], strict=True):
+                    step = self.states.get(here)
+                    if step is not None and not (
+                        step.on_success or step.on_failure or step.transitions
+                    ):
+                        edges.append({"source": here, "target": nxt, "kind": "body", "label": ""})
         return {"initial": self.initial, "nodes": nodes, "edges": edges}

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, NotRequired, TypedDict
 
-EventKind = Literal["step_started", "step_retry", "step_finished", "step_kept", "run_finished"]
+EventKind = Literal[
+    "step_started",
+    "step_retry",
+    "step_finished",
+    "step_kept",
+    "iteration_finished",
+    "run_finished",
+]
 
 
 class ProgressEvent(TypedDict):
@@ -20,6 +27,8 @@ class ProgressEvent(TypedDict):
     - ``step_retry``: ``state``, ``attempt`` (the one that failed), ``error``, ``delay`` (s)
     - ``step_finished``: ``state``, ``status``, ``attempt``, ``duration_ms``, ``error``
     - ``step_kept``: ``state``, ``attempt`` (a parallel branch a resume did not re-run)
+    - ``iteration_finished``: ``state`` (the loop), ``index``, ``status`` (an iteration
+      of a for_each/while recorded in its side file)
     - ``run_finished``: ``status``, ``error``
     """
 
@@ -30,6 +39,7 @@ class ProgressEvent(TypedDict):
     error: NotRequired[str | None]
     delay: NotRequired[float]
     duration_ms: NotRequired[int | None]
+    index: NotRequired[int]
 
 
 Progress = Callable[[ProgressEvent], None]

@@ -39,6 +39,7 @@ from wfstate.definitions.templates import (
     render_value,
 )
 from wfstate.engine.events import Progress, ProgressEvent
+from wfstate.engine.loops import LOOP_TYPES, IterationScope, LoopsView, run_loop, scope_context
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
 from wfstate.exceptions import StateLocked, StateTooLarge, StorageError, WFStateError
@@ -96,6 +97,8 @@ class Executor:
         self._context_cache: ContextCache = {}
         # Set once the run's outcome is durable: nothing may overwrite it after that.
         self._ended = False
+        # Loops' finished iterations by side file, read once (see engine/loops.py).
+        self._loop_records: dict[str, list[dict[str, Any]]] = {}
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -177,15 +180,19 @@ class Executor:
                 if self.should_stop():
                     self._finish_cancelled(current)
                     return state
+                exit_to: str | None = None
                 if sdef.type == "parallel":
                     result = self._run_parallel(sdef, reuse=first)
+                elif sdef.type in LOOP_TYPES:
+                    # Only the state a run resumes at goes on from recorded loop progress.
+                    result, exit_to = run_loop(self, sdef, resume=first)
                 else:
                     result = self._run_step(sdef)
                 first = False
                 if result.status == StepStatus.CANCELLED:
                     self._finish_cancelled(current)
                     return state
-                nxt = self._route(sdef, result)
+                nxt = exit_to or self._route(sdef, result)
                 if nxt is None:
                     if result.status == StepStatus.COMPLETED or sdef.continue_on_error:
                         self._finish(RunStatus.COMPLETED, None)
@@ -264,7 +271,9 @@ class Executor:
         """The template context now; under the lock, so no branch is half-way through
         recording its result (which a cached entry would otherwise keep)."""
         with self._lock:
-            return build_context(self._state_snapshot(), self._context_cache)
+            context = build_context(self._state_snapshot(), self._context_cache)
+        context["loops"] = LoopsView(self, None)
+        return context
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -277,6 +286,7 @@ class Executor:
         durable: bool = True,
         process: dict[str, Any] | None = None,
         started_at: str | None = None,
+        key: str | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -288,7 +298,7 @@ class Executor:
                 started_at=started_at or utcnow(),
                 process=process,
             )
-            state.states[name] = entry
+            state.states[key or name] = entry
             if set_current:
                 state.current_state = name
             self._checkpoint(durable=durable)
@@ -296,7 +306,12 @@ class Executor:
         return entry
 
     def _run_step(
-        self, sdef: StateDef, *, set_current: bool = True, stop: Callable[[], bool] | None = None
+        self,
+        sdef: StateDef,
+        *,
+        set_current: bool = True,
+        stop: Callable[[], bool] | None = None,
+        scope: IterationScope | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -309,10 +324,11 @@ class Executor:
         # are found if this executor dies (see processes.py).
         token = new_token()
         process = step_record(token) if sdef.command is not None else None
-        entry = self._begin(sdef.name, attempt, set_current=set_current, process=process)
+        key = scope.key(sdef.name) if scope else None
+        entry = self._begin(sdef.name, attempt, set_current=set_current, process=process, key=key)
         first_started = entry.started_at
         while True:
-            outcome = self._attempt(sdef, attempt, should_stop, token)
+            outcome = self._attempt(sdef, attempt, should_stop, token, scope)
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -343,7 +359,8 @@ class Executor:
                 entry.attempt = attempt
                 entry.error = outcome.error
                 self._checkpoint(durable=False)
-        return self._end(sdef, entry, outcome, attempt, first_started)
+        spill = scope.spill(sdef.name) if scope else None
+        return self._end(sdef, entry, outcome, attempt, first_started, spill)
 
     def _sleep(self, seconds: float, should_stop: Callable[[], bool]) -> bool:
         """Wait ``seconds``; True if stopped meanwhile."""
@@ -362,11 +379,12 @@ class Executor:
         attempt: int,
         should_stop: Callable[[], bool],
         token: str | None = None,
+        scope: IterationScope | None = None,
     ) -> AttemptResult:
         state = self._state
         assert state is not None
         try:
-            context = self._context()
+            context = self._context() if scope is None else scope_context(self, scope)
             if sdef.command is not None:
                 command = render_command(sdef.command, context)
                 cwd = render_text(sdef.dir, context) if sdef.dir else None
@@ -422,6 +440,7 @@ class Executor:
         outcome: AttemptResult,
         attempt: int,
         started_at: str | None,
+        spill: str | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -442,11 +461,12 @@ class Executor:
             outcome.ok = False
             outcome.error = f"the output of {what} is not JSON-serialisable: {exc}"
         # Spilled outputs keep the bytes the process wrote, not a re-encoded text.
+        name = spill or sdef.name  # a loop's body step keeps each iteration's output
         output, truncated = self._inline(
-            state.workflow_id, sdef.name, "stdout", output, outcome.raw_output
+            state.workflow_id, name, "stdout", output, outcome.raw_output
         )
         stderr, err_truncated = self._inline(
-            state.workflow_id, sdef.name, "stderr", _clean(outcome.stderr), outcome.raw_stderr
+            state.workflow_id, name, "stderr", _clean(outcome.stderr), outcome.raw_stderr
         )
         completed = utcnow()
         with self._lock:

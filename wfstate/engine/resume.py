@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from wfstate.definitions.model import WorkflowDefinition
+from wfstate.engine.loops import keeps_progress
 from wfstate.exceptions import DefinitionChanged, NotResumable, RunFinished
 from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time, utcnow
 
@@ -26,6 +27,8 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
         NotResumable: the run cannot go on from there.
     """
     branches = {b for s in definition.states.values() for b in s.parallel}
+    # A loop's body steps are re-run through their loop, as branches through their block.
+    branches |= {b for s in definition.states.values() for b in s.body}
     executed = [n for n in _executed_order(state) if n in definition.states]
     # Top-level steps only: a parallel block's branches are re-run through their block.
     steps = [n for n in executed if definition.states[n].type != "terminal" and n not in branches]
@@ -67,6 +70,12 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
         )
     if definition.states[from_state].type == "terminal":
         raise NotResumable(f"run {state.workflow_id}: '{from_state}' is a terminal state")
+    owner = next((s.name for s in definition.states.values() if from_state in s.body), None)
+    if owner is not None:
+        raise NotResumable(
+            f"run {state.workflow_id}: '{from_state}' is in the body of loop '{owner}'; "
+            "resume from the loop"
+        )
     if from_state in branches:
         raise NotResumable(
             f"run {state.workflow_id}: '{from_state}' is a branch of a parallel block; "
@@ -139,7 +148,7 @@ def prepare_resume(
     order = _executed_order(state)
     kept = _kept_branches(state, definition, target) if from_state == "current" else []
     rewound: list[dict[str, Any]] = []
-    if target in state.states:
+    if target in state.states and not keeps_progress(state, target, from_state):
         cut = order.index(target)
         for name in order[cut:]:
             if name not in kept:

@@ -85,6 +85,8 @@ class WFStateCommand(BaseCommand):
             )
         elif kind == "step_kept":
             self.stdout.write(f"  = {name}  kept: completed before the resume (attempt {attempt})")
+        elif kind == "iteration_finished":
+            self.stdout.write(f"  ⟳ {name}  iteration {event.get('index')} {event.get('status')}")
         elif kind == "step_finished":
             status = event.get("status")
             seconds = (event.get("duration_ms") or 0) / 1000
