@@ -37,6 +37,13 @@ TOP_KEYS = [
     "revision",
     "error",
     "history",
+    # sub-workflows, hooks, outputs (issue 11)
+    "parent_run_id",
+    "started_by",
+    "outputs",
+    "hooks",
+    "warnings",
+    "exit_code",
 ]
 STEP_KEYS = [
     "name",
@@ -52,6 +59,8 @@ STEP_KEYS = [
     "output_truncated",
     "traceback",
     "process",
+    "child_run_id",
+    "hooks",
 ]
 
 

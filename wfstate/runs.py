@@ -120,6 +120,7 @@ def execute(
                 progress=progress,
                 max_inline_output=conf.MAX_INLINE_OUTPUT,
                 cancel_event=cancel_event,
+                resolve=get_definition,
             )
             try:
                 return executor.execute(state)
@@ -256,9 +257,26 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
             store.clear_cancel(workflow_id)
     except RunLocked:
         store.request_cancel(workflow_id)
+        # The child polls its parent's request too; its own makes it plain in its files.
+        for child_id in _active_children(state):
+            store.request_cancel(child_id)
         return "requested", store.load(workflow_id)
     _index(state)
+    for child_id in _active_children(state):
+        # Nobody executes the parent, so nobody executes its child either (it ran in
+        # the parent's process): mark it cancelled too.
+        with contextlib.suppress(RunFinished, WFStateError):
+            cancel_run(child_id)
     return "cancelled", state
+
+
+def _active_children(state: WorkflowState) -> list[str]:
+    """The child runs of the parent's unfinished call_workflow steps."""
+    return [
+        step.child_run_id
+        for step in state.states.values()
+        if step.child_run_id and not step.completed_at
+    ]
 
 
 def _reap_and_mark_cancelled(state: WorkflowState) -> WorkflowState:
@@ -286,6 +304,18 @@ def _recover(state: WorkflowState, definition: WorkflowDefinition) -> None:
         raise NotResumable(f"run {state.workflow_id} already ended {state.status}")
     prepare_resume(state, definition, from_state="current")
     state.history[-1]["event"] = "recover"
+
+
+def _recovered_by_parent(store: Any, state: WorkflowState) -> bool:
+    """A child whose parent is unfinished is resumed by its parent's recovery (in the
+    parent's process, as it ran), never on its own."""
+    if not state.parent_run_id:
+        return False
+    try:
+        parent = store.load(state.parent_run_id)
+    except WFStateError:
+        return False  # no parent any more: recover the child on its own
+    return not parent.status.is_final
 
 
 def recover_runs(
@@ -316,6 +346,8 @@ def recover_runs(
         if min_age and updated is not None and (now - updated).total_seconds() < min_age:
             continue
         if store.run_lock_owner(workflow_id) is not None:
+            continue
+        if _recovered_by_parent(store, state):
             continue
         try:
             if detach:

@@ -31,6 +31,7 @@ from typing import Any, cast
 import jsonschema
 
 from wfstate.definitions import awf, templates
+from wfstate.definitions import calls as call_defs
 from wfstate.definitions._yaml import SourceMap, YAMLSyntaxError, load_yaml, path_str
 from wfstate.definitions.model import (
     InputDef,
@@ -363,12 +364,21 @@ def _build_state(out: _Collector, name: str, raw: Any) -> StateDef | None:
         "line": out.source.line(path) if out.source else 0,
         "description": str(get("description", "")),
     }
-    if kind in ("step", "parallel"):
+    if kind in ("step", "parallel", "call_workflow", "operation"):
         fields["on_success"] = get("on_success")
         fields["on_failure"] = get("on_failure")
         fields["transitions"] = tuple(_build_transitions(out, path, get("transitions", [])))
+        call_defs.inline_failure(out, path, raw, fields)
     if kind == "step":
         _build_step(out, path, raw, get, fields)
+    elif kind == "call_workflow":
+        call_defs.build_call_workflow(out, path, raw, get, fields, _template_value, _duration)
+    elif kind == "operation":
+        call_defs.build_operation(out, path, raw, get, fields, _template_value)
+        fields["timeout"] = _duration(out, (*path, "timeout"), raw.get("timeout"))
+        if get("retry") is not None:
+            fields["retry"] = _build_retry(out, (*path, "retry"), get("retry"))
+        fields["continue_on_error"] = bool(get("continue_on_error", False))
     elif kind == "parallel":
         fields["parallel"] = tuple(get("parallel", ()))
         fields["strategy"] = get("strategy", "all_succeed")
@@ -408,13 +418,18 @@ def _build_step(
     get: Callable[..., Any],
     fields: dict[str, Any],
 ) -> None:
+    script = call_defs.script_file_command(out, path, raw, _base_path(out))
+    if script is not None:
+        raw = {**raw, "command": script}
     has_command = raw.get("command") is not None
     has_call = raw.get("call") is not None
-    if has_command and has_call:
+    if "script_file" in raw and script is None:
+        pass  # its error is reported
+    elif has_command and has_call:
         out.error(path, "a step has either 'command' or 'call', not both")
     elif not has_command and not has_call:
         out.error(path, "a step needs 'command' (a shell command) or 'call' (a Python callable)")
-    command = get("command")
+    command = script if script is not None else get("command")
     if command is not None:
         fields["command"] = _template(out, (*path, "command"), command, templates.check_command)
     fields["call"] = get("call")
@@ -434,6 +449,11 @@ def _build_step(
     if retry is not None:
         fields["retry"] = _build_retry(out, (*path, "retry"), retry)
     fields["continue_on_error"] = bool(get("continue_on_error", False))
+    call_defs.build_step_extras(out, path, raw, fields)
+
+
+def _base_path(out: _Collector) -> Path | None:
+    return None if out.file.startswith("<") else Path(out.file)
 
 
 # --- pass 3: graph checks ---------------------------------------------------------------
@@ -578,6 +598,15 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
     initial = raw_states.get("initial")
     _check_graph(out, initial, built, string_states)
 
+    for state in built.values():
+        if state.workflow is not None and state.workflow == data.get("name"):
+            out.error(
+                ("states", state.name, "workflow"),
+                f"circular sub-workflow call: '{state.workflow}' calls itself",
+            )
+    hooks = call_defs.build_hooks(out, ("hooks",), data.get("hooks"), awf.WORKFLOW_HOOK_EVENTS)
+    outputs = call_defs.build_outputs(out, data.get("outputs"))
+
     if out.errors:
         return None
     version = data.get("version")
@@ -589,6 +618,8 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
         description=str(data.get("description") or ""),
         inputs=tuple(inputs),
         warnings=tuple(out.warnings),
+        hooks=hooks,
+        outputs=outputs,
     )
 
 
@@ -612,6 +643,7 @@ def _finish(
     path: Path | None,
     sha256: str,
 ) -> WorkflowDefinition:
+    data = call_defs.expand_templates(out, data, path)
     _schema_errors(data, out)
     definition = _build(data, out)
     name = data.get("name") if isinstance(data, Mapping) else None

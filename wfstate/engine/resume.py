@@ -94,7 +94,10 @@ def prepare_resume(
             f"(sha256 {state.definition_sha256[:12]} -> {definition.sha256[:12]}); "
             "pass --allow-changed-definition to resume it with the new definition"
         )
+    from wfstate.engine.hooks import rewind_end_hooks
+
     target = resume_target(state, definition, from_state) if state.states else definition.initial
+    hooks = rewind_end_hooks(state)
     order = _executed_order(state)
     rewound: list[dict[str, Any]] = []
     if target in state.states:
@@ -112,6 +115,7 @@ def prepare_resume(
             "allow_changed_definition": allow_changed_definition,
             "definition_sha256": definition.sha256,
             "rewound": rewound,
+            **({"hooks": hooks} if hooks else {}),
         }
     )
     if inputs:
@@ -122,6 +126,7 @@ def prepare_resume(
     state.current_state = target
     state.status = RunStatus.PENDING
     state.error = None
+    state.exit_code = None
     state.completed_at = None
     return state
 
