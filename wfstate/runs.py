@@ -149,6 +149,23 @@ def create_run(
     return state, definition
 
 
+def plan_run(
+    name: str, inputs: Mapping[str, Any] | None = None, *, coerce_strings: bool = False
+) -> dict[str, Any]:
+    """A dry run: validate the inputs and return the plan of a run; nothing is written,
+    no lock is taken, no command or callable runs (see ``wfstate.engine.plan``).
+
+    Raises:
+        WorkflowNotFound, InvalidDefinition, InvalidInputs.
+    """
+    from wfstate.engine.plan import plan
+
+    definition = get_definition(name)
+    return plan(
+        definition, dict(inputs or {}), resolve=get_definition, coerce_strings=coerce_strings
+    )
+
+
 def start_run(
     name: str,
     inputs: Mapping[str, Any] | None = None,
@@ -385,6 +402,7 @@ __all__ = [
     "get_definition",
     "list_definitions",
     "load_run",
+    "plan_run",
     "recover_runs",
     "resume_run",
     "run_owner",
