@@ -268,6 +268,7 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
     state = store.load(workflow_id)
     if state.status.is_final:
         raise RunFinished(f"run {workflow_id} already ended {state.status}")
+    children = _active_children(state)
     try:
         with store.run_lock(workflow_id):
             state = store.update(workflow_id, _reap_and_mark_cancelled)
@@ -275,11 +276,11 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
     except RunLocked:
         store.request_cancel(workflow_id)
         # The child polls its parent's request too; its own makes it plain in its files.
-        for child_id in _active_children(state):
+        for child_id in children:
             store.request_cancel(child_id)
         return "requested", store.load(workflow_id)
     _index(state)
-    for child_id in _active_children(state):
+    for child_id in children:
         # Nobody executes the parent, so nobody executes its child either (it ran in
         # the parent's process): mark it cancelled too.
         with contextlib.suppress(RunFinished, WFStateError):

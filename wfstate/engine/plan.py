@@ -130,7 +130,11 @@ def _child(
         child = resolve(name)
     except WFStateError as exc:
         return {"error": str(exc)}
-    inputs, rendered = _try(lambda: render_value(dict(sdef.call_inputs), context))
+    inputs: dict[str, Any] = {}
+    rendered = True
+    for key, value in sdef.call_inputs.items():
+        inputs[key], ok = _try(lambda v=value: render_value(v, context))  # type: ignore[misc]
+        rendered = rendered and ok
     if not rendered:
         # Its inputs need earlier results: plan it with what can be known now.
         return {**_plan(child, {}, resolve, (*chain, name), validate=False), "inputs": inputs}
