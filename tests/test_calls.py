@@ -801,3 +801,77 @@ def test_registry_lists_the_call_graph_node(wfdir: Path) -> None:
     graph = get_registry().get("caller").graph()
     node = next(n for n in graph["nodes"] if n["id"] == "go")
     assert node["type"] == "call_workflow" and node["workflow"] == "leaf"
+
+
+# --- faces: the admin, the API ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_admin_and_api_link_parent_and_child_and_show_hooks(
+    wfdir: Path, settings: Any, admin_client: Any
+) -> None:
+    from django.urls import reverse
+
+    from wfstate import index
+
+    for name in ("subworkflow-simple", "subworkflow-child", "valid-with-hooks"):
+        shutil.copy(FIXTURES / f"{name}.yaml", wfdir)
+    parent = runs.start_run("subworkflow-simple", {"input_message": "linked"})
+    child_id = parent.states["call_child"].child_run_id
+    assert child_id
+    hooked = runs.start_run("workflow-with-hooks")
+    for workflow_id in get_store().list():
+        index.index_state(get_store().load(workflow_id))
+
+    def admin_url(workflow_id: str) -> str:
+        return reverse("admin:wfstate_workflowrun_change", args=[workflow_id])
+
+    html = admin_client.get(admin_url(parent.workflow_id)).content.decode()
+    assert 'id="wf-child-runs"' in html and f'href="{admin_url(child_id)}"' in html
+    assert "calls subworkflow-child" in html  # the graph draws the call
+    assert 'class="wf-call-frame"' in html
+    html = admin_client.get(admin_url(child_id)).content.decode()
+    assert 'id="wf-parent-run"' in html and f'href="{admin_url(parent.workflow_id)}"' in html
+
+    api = "/api/wfstate/runs/"
+    detail = admin_client.get(f"{api}{parent.workflow_id}/").json()
+    assert detail["parent_run_id"] is None and detail["parent_url"] is None
+    assert detail["states"]["call_child"]["child_run_id"] == child_id
+    assert detail["states"]["call_child"]["child_url"].endswith(f"{api}{child_id}/")
+    child = admin_client.get(f"{api}{child_id}/").json()
+    assert child["parent_run_id"] == parent.workflow_id
+    assert child["parent_url"].endswith(f"{api}{parent.workflow_id}/")
+    assert child["started_by"]["kind"] == "parent"
+    assert child["outputs"] == {"result": "Child processed: linked (count=3)\n"}
+
+    html = admin_client.get(admin_url(hooked.workflow_id)).content.decode()
+    assert 'id="wf-hooks"' in html and "WORKFLOW_START" in html and "PRE_STEP1" in html
+    data = admin_client.get(f"{api}{hooked.workflow_id}/").json()
+    assert data["hooks"]["workflow_end"][0]["output"] == "WORKFLOW_END\n"
+    assert data["states"]["step1"]["hooks"]["post"][0]["output"] == "POST_STEP1\n"
+
+    graph = admin_client.get("/api/wfstate/workflows/subworkflow-simple/").json()["graph"]
+    node = next(n for n in graph["nodes"] if n["id"] == "call_child")
+    assert node == {
+        "id": "call_child",
+        "type": "call_workflow",
+        "terminal_status": None,
+        "workflow": "subworkflow-child",
+        "hooks": [],
+    }
+
+    before = sorted(get_store().list())
+    response = admin_client.post(
+        f"{api}?dry_run=1",
+        {"workflow_name": "subworkflow-simple", "inputs": {"input_message": "dry"}},
+        content_type="application/json",
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["states"][1]["sub_workflow"]["inputs"] == {"message": "dry", "count": 3}
+    assert sorted(get_store().list()) == before
+    bad = admin_client.post(
+        f"{api}?dry_run=1",
+        {"workflow_name": "subworkflow-simple", "inputs": {}},
+        content_type="application/json",
+    )
+    assert bad.status_code == 400
