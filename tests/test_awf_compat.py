@@ -96,7 +96,10 @@ def test_other_files_that_validate():
     call = parent.states["call_child"]
     assert call.type == "call_workflow"
     assert call.workflow == "subworkflow-child"
-    assert call.call_inputs == {"message": "{{inputs.input_message}}", "count": "{{inputs.repeat_count}}"}
+    assert call.call_inputs == {
+        "message": "{{inputs.input_message}}",
+        "count": "{{inputs.repeat_count}}",
+    }
     assert call.call_outputs == {"result": "child_result"}
     assert call.timeout == 60.0
     assert parent.warnings == ()

@@ -8,6 +8,7 @@ counter files prove what ran how many times.
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import os
 import shutil
@@ -174,7 +175,7 @@ states:
 
 def _chain(directory: Path, length: int) -> None:
     names = [f"d{i:02d}" for i in range(1, length + 1)]
-    for name, child in zip(names, names[1:], strict=False):
+    for name, child in itertools.pairwise(names):
         _write(directory, name, CHAIN.format(name=name, child=child))
     _write(directory, names[-1], LEAF.format(name=names[-1]))
 
@@ -314,7 +315,8 @@ states:
   two:
     type: step
     command: >-
-      echo x >> {{ inputs.dir }}/two.count; sh -c 'echo $$ > "$0"/child.pid; exec sleep 60' {{ inputs.dir }} &
+      echo x >> {{ inputs.dir }}/two.count;
+      sh -c 'echo $$ > "$0"/child.pid; exec sleep 60' {{ inputs.dir }} &
       touch {{ inputs.dir }}/two.started;
       while [ ! -e {{ inputs.dir }}/release ]; do sleep 0.05; done; echo 42
     hooks:
@@ -400,8 +402,10 @@ def test_cancelling_the_parent_cancels_the_child_within_2s(
     outcome, _ = runs.cancel_run(ids["cparent"])
     assert outcome == "requested"
     wait_for(
-        lambda: _doc(storage, ids["cchild"])["status"] == "cancelled"
-        and _doc(storage, ids["cparent"])["status"] == "cancelled",
+        lambda: (
+            _doc(storage, ids["cchild"])["status"] == "cancelled"
+            and _doc(storage, ids["cparent"])["status"] == "cancelled"
+        ),
         2.0,
         "both runs cancelled",
     )
@@ -506,7 +510,9 @@ states:
   s:
     type: step
     command: echo main
-    hooks: {pre: [{log: "{{ inputs.nope }}"}], post: [{call: tests.test_calls.hook_call, with: {v: "{{ states.s.output | trim }}"}}]}
+    hooks:
+      pre: [{log: "{{ inputs.nope }}"}]
+      post: [{call: tests.test_calls.hook_call, with: {v: "{{ states.s.output | trim }}"}}]
     on_success: done
   done: {type: terminal}
 """,
@@ -518,7 +524,10 @@ states:
     assert "undefined name 'inputs.nope'" in state.warnings[0]
     assert state.warnings[1].startswith("workflow_end hook #1 (command) failed: exit code 2")
     assert state.hooks["workflow_end"][1]["output"] == "still logged"
-    assert state.states["s"].hooks["post"][0]["output"] == {"seen": "main", "run": state.workflow_id}  # type: ignore[index]
+    assert state.states["s"].hooks["post"][0]["output"] == {
+        "seen": "main",
+        "run": state.workflow_id,
+    }  # type: ignore[index]
 
 
 def hook_call(ctx: Any, v: str) -> dict[str, str]:
@@ -569,7 +578,14 @@ states:
     assert child["workflow"] == "subworkflow-child"
     assert child["inputs"]["message"].startswith("(rendered when the run gets there")
     human = StringIO()
-    call_command("run_workflow", "subworkflow-simple", "--input", "input_message=hi", "--dry-run", stdout=human)
+    call_command(
+        "run_workflow",
+        "subworkflow-simple",
+        "--input",
+        "input_message=hi",
+        "--dry-run",
+        stdout=human,
+    )
     assert "calls subworkflow-child" in human.getvalue()
     assert 'echo "Child processed: hi (count=3)"' in human.getvalue()
     assert not marker.exists()
@@ -656,7 +672,12 @@ states:
     script_file: scripts/where.sh
     dir: "{tmp_path}"
     on_success: soft
-  soft: {{type: step, command: "exit 1", continue_on_error: true, on_success: done, on_failure: other}}
+  soft:
+    type: step
+    command: "exit 1"
+    continue_on_error: true
+    on_success: done
+    on_failure: other
   other: {{type: terminal, status: failure}}
   done: {{type: terminal}}
 """,
@@ -718,7 +739,7 @@ states:
 @pytest.fixture
 def http_server() -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             status = 201 if b"ok" in body else 500
             self.send_response(status)
@@ -792,7 +813,10 @@ states:
     messages = {e["state"]: e["message"] for e in info.value.errors}
     assert messages["a"].startswith("unknown operation 'nope.never' (registered: ")
     assert "http.request" in messages["a"] and "notify.log" in messages["a"]
-    assert messages["b"] == "state type 'agent' is not supported: awf 'agent' steps (AI providers) are not supported"
+    assert (
+        messages["b"]
+        == "state type 'agent' is not supported: awf 'agent' steps (AI providers) are not supported"
+    )
 
 
 def test_registry_lists_the_call_graph_node(wfdir: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import yaml
 
@@ -19,6 +19,7 @@ from wfstate.definitions.model import HookAction, OutputDef, WorkflowDefinition
 from wfstate.exceptions import InvalidDefinition, TemplateError
 
 Path_ = tuple[Any, ...]
+HookKind = Literal["command", "log", "call"]
 
 # A chain of sub-workflow calls may be at most this deep (the top-level run is 1).
 MAX_CALL_DEPTH = 10
@@ -77,7 +78,7 @@ def build_hooks(
             else:
                 with_ = dict(action.get("with") or {})
                 templates.check_value(with_)
-            built.append(HookAction(kind=kind, text=text, with_=with_))
+            built.append(HookAction(kind=cast(HookKind, kind), text=text, with_=with_))
         hooks[str(event)] = tuple(built)
     return hooks
 
@@ -112,8 +113,8 @@ def build_call_workflow(
     raw: Mapping[str, Any],
     get: Callable[..., Any],
     fields: dict[str, Any],
-    template_value: Callable[[Collector, Path_, Any], Any],
-    duration: Callable[[Collector, Path_, Any], float | None],
+    template_value: Callable[..., Any],
+    duration: Callable[..., float | None],
 ) -> None:
     """The fields of a ``type: call_workflow`` state."""
     fields["workflow"] = get("workflow")
@@ -129,7 +130,7 @@ def build_operation(
     raw: Mapping[str, Any],
     get: Callable[..., Any],
     fields: dict[str, Any],
-    template_value: Callable[[Collector, Path_, Any], Any],
+    template_value: Callable[..., Any],
 ) -> None:
     """The fields of a ``type: operation`` state; the operation must be registered."""
     from wfstate.engine.operations import available_operations

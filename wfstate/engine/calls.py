@@ -79,7 +79,8 @@ def run_call_workflow(
 ) -> AttemptResult:
     """Run (or resume, or take the result of) the step's child run."""
     parent = executor._state
-    assert parent is not None and sdef.workflow is not None
+    assert parent is not None
+    assert sdef.workflow is not None
     if executor.resolve is None:
         return AttemptResult(ok=False, error="sub-workflows need a definition resolver")
     chain = executor.call_chain or call_chain(parent, executor.definition)

@@ -101,7 +101,7 @@ def _state(
             item["message"], _ = _try(lambda: render_text(str(sdef.message), context))
     if sdef.hooks:
         item["hooks"] = _hooks(sdef.hooks, context)
-    routes = {
+    routes: dict[str, Any] = {
         "on_success": sdef.on_success,
         "on_failure": sdef.on_failure,
         "transitions": [{"when": t.when, "goto": t.goto} for t in sdef.transitions],
@@ -161,8 +161,7 @@ def _plan(
         "inputs": values,
         "hooks": _hooks(definition.hooks, context),
         "states": [
-            _state(definition.states[name], context, resolve, chain)
-            for name in _order(definition)
+            _state(definition.states[name], context, resolve, chain) for name in _order(definition)
         ],
         "outputs": [{"name": o.name, "from": o.from_} for o in definition.outputs],
         "warnings": list(definition.warnings),
