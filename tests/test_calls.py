@@ -316,7 +316,7 @@ states:
     type: step
     command: >-
       echo x >> {{ inputs.dir }}/two.count;
-      sh -c 'echo $$ > "$0"/child.pid; exec sleep 60' {{ inputs.dir }} &
+      sh -c 'echo $$ > "$0"/child.pid; exec sleep 60' {{ inputs.dir }} >/dev/null 2>&1 &
       touch {{ inputs.dir }}/two.started;
       while [ ! -e {{ inputs.dir }}/release ]; do sleep 0.05; done; echo 42
     hooks:
