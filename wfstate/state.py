@@ -20,6 +20,11 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
+# A revision counts a file's writes from 0; no run writes two billion checkpoints, and
+# the index keeps it in a 32-bit column. A document outside this range is not a state
+# document (``from_dict`` refuses it, so the store reports the file corrupt).
+REVISION_MAX = 2**31 - 1
+
 
 class RunStatus(StrEnum):
     PENDING = "pending"
@@ -140,10 +145,11 @@ class WorkflowState:
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    # What started the run (SPEC §11): {"kind": "command"|"api"|"admin"|"schedule"|
+    # "parent", ...}. Optional, so a file without it is still a valid document.
+    started_by: dict[str, Any] | None = None
     # The run that started this one with a call_workflow step (None for a top-level run).
     parent_run_id: str | None = None
-    # What started the run ({"kind": "command"|"api"|"admin"|"schedule"|"parent", ...}).
-    started_by: dict[str, Any] | None = None
     # The workflow's declared outputs, evaluated when the run completes.
     outputs: dict[str, Any] = field(default_factory=dict)
     # Workflow hooks as they ran, by event (see wfstate.engine.hooks).
@@ -168,7 +174,6 @@ class WorkflowState:
         now = utcnow()
         return cls(
             parent_run_id=parent_run_id,
-            started_by=started_by,
             workflow_id=workflow_id or new_workflow_id(),
             workflow_name=workflow_name,
             workflow_version=workflow_version,
@@ -176,6 +181,7 @@ class WorkflowState:
             inputs=dict(inputs or {}),
             started_at=now,
             updated_at=now,
+            started_by=dict(started_by) if started_by else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,12 +208,12 @@ class WorkflowState:
             "updated_at": self.updated_at,
             "completed_at": self.completed_at,
             "inputs": self.inputs,
+            "started_by": self.started_by,
             "states": self.states,
             "revision": self.revision,
             "error": self.error,
             "history": self.history,
             "parent_run_id": self.parent_run_id,
-            "started_by": self.started_by,
             "outputs": self.outputs,
             "hooks": self.hooks,
             "warnings": self.warnings,
@@ -247,11 +253,11 @@ class WorkflowState:
                 completed_at=data.get("completed_at"),
                 inputs=dict(data.get("inputs") or {}),
                 states={str(k): StepResult.from_dict(v) for k, v in states.items()},
-                revision=int(data.get("revision") or 0),
+                revision=_revision(data.get("revision")),
                 error=data.get("error"),
                 history=list(history),
+                started_by=_started_by(data.get("started_by")),
                 parent_run_id=data.get("parent_run_id"),
-                started_by=data.get("started_by"),
                 outputs=dict(data.get("outputs") or {}),
                 hooks=dict(data.get("hooks") or {}),
                 warnings=list(data.get("warnings") or []),
@@ -278,6 +284,14 @@ class WorkflowState:
         if start is None or end is None:
             return None
         return int((end - start).total_seconds() * 1000)
+
+
+def _started_by(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("'started_by' is not an object")
+    return dict(value)
 
 
 # --- schema upgrades --------------------------------------------------------------------
@@ -317,3 +331,10 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         data = UPGRADES[version](data)
         version = data["schema_version"]
     return data
+
+
+def _revision(value: Any) -> int:
+    revision = int(value or 0)
+    if not 0 <= revision <= REVISION_MAX:
+        raise ValueError(f"revision {revision} is outside 0..{REVISION_MAX}")
+    return revision

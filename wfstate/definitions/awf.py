@@ -32,7 +32,8 @@ ERROR_FIELD_ALIASES = {"Message": "message", "State": "state", "Type": "type"}
 # --- keys ---------------------------------------------------------------------------
 
 TOP_LEVEL_KEYS = frozenset(
-    {"name", "version", "description", "inputs", "states", "hooks", "outputs"}
+    {"name", "version", "description", "inputs", "states", "schedule", "concurrency"}
+    | {"hooks", "outputs"}
 )
 AWF_TOP_LEVEL_KEYS = frozenset({"author", "tags", "env", "metadata"})
 WORKFLOW_HOOK_EVENTS = ("workflow_start", "workflow_end", "workflow_error", "workflow_cancel")
