@@ -899,3 +899,30 @@ def test_admin_and_api_link_parent_and_child_and_show_hooks(
         content_type="application/json",
     )
     assert bad.status_code == 400
+
+
+def test_docs_and_schema_cover_every_new_key() -> None:
+    """docs/workflows.md names each key with an example, and the JSON Schema has it."""
+    from wfstate.definitions import awf
+    from wfstate.definitions.loader import workflow_schema
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "workflows.md").read_text()
+    schema = workflow_schema()
+    defs = schema["$defs"]
+    keys = {
+        "call_workflow": awf.STATE_KEYS["call_workflow"] - awf.COMMON_STATE_KEYS,
+        "operation": awf.STATE_KEYS["operation"] - awf.COMMON_STATE_KEYS,
+        "step": {"script_file", "hooks", "use_template", "parameters", "operation", "dir"},
+        "hook_action": awf.HOOK_ACTION_KEYS,
+        "workflow_hooks": set(awf.WORKFLOW_HOOK_EVENTS),
+        "step_hooks": set(awf.STEP_HOOK_EVENTS),
+    }
+    for definition, names in keys.items():
+        properties = set(defs[definition].get("properties", {}))
+        properties |= set(defs["routing"]["properties"]) if "$ref" in defs[definition] else set()
+        for name in names:
+            assert name in properties, f"the schema's {definition} lacks {name}"
+            assert f"{name}:" in doc or f"`{name}`" in doc, f"docs/workflows.md lacks {name}"
+    assert {"hooks", "outputs"} <= set(schema["properties"])
+    assert "type: call_workflow" in doc and "type: operation" in doc
+    assert "on_failure: {message:" in doc and "--dry-run" in doc

@@ -17,6 +17,7 @@ import yaml
 from wfstate.definitions import awf, templates
 from wfstate.definitions.model import HookAction, OutputDef, WorkflowDefinition
 from wfstate.exceptions import InvalidDefinition, TemplateError
+from wfstate.records import DefinitionProblem
 
 Path_ = tuple[Any, ...]
 HookKind = Literal["command", "log", "call"]
@@ -302,7 +303,7 @@ def check_call_graph(
 def _call_error(definition: WorkflowDefinition, state: str, message: str) -> InvalidDefinition:
     file = str(definition.path) if definition.path else definition.name
     line = definition.states[state].line if state in definition.states else 0
-    error = {"file": file, "line": line, "state": state, "message": message}
+    error: DefinitionProblem = {"file": file, "line": line, "state": state, "message": message}
     return InvalidDefinition(
         f"invalid workflow definition {file}:\n  {file}:{line}: state '{state}': {message}",
         errors=[error],

@@ -30,6 +30,7 @@ from wfstate.definitions.calls import MAX_CALL_DEPTH
 from wfstate.definitions.inputs import validate_inputs
 from wfstate.definitions.model import StateDef, WorkflowDefinition
 from wfstate.definitions.templates import render_value
+from wfstate.engine.events import ProgressEvent
 from wfstate.engine.processes import reap_orphans
 from wfstate.engine.resume import prepare_resume
 from wfstate.engine.steps import AttemptResult
@@ -136,11 +137,12 @@ def run_call_workflow(
     def child_stop() -> bool:
         return should_stop() or timed_out()
 
-    def progress(event: dict[str, Any]) -> None:
+    def progress(event: ProgressEvent) -> None:
         inner = event.get("state")
-        executor._emit(
-            {**event, "state": f"{sdef.name}/{inner}" if inner else sdef.name, "run": child_id}
-        )
+        forwarded = event.copy()
+        forwarded["state"] = f"{sdef.name}/{inner}" if inner else sdef.name
+        forwarded["run"] = child_id
+        executor._emit(forwarded)
 
     from wfstate.engine.executor import Executor as ExecutorClass
 

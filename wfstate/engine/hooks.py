@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from wfstate.definitions.model import HookAction, StateDef
 from wfstate.definitions.templates import render_command, render_text, render_value
+from wfstate.engine.events import ProgressEvent
 from wfstate.engine.steps import StepContext, run_call, run_command
 from wfstate.exceptions import WFStateError
 from wfstate.state import StepResult, WorkflowState, utcnow
@@ -134,17 +135,17 @@ def run_hooks(
                 if not fail_fast:
                     state.warnings.append(message)
             executor._checkpoint()
-        executor._emit(
-            {
-                "event": "hook",
-                "hook": event,
-                "state": state_name,
-                "kind": action.kind,
-                "status": record["status"],
-                "output": output,
-                "error": error,
-            }
-        )
+        hook_event: ProgressEvent = {
+            "event": "hook",
+            "hook": event,
+            "kind": action.kind,
+            "status": "completed" if ok else "failed",
+            "output": output,
+            "error": error,
+        }
+        if state_name:
+            hook_event["state"] = state_name
+        executor._emit(hook_event)
         if not ok and fail_fast:
             return first_error
     return first_error
