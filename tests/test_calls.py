@@ -926,3 +926,26 @@ def test_docs_and_schema_cover_every_new_key() -> None:
     assert {"hooks", "outputs"} <= set(schema["properties"])
     assert "type: call_workflow" in doc and "type: operation" in doc
     assert "on_failure: {message:" in doc and "--dry-run" in doc
+
+
+def test_calls_and_operations_may_be_parallel_branches(wfdir: Path) -> None:
+    _write(wfdir, "leaf", LEAF.format(name="leaf"))
+    _write(
+        wfdir,
+        "fan",
+        """\
+name: fan
+states:
+  initial: both
+  both: {type: parallel, parallel: [child, note], on_success: done}
+  child: {type: call_workflow, workflow: leaf}
+  note: {type: operation, operation: notify.log, inputs: {message: hi}}
+  done: {type: terminal}
+""",
+    )
+    state = runs.start_run("fan")
+    assert state.status == RunStatus.COMPLETED, state.error
+    assert get_store().load(str(state.states["child"].child_run_id)).parent_run_id == (
+        state.workflow_id
+    )
+    assert state.states["note"].output == {"message": "hi", "level": "info"}

@@ -519,7 +519,11 @@ def _check_graph(
                 out.error(bpath, f"parallel branch '{branch}' does not exist")
             elif branch == state.name:
                 out.error(bpath, "a parallel block cannot be its own branch")
-            elif branch in built and built[branch].type != "step":
+            elif branch in built and built[branch].type not in (
+                "step",
+                "call_workflow",
+                "operation",
+            ):
                 out.error(
                     bpath,
                     f"parallel branch '{branch}' is a {built[branch].type} state; "
