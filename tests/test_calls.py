@@ -949,3 +949,36 @@ states:
         state.workflow_id
     )
     assert state.states["note"].output == {"message": "hi", "level": "info"}
+
+
+def test_a_call_that_times_out_cancels_its_child_and_fails(wfdir: Path) -> None:
+    _write(
+        wfdir,
+        "slow",
+        """\
+name: slow
+states:
+  initial: nap
+  nap: {type: step, command: "sleep 30", on_success: done}
+  done: {type: terminal}
+""",
+    )
+    _write(
+        wfdir,
+        "impatient",
+        """\
+name: impatient
+states:
+  initial: c
+  c: {type: call_workflow, workflow: slow, timeout: 300ms, on_success: done, on_failure: late}
+  done: {type: terminal}
+  late: {type: terminal, status: failure, message: "{{ states.c.error }}"}
+""",
+    )
+    state = runs.start_run("impatient")
+    assert state.status == RunStatus.FAILED
+    child_id = state.states["c"].child_run_id
+    assert state.error == f"sub-workflow 'slow' (run {child_id}) timed out after 0.3s"
+    child = get_store().load(str(child_id))
+    assert child.status == RunStatus.CANCELLED
+    assert child.states["nap"].status == StepStatus.CANCELLED
