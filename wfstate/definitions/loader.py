@@ -167,7 +167,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         value = error.instance
         if isinstance(value, str) and value in awf.AWF_STATE_TYPES:
             return f"state type {value!r} is not supported: {awf.AWF_STATE_TYPES[value]}"
-        return f"unknown state type {value!r}: expected step, parallel or terminal"
+        known = ", ".join(awf.STATE_KEYS)
+        return f"unknown state type {value!r}: expected one of {known}"
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
     where = path_str(path[2:] if path[:1] == ["states"] and len(path) > 2 else path)
