@@ -982,3 +982,28 @@ states:
     child = get_store().load(str(child_id))
     assert child.status == RunStatus.CANCELLED
     assert child.states["nap"].status == StepStatus.CANCELLED
+
+
+def test_bad_hooks_are_load_errors_with_their_place() -> None:
+    with pytest.raises(InvalidDefinition) as info:
+        loads_definition(
+            """\
+name: w
+hooks:
+  workflow_start: [{command: "echo {{ oops"}, {log: a, command: b}]
+  on_launch: [{log: x}]
+states:
+  initial: a
+  a:
+    type: step
+    command: echo
+    hooks: {pre: [{call: m.f, with: {v: "{{ ("}}]}
+    on_success: done
+  done: {type: terminal}
+"""
+        )
+    errors = [(e["line"], e["message"]) for e in info.value.errors]
+    assert any(line == 3 and "syntax error" in message for line, message in errors)
+    assert (3, "a hook action has exactly one of 'command', 'log' or 'call'") in errors
+    assert any(line == 10 and "syntax error" in message for line, message in errors)
+    assert any("unknown hook 'on_launch'" in w for w in info.value.warnings)

@@ -77,8 +77,14 @@ def build_hooks(
             elif kind == "log":
                 text = _check(out, (*apath, kind), text, templates.check_text)
             else:
-                with_ = dict(action.get("with") or {})
-                templates.check_value(with_)
+                with_ = {
+                    str(k): awf.normalise_template(v) if isinstance(v, str) else v
+                    for k, v in dict(action.get("with") or {}).items()
+                }
+                try:
+                    templates.check_value(with_)
+                except TemplateError as exc:
+                    out.error((*apath, "with"), str(exc))
             built.append(HookAction(kind=cast(HookKind, kind), text=text, with_=with_))
         hooks[str(event)] = tuple(built)
     return hooks
