@@ -2,6 +2,12 @@
 
 Each function glues the definition registry, the store, the engine and the index for
 one operation. Faces parse their input, call one of these, and format the result.
+
+``wfstate.tasks`` (a face: the task a worker runs) imports this module; the functions
+here that hand a run to a worker import ``wfstate.tasks`` only when they are called.
+That is on purpose, not a cycle to untangle: declaring the task checks the ``TASKS``
+setting, and importing the service layer (from a command, a test, a spawned process)
+must not need a task backend configured.
 """
 
 from __future__ import annotations
