@@ -1007,3 +1007,100 @@ states:
     assert (3, "a hook action has exactly one of 'command', 'log' or 'call'") in errors
     assert any(line == 10 and "syntax error" in message for line, message in errors)
     assert any("unknown hook 'on_launch'" in w for w in info.value.warnings)
+
+
+def test_carried_over_hooks_count_once_and_a_later_visit_is_a_new_event(
+    wfdir: Path, tmp_path: Path
+) -> None:
+    """After a crash the re-run step keeps its interrupted pre hook; when a route brings
+    the run back to that step, its hooks run again."""
+    _write(
+        wfdir,
+        "loopback",
+        f"""\
+name: loopback
+states:
+  initial: s
+  s:
+    type: step
+    command: "true"
+    hooks: {{pre: [{{command: "echo x >> {tmp_path}/pre.count"}}]}}
+    on_success: check
+  check:
+    type: step
+    command: "test -e {tmp_path}/again || {{ touch {tmp_path}/again; exit 1; }}"
+    on_success: done
+    on_failure: s
+  done: {{type: terminal}}
+""",
+    )
+    state = WorkflowState.new("loopback")
+    state.status = RunStatus.RUNNING
+    state.current_state = "s"
+    record = {"kind": "command", "action": "...", "status": "completed", "output": ""}
+    state.history.append(
+        {
+            "event": "recover",
+            "from": "current",
+            "previous_status": "running",
+            "rewound": [{"name": "s", "status": "running", "hooks": {"pre": [record]}}],
+        }
+    )
+    get_store().save(state)
+    done = runs.execute(state.workflow_id)
+    assert done.status == RunStatus.COMPLETED, done.error
+    # The first (interrupted) visit's pre hook had run: not again; the second visit's did.
+    assert _count(tmp_path / "pre.count") == 1
+
+
+def test_a_step_that_a_route_brings_back_starts_a_new_child(wfdir: Path, tmp_path: Path) -> None:
+    _write(
+        wfdir,
+        "counted",
+        f"""\
+name: counted
+states:
+  initial: a
+  a: {{type: step, command: "echo x >> {tmp_path}/child.count", on_success: done}}
+  done: {{type: terminal}}
+""",
+    )
+    _write(
+        wfdir,
+        "comeback",
+        f"""\
+name: comeback
+states:
+  initial: c
+  c: {{type: call_workflow, workflow: counted, on_success: check}}
+  check:
+    type: step
+    command: "test -e {tmp_path}/again || {{ touch {tmp_path}/again; exit 1; }}"
+    on_success: done
+    on_failure: c
+  done: {{type: terminal}}
+""",
+    )
+    store = get_store()
+    parent = WorkflowState.new("comeback")
+    old = WorkflowState.new("counted", parent_run_id=parent.workflow_id)
+    old.status = RunStatus.COMPLETED
+    store.save(old)
+    parent.status = RunStatus.RUNNING
+    parent.current_state = "c"
+    parent.history.append(
+        {
+            "event": "recover",
+            "from": "current",
+            "previous_status": "running",
+            "rewound": [{"name": "c", "status": "running", "child_run_id": old.workflow_id}],
+        }
+    )
+    store.save(parent)
+    done = runs.execute(parent.workflow_id)
+    assert done.status == RunStatus.COMPLETED, done.error
+    # First visit: the interrupted step's completed child, taken as it is (not re-run);
+    # second visit: a new child, which ran once.
+    assert _count(tmp_path / "child.count") == 1
+    assert done.states["c"].child_run_id not in (None, old.workflow_id)
+    assert len(store.list()) == 3

@@ -23,6 +23,7 @@ call one already in its chain; both are refused when loading where the files sho
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -61,11 +62,19 @@ def collect_outputs(definition: WorkflowDefinition, context: dict[str, Any]) -> 
     }
 
 
-def _previous_child(state: WorkflowState, name: str) -> str | None:
+# The steps whose previous child an executor already took up: only the first execution
+# of a step after a resume continues the interrupted one (a step that a transition
+# brings back later starts a new child).
+_taken_up: weakref.WeakKeyDictionary[Executor, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _previous_child(executor: Executor, state: WorkflowState, name: str) -> str | None:
     """The child of this step's interrupted or failed execution, moved to ``history``
     by the resume that led here; None if the step had completed (a deliberate re-run)."""
-    if not state.history:
+    taken = _taken_up.setdefault(executor, set())
+    if not state.history or name in taken:
         return None
+    taken.add(name)
     last = state.history[-1]
     for rewound in last.get("rewound") or ():
         if rewound.get("name") == name and rewound.get("child_run_id"):
@@ -104,7 +113,9 @@ def run_call_workflow(
     except WFStateError as exc:
         return AttemptResult(ok=False, error=f"sub-workflow '{sdef.workflow}': {exc}")
 
-    child_id = entry.child_run_id or _previous_child(parent, sdef.name) or new_workflow_id()
+    child_id = (
+        entry.child_run_id or _previous_child(executor, parent, sdef.name) or new_workflow_id()
+    )
     if entry.child_run_id != child_id:
         # Durable before the child exists: a crash from here on finds this id.
         with executor._lock:

@@ -19,6 +19,7 @@ again. An action interrupted half-way by a crash runs again (at least once, like
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wfstate.hooks")
 
 END_EVENTS = ("workflow_end", "workflow_error", "workflow_cancel")
+
+# The steps whose interrupted hook records an executor already carried over: only the
+# first execution of a step after a crash continues the interrupted one (a step that a
+# transition brings back later is a new event).
+_carried: weakref.WeakKeyDictionary[Executor, set[str]] = weakref.WeakKeyDictionary()
 
 
 def _never() -> bool:
@@ -200,8 +206,10 @@ def _carried_over(executor: Executor, name: str) -> dict[str, Any]:
     on purpose): the resume that follows a crash moved them to ``history``."""
     state = executor._state
     assert state is not None
-    if not state.history:
+    done = _carried.setdefault(executor, set())
+    if not state.history or name in done:
         return {}
+    done.add(name)
     last = state.history[-1]
     if last.get("previous_status") not in ("running", "pending") or last.get("from") != "current":
         return {}
