@@ -61,7 +61,7 @@ def test_example_simple_runs_with_awf_template_spelling(awf_dir: Path, tmp_path:
     target = tmp_path / "some file.txt"
     target.write_text("one\ntwo\nthree\n")
     definition = load_definition(awf_dir / "example-simple.yaml")
-    assert any("hooks" in w for w in definition.warnings)
+    assert not any("hooks" in w for w in definition.warnings)  # supported
     assert any("capture" in w for w in definition.warnings)
     state = runs.start_run("analyze-file", {"file_path": str(target)}, coerce_strings=True)
     assert state.status == RunStatus.COMPLETED, state.error

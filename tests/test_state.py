@@ -38,6 +38,12 @@ TOP_KEYS = [
     "revision",
     "error",
     "history",
+    # sub-workflows, hooks, outputs (issue 11)
+    "parent_run_id",
+    "outputs",
+    "hooks",
+    "warnings",
+    "exit_code",
 ]
 STEP_KEYS = [
     "name",
@@ -54,6 +60,8 @@ STEP_KEYS = [
     "traceback",
     "process",
     "loop",
+    "child_run_id",
+    "hooks",
 ]
 
 

@@ -29,6 +29,28 @@ def _definition_graph(workflow_name: str) -> tuple[dict[str, Any] | None, str]:
     return definition.graph(), ""
 
 
+def _hook_rows(hooks: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per hook action that ran: event, kind, status, output or error."""
+    rows = []
+    for event, records in hooks.items():
+        for record in records if isinstance(records, list) else []:
+            if isinstance(record, dict):
+                rows.append(
+                    {
+                        "event": event,
+                        "kind": record.get("kind", ""),
+                        "action": record.get("action", ""),
+                        "status": record.get("status", ""),
+                        "text": pretty_json(
+                            record.get("output")
+                            if record.get("status") == "completed"
+                            else record.get("error")
+                        ),
+                    }
+                )
+    return rows
+
+
 def run_page(workflow_id: str) -> dict[str, Any]:
     """Everything the run page shows, read from the run's file.
 
@@ -87,12 +109,25 @@ def run_page(workflow_id: str) -> dict[str, Any]:
                 "duration": human_duration(step.duration_ms),
                 "started": parse_time(step.started_at),
                 "side_files": side,
+                "child_run_id": step.child_run_id,
+                "hooks": _hook_rows(step.hooks or {}),
             }
         )
     page["steps"] = steps
     page["loops"] = [
         _loop_panel(store, state, name) for name, step in state.states.items() if step.loop
     ]
+    # Sub-workflows, both ways; hooks and warnings (engine/calls.py, engine/hooks.py).
+    page["parent_run_id"] = state.parent_run_id
+    page["started_by"] = state.started_by
+    page["children"] = [
+        {"state": step.name, "child_run_id": step.child_run_id, "status": str(step.status)}
+        for step in state.states.values()
+        if step.child_run_id
+    ]
+    page["hooks"] = _hook_rows(state.hooks)
+    page["warnings"] = list(state.warnings)
+    page["outputs"] = [(k, pretty_json(v)) for k, v in state.outputs.items()]
     page["history"] = [
         {
             "event": entry.get("event", ""),

@@ -46,6 +46,7 @@ class Node:
     id: str
     type: str = "step"
     terminal_status: str | None = None
+    workflow: str | None = None  # a call_workflow state: the workflow it calls
     layer: int = 0
     x: float = 0.0
     y: float = 0.0
@@ -94,7 +95,10 @@ def layout(graph: dict[str, Any]) -> Layout:
     result = Layout()
     for raw in graph.get("nodes", []):
         result.nodes[raw["id"]] = Node(
-            id=raw["id"], type=raw.get("type") or "step", terminal_status=raw.get("terminal_status")
+            id=raw["id"],
+            type=raw.get("type") or "step",
+            terminal_status=raw.get("terminal_status"),
+            workflow=raw.get("workflow"),
         )
     for raw in graph.get("edges", []):
         if raw["source"] in result.nodes and raw["target"] in result.nodes:
@@ -326,9 +330,17 @@ def render_svg(
         if node.current:
             classes.append("wf-current")
         radius = NODE_H / 2 if node.type == "terminal" else 8
+        if node.type == "call_workflow":
+            # A call is a box within a box: the child run is a workflow of its own.
+            parts.append(
+                f'<rect class="wf-call-frame" x="{node.x - 3:.1f}" y="{node.y - 3:.1f}" '
+                f'width="{NODE_W + 6}" height="{NODE_H + 6}" rx="11" ry="11"/>'
+            )
         caption = node.type if node.type != "step" else ""
         if node.type == "terminal" and node.terminal_status:
             caption = f"end: {node.terminal_status}"
+        if node.type == "call_workflow":
+            caption = f"calls {node.workflow or '?'}"  # the sub-workflow, drawn as a call
         if captions and node.id in captions:
             caption = f"{caption} {captions[node.id]}".strip()
         status_text = node.status or "not reached"

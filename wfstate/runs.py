@@ -169,6 +169,7 @@ def execute(
                 progress=progress,
                 max_inline_output=conf.MAX_INLINE_OUTPUT,
                 cancel_event=cancel_event,
+                resolve=get_definition,
             )
             try:
                 return executor.execute(state)
@@ -256,6 +257,23 @@ def create_run(
     get_store().save(state)
     _index(state)
     return state, definition
+
+
+def plan_run(
+    name: str, inputs: Mapping[str, Any] | None = None, *, coerce_strings: bool = False
+) -> dict[str, Any]:
+    """A dry run: validate the inputs and return the plan of a run; nothing is written,
+    no lock is taken, no command or callable runs (see ``wfstate.engine.plan``).
+
+    Raises:
+        WorkflowNotFound, InvalidDefinition, InvalidInputs.
+    """
+    from wfstate.engine.plan import plan
+
+    definition = get_definition(name)
+    return plan(
+        definition, dict(inputs or {}), resolve=get_definition, coerce_strings=coerce_strings
+    )
 
 
 def start_run(
@@ -378,15 +396,33 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
     state = store.load(workflow_id)
     if state.status.is_final:
         raise RunFinished(f"run {workflow_id} already ended {state.status}")
+    children = _active_children(state)
     try:
         with store.run_lock(workflow_id):
             state = store.update(workflow_id, _reap_and_mark_cancelled)
             store.clear_cancel(workflow_id)
     except RunLocked:
         store.request_cancel(workflow_id)
+        # The child polls its parent's request too; its own makes it plain in its files.
+        for child_id in children:
+            store.request_cancel(child_id)
         return "requested", store.load(workflow_id)
     _index(state)
+    for child_id in children:
+        # Nobody executes the parent, so nobody executes its child either (it ran in
+        # the parent's process): mark it cancelled too.
+        with contextlib.suppress(RunFinished, WFStateError):
+            cancel_run(child_id)
     return "cancelled", state
+
+
+def _active_children(state: WorkflowState) -> list[str]:
+    """The child runs of the parent's unfinished call_workflow steps."""
+    return [
+        step.child_run_id
+        for step in state.states.values()
+        if step.child_run_id and not step.completed_at
+    ]
 
 
 def _reap_and_mark_cancelled(state: WorkflowState) -> WorkflowState:
@@ -414,6 +450,18 @@ def _recover(state: WorkflowState, definition: WorkflowDefinition) -> None:
         raise NotResumable(f"run {state.workflow_id} already ended {state.status}")
     prepare_resume(state, definition, from_state="current")
     state.history[-1]["event"] = "recover"
+
+
+def _recovered_by_parent(store: Any, state: WorkflowState) -> bool:
+    """A child whose parent is unfinished is resumed by its parent's recovery (in the
+    parent's process, as it ran), never on its own."""
+    if not state.parent_run_id:
+        return False
+    try:
+        parent = store.load(state.parent_run_id)
+    except WFStateError:
+        return False  # no parent any more: recover the child on its own
+    return not parent.status.is_final
 
 
 def recover_runs(
@@ -450,6 +498,8 @@ def recover_runs(
             if min_age and updated is not None and (now - updated).total_seconds() < min_age:
                 continue
             if store.run_lock_owner(workflow_id) is not None:
+                continue
+            if _recovered_by_parent(store, state):
                 continue
             if detach:
                 from wfstate.tasks import enqueue_execution
@@ -494,6 +544,7 @@ __all__ = [
     "get_definition",
     "list_definitions",
     "load_run",
+    "plan_run",
     "recover_runs",
     "resume_run",
     "run_owner",

@@ -107,6 +107,23 @@ class StepResultSerializer(serializers.Serializer[dict[str, Any]]):
             "The iterations themselves: GET runs/{id}/loops/{loop}/"
         ),
     )
+    child_run_id = serializers.UUIDField(
+        format="hex_verbose",
+        allow_null=True,
+        required=False,
+        help_text="a call_workflow step: the child run's id",
+    )
+    child_url = serializers.SerializerMethodField(help_text="the child run's URL, if any")
+    hooks = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        required=False,
+        help_text='the step\'s hooks as they ran: {"pre": [...], "post": [...]}',
+    )
+
+    def get_child_url(self, obj: dict[str, Any]) -> str | None:
+        child = obj.get("child_run_id")
+        return run_url(child, self.context.get("request")) if child else None
 
 
 class LoopPageSerializer(serializers.Serializer[dict[str, Any]]):
@@ -183,6 +200,28 @@ class RunSerializer(serializers.Serializer[dict[str, Any]]):
         child=serializers.DictField(child=AnyJSONField()),
         help_text="step results a resume rewound past, and each resume's options",
     )
+    parent_run_id = serializers.UUIDField(
+        format="hex_verbose",
+        allow_null=True,
+        required=False,
+        help_text="the run whose call_workflow step started this one; null for a top-level run",
+    )
+    parent_url = serializers.SerializerMethodField(help_text="the parent run's URL, if any")
+    started_by = serializers.DictField(child=AnyJSONField(), allow_null=True, required=False)
+    outputs = serializers.DictField(
+        child=AnyJSONField(), required=False, help_text="the workflow's declared outputs"
+    )
+    hooks = serializers.DictField(
+        child=AnyJSONField(), required=False, help_text="workflow hooks as they ran, by event"
+    )
+    warnings = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="e.g. a failed hook"
+    )
+    exit_code = serializers.IntegerField(allow_null=True, required=False)
+
+    def get_parent_url(self, obj: dict[str, Any]) -> str | None:
+        parent = obj.get("parent_run_id")
+        return run_url(parent, self.context.get("request")) if parent else None
 
 
 class CancelResultSerializer(serializers.Serializer[dict[str, Any]]):
@@ -263,8 +302,16 @@ class InputDefSerializer(serializers.Serializer[Any]):
 
 class GraphNodeSerializer(serializers.Serializer[dict[str, Any]]):
     id = serializers.CharField()
-    type = serializers.ChoiceField(choices=["step", "parallel", "terminal", "for_each", "while"])
+    type = serializers.ChoiceField(
+        choices=["step", "parallel", "terminal", "for_each", "while", "call_workflow", "operation"]
+    )
     terminal_status = serializers.ChoiceField(choices=["success", "failure"], allow_null=True)
+    workflow = serializers.CharField(
+        allow_null=True, required=False, help_text="a call_workflow state: the child workflow"
+    )
+    hooks = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="the state's hooks (pre, post)"
+    )
 
 
 class GraphEdgeSerializer(serializers.Serializer[dict[str, Any]]):

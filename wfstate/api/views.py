@@ -122,6 +122,11 @@ class RunViewSet(WFStateAPIMixin, mixins.ListModelMixin, viewsets.GenericViewSet
     def create(self, request: Request) -> Response:
         body = self.get_serializer(data=request.data)
         body.is_valid(raise_exception=True)
+        if request.query_params.get("dry_run") in ("1", "true", "yes"):
+            plan = runs.plan_run(
+                body.validated_data["workflow_name"], body.validated_data["inputs"]
+            )
+            return Response(plan, status=status.HTTP_200_OK)
         # Idempotency-Key (header, or "idempotency_key" in the body): a retry returns the
         # run the first request created, with 200 instead of 202.
         key = request.headers.get("Idempotency-Key") or body.validated_data.get("idempotency_key")

@@ -31,6 +31,7 @@ from typing import Any, cast
 import jsonschema
 
 from wfstate.definitions import awf, templates
+from wfstate.definitions import calls as call_defs
 from wfstate.definitions._yaml import SourceMap, YAMLSyntaxError, load_yaml, path_str
 from wfstate.definitions.loops import LOOP_TYPES, body_owners, build_loop, check_loops
 from wfstate.definitions.model import (
@@ -167,7 +168,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         value = error.instance
         if isinstance(value, str) and value in awf.AWF_STATE_TYPES:
             return f"state type {value!r} is not supported: {awf.AWF_STATE_TYPES[value]}"
-        return f"unknown state type {value!r}: expected step, parallel, terminal, for_each or while"
+        known = ", ".join(awf.STATE_KEYS)
+        return f"unknown state type {value!r}: expected one of {known}"
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
     where = path_str(path[2:] if path[:1] == ["states"] and len(path) > 2 else path)
@@ -381,12 +383,21 @@ def _build_state(out: _Collector, name: str, raw: Any) -> StateDef | None:
     }
     if kind in LOOP_TYPES:
         return build_loop(out, path, raw, get, fields)
-    if kind in ("step", "parallel"):
+    if kind in ("step", "parallel", "call_workflow", "operation"):
         fields["on_success"] = get("on_success")
         fields["on_failure"] = get("on_failure")
         fields["transitions"] = tuple(_build_transitions(out, path, get("transitions", [])))
+        call_defs.inline_failure(out, path, raw, fields)
     if kind == "step":
         _build_step(out, path, raw, get, fields)
+    elif kind == "call_workflow":
+        call_defs.build_call_workflow(out, path, raw, get, fields, _template_value, _duration)
+    elif kind == "operation":
+        call_defs.build_operation(out, path, raw, get, fields, _template_value)
+        fields["timeout"] = _duration(out, (*path, "timeout"), raw.get("timeout"))
+        if get("retry") is not None:
+            fields["retry"] = _build_retry(out, (*path, "retry"), get("retry"))
+        fields["continue_on_error"] = bool(get("continue_on_error", False))
     elif kind == "parallel":
         fields["parallel"] = tuple(get("parallel", ()))
         fields["strategy"] = get("strategy", "all_succeed")
@@ -426,13 +437,18 @@ def _build_step(
     get: Callable[..., Any],
     fields: dict[str, Any],
 ) -> None:
+    script = call_defs.script_file_command(out, path, raw, _base_path(out))
+    if script is not None:
+        raw = {**raw, "command": script}
     has_command = raw.get("command") is not None
     has_call = raw.get("call") is not None
-    if has_command and has_call:
+    if "script_file" in raw and script is None:
+        pass  # its error is reported
+    elif has_command and has_call:
         out.error(path, "a step has either 'command' or 'call', not both")
     elif not has_command and not has_call:
         out.error(path, "a step needs 'command' (a shell command) or 'call' (a Python callable)")
-    command = get("command")
+    command = script if script is not None else get("command")
     if command is not None:
         fields["command"] = _template(out, (*path, "command"), command, templates.check_command)
     fields["call"] = get("call")
@@ -452,6 +468,11 @@ def _build_step(
     if retry is not None:
         fields["retry"] = _build_retry(out, (*path, "retry"), retry)
     fields["continue_on_error"] = bool(get("continue_on_error", False))
+    call_defs.build_step_extras(out, path, raw, fields)
+
+
+def _base_path(out: _Collector) -> Path | None:
+    return None if out.file.startswith("<") else Path(out.file)
 
 
 # --- pass 3: graph checks ---------------------------------------------------------------
@@ -502,7 +523,11 @@ def _check_graph(
                 out.error(bpath, f"parallel branch '{branch}' does not exist")
             elif branch == state.name:
                 out.error(bpath, "a parallel block cannot be its own branch")
-            elif branch in built and built[branch].type != "step":
+            elif branch in built and built[branch].type not in (
+                "step",
+                "call_workflow",
+                "operation",
+            ):
                 out.error(
                     bpath,
                     f"parallel branch '{branch}' is a {built[branch].type} state; "
@@ -605,6 +630,15 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
 
     schedules = triggers.build_schedules(out, str(data.get("name")), data.get("schedule"))
     concurrency = triggers.build_concurrency(out, data.get("concurrency"))
+    for state in built.values():
+        if state.workflow is not None and state.workflow == data.get("name"):
+            out.error(
+                ("states", state.name, "workflow"),
+                f"circular sub-workflow call: '{state.workflow}' calls itself",
+            )
+    hooks = call_defs.build_hooks(out, ("hooks",), data.get("hooks"), awf.WORKFLOW_HOOK_EVENTS)
+    outputs = call_defs.build_outputs(out, data.get("outputs"))
+
     if out.errors:
         return None
     version = data.get("version")
@@ -618,6 +652,8 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
         warnings=tuple(out.warnings),
         schedules=schedules,
         concurrency=concurrency,
+        hooks=hooks,
+        outputs=outputs,
     )
 
 
@@ -645,6 +681,7 @@ def _finish(
     path: Path | None,
     sha256: str,
 ) -> WorkflowDefinition:
+    data = call_defs.expand_templates(out, data, path)
     _schema_errors(data, out)
     definition = _build(data, out)
     name = data.get("name") if isinstance(data, Mapping) else None

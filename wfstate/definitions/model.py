@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-StateType = Literal["step", "parallel", "terminal", "for_each", "while"]
+StateType = Literal[
+    "step", "parallel", "terminal", "for_each", "while", "call_workflow", "operation"
+]
 Backoff = Literal["constant", "linear", "exponential"]
 Strategy = Literal["all_succeed", "any_succeed", "best_effort"]
 
@@ -63,6 +65,24 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class HookAction:
+    """One action of a hook: a shell ``command``, a ``log`` line or a Python ``call``."""
+
+    kind: Literal["command", "log", "call"]
+    text: str  # the command or log template, or the dotted path of the callable
+    with_: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputDef:
+    """A workflow output (awf ``outputs: [{name, from}]``): ``from`` is an expression."""
+
+    name: str
+    from_: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class StateDef:
     name: str
     type: StateType
@@ -94,6 +114,17 @@ class StateDef:
     body: tuple[str, ...] = ()
     max_iterations: int | str = 100
     break_when: str | None = None
+    # call_workflow (see wfstate.engine.calls)
+    workflow: str | None = None
+    call_inputs: dict[str, Any] = field(default_factory=dict)
+    call_outputs: dict[str, str] = field(default_factory=dict)  # child output -> parent name
+    # operation (see wfstate.engine.operations); its inputs are ``with_``
+    operation: str | None = None
+    # step hooks: {"pre": (...), "post": (...)}
+    hooks: dict[str, tuple[HookAction, ...]] = field(default_factory=dict)
+    # inline on_failure: {message, status}: the run fails with this message and exit code
+    failure_message: str | None = None
+    failure_status: int | None = None
 
     def targets(self) -> list[str]:
         """Every state this one can go to (for graphs and reachability)."""
@@ -151,6 +182,9 @@ class WorkflowDefinition:
     warnings: tuple[str, ...] = ()
     schedules: tuple[ScheduleDef, ...] = ()
     concurrency: ConcurrencyDef | None = None
+    # workflow_start / workflow_end / workflow_error / workflow_cancel
+    hooks: dict[str, tuple[HookAction, ...]] = field(default_factory=dict)
+    outputs: tuple[OutputDef, ...] = ()
 
     def graph(self) -> dict[str, Any]:
         """Nodes and edges, for the admin's SVG and the API."""
@@ -159,6 +193,8 @@ class WorkflowDefinition:
                 "id": s.name,
                 "type": s.type,
                 "terminal_status": s.status if s.type == "terminal" else None,
+                "workflow": s.workflow,
+                "hooks": sorted(s.hooks),
             }
             for s in self.states.values()
         ]

@@ -241,6 +241,7 @@ def build_context(state: WorkflowState, cache: ContextCache | None = None) -> di
         "id": state.workflow_id,
         "name": state.workflow_name,
         "version": state.workflow_version,
+        "duration": (state.duration_ms() or 0) / 1000,
     }
     for alias, field in WORKFLOW_FIELD_ALIASES.items():
         workflow[alias] = workflow[field]

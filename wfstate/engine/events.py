@@ -17,6 +17,7 @@ EventKind = Literal[
     "step_kept",
     "iteration_finished",
     "run_finished",
+    "hook",
 ]
 
 
@@ -30,6 +31,11 @@ class ProgressEvent(TypedDict):
     - ``iteration_finished``: ``state`` (the loop), ``index``, ``status`` (an iteration
       of a for_each/while recorded in its side file)
     - ``run_finished``: ``status``, ``error``
+    - ``hook``: ``hook`` (the event: ``workflow_start``, ``pre``...), ``state`` (a step
+      hook's), ``kind`` (command, log, call), ``status``, ``output``, ``error``
+
+    A child run's events (a ``call_workflow`` step) come through its parent's callback
+    with ``state`` as ``parent_state/child_state`` and ``run`` the child's id.
     """
 
     event: EventKind
@@ -40,6 +46,10 @@ class ProgressEvent(TypedDict):
     delay: NotRequired[float]
     duration_ms: NotRequired[int | None]
     index: NotRequired[int]
+    hook: NotRequired[str]
+    kind: NotRequired[str]
+    output: NotRequired[object]
+    run: NotRequired[str]
 
 
 Progress = Callable[[ProgressEvent], None]

@@ -144,7 +144,10 @@ def prepare_resume(
             f"(sha256 {state.definition_sha256[:12]} -> {definition.sha256[:12]}); "
             "pass --allow-changed-definition to resume it with the new definition"
         )
+    from wfstate.engine.hooks import rewind_end_hooks
+
     target = resume_target(state, definition, from_state) if state.states else definition.initial
+    hooks = rewind_end_hooks(state)
     order = _executed_order(state)
     kept = _kept_branches(state, definition, target) if from_state == "current" else []
     rewound: list[dict[str, Any]] = []
@@ -166,6 +169,7 @@ def prepare_resume(
             "rewound": rewound,
             # Completed branches of the interrupted parallel block: not run again.
             "kept": kept,
+            **({"hooks": hooks} if hooks else {}),
         }
     )
     if inputs:
@@ -176,6 +180,7 @@ def prepare_resume(
     state.current_state = target
     state.status = RunStatus.PENDING
     state.error = None
+    state.exit_code = None
     state.completed_at = None
     return state
 

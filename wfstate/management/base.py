@@ -96,6 +96,16 @@ class WFStateCommand(BaseCommand):
                 line += f"  {event['error']}"
             style = self.style.SUCCESS if status == "completed" else self.style.ERROR
             self.stdout.write(style(line))
+        elif kind == "hook":
+            # A hook's own lines (a command's stdout, a log message), in the order run.
+            where = f"{name} {event.get('hook')}" if name else str(event.get("hook"))
+            text = event.get("output") if event.get("status") == "completed" else event.get("error")
+            for text_line in str(text or "").splitlines() or [""]:
+                line = f"  ⚓ {where}: {text_line}"
+                if event.get("status") == "completed":
+                    self.stdout.write(line)
+                else:
+                    self.stdout.write(self.style.WARNING(line))
 
     def report_run(self, state: WorkflowState, path: str | None) -> None:
         """The closing lines of run/resume: id, status, state file; exit 3 when not completed."""
