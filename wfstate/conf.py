@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "TASK_BACKEND": "default",
     "TASK_QUEUE": "default",
+    "RETENTION": {},  # keep every run (prune_workflow_runs --older-than still works)
 }
 
 
@@ -92,6 +93,16 @@ class Settings:
     @property
     def TASK_QUEUE(self) -> str:
         return str(self._get("TASK_QUEUE"))
+
+    @property
+    def RETENTION(self) -> dict[str, Any]:
+        """How long finished runs are kept, by status and per workflow.
+
+        ``{"completed": "30d", "failed": "90d", "workflows": {"NAME": {"completed": "7d"}}}``;
+        a missing status or ``None`` keeps those runs. Applied by ``prune_workflow_runs``
+        (without ``--older-than``) and by the scheduler when one runs (docs/retention.md).
+        """
+        return dict(self._get("RETENTION") or {})
 
 
 conf = Settings()
