@@ -478,6 +478,8 @@ def _definition_outcome(
     if install_definition is None:
         return "missing", None
     target = Path(install_definition) / name
-    if target.exists():
+    if target.is_file() and not target.is_symlink() and target.read_bytes() == data:
+        return "installed", None  # there already, byte for byte
+    if target.exists() or target.is_symlink():
         raise DefinitionExists(f"refusing to replace {target} with the bundled definition")
     return "installed", target
