@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from wfstate import audit
 from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
@@ -141,6 +142,7 @@ def create_run(
         workflow_version=definition.version,
         definition_sha256=definition.sha256,
     )
+    state.history.append(audit.entry("start"))  # who started it, in its first write
     get_store().save(state)
     _index(state)
     return state, definition
@@ -207,6 +209,7 @@ def resume_run(
             inputs=overrides,
             allow_changed_definition=allow_changed_definition,
         )
+        state.history[-1]["actor"] = audit.actor()  # the resume entry names who asked
         get_store().clear_cancel(workflow_id)
 
     if not detach:
@@ -247,13 +250,18 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
         raise RunFinished(f"run {workflow_id} already ended {state.status}")
     try:
         with store.run_lock(workflow_id):
-            state = store.update(workflow_id, mark_cancelled)
+            state = store.update(workflow_id, _cancel_as_actor)
             store.clear_cancel(workflow_id)
     except RunLocked:
         store.request_cancel(workflow_id)
         return "requested", store.load(workflow_id)
     _index(state)
     return "cancelled", state
+
+
+def _cancel_as_actor(state: WorkflowState) -> None:
+    mark_cancelled(state)
+    state.history.append(audit.entry("cancel"))
 
 
 def delete_run(workflow_id: str) -> None:
@@ -264,6 +272,9 @@ def delete_run(workflow_id: str) -> None:
     """
     store = get_store()
     store.delete(workflow_id)
+    # The run's history goes with it: the record of who deleted it is the log's (and
+    # the admin's LogEntry).
+    logger.info("run %s deleted by %s", workflow_id, audit.actor()["by"])
     if conf.INDEX_ON_WRITE:
         from wfstate import index
 
@@ -275,6 +286,7 @@ def _recover(state: WorkflowState, definition: WorkflowDefinition) -> None:
         raise NotResumable(f"run {state.workflow_id} already ended {state.status}")
     prepare_resume(state, definition, from_state="current")
     state.history[-1]["event"] = "recover"
+    state.history[-1]["actor"] = audit.actor()
 
 
 def recover_runs(

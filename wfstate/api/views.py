@@ -38,7 +38,7 @@ from rest_framework.response import Response
 from rest_framework.schemas.inspectors import ViewInspector
 
 import wfstate
-from wfstate import runs
+from wfstate import audit, runs
 from wfstate.api import serializers as s
 from wfstate.api.exceptions import exception_handler
 from wfstate.api.filters import RunPagination, WorkflowRunFilter
@@ -151,6 +151,21 @@ class WFStateAPIMixin(AccessMixin):
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return exception_handler
+
+    # The audit trail: what a request changes is recorded as done by its user (or API
+    # key) from its IP; DRF calls finalize_response whatever happened, which resets it.
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        self._acting = audit.acting_as(lambda: audit.request_actor(request, "api"))
+        self._acting.__enter__()
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        acting = self.__dict__.pop("_acting", None)
+        if acting is not None:
+            acting.__exit__(None, None, None)
+        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
 
 
 def _etag(state: WorkflowState) -> str:
