@@ -182,6 +182,8 @@ class Policy:
                     q &= ~Q(workflow_name__in=named)
                 query |= q
             for name, entry in self.workflows.items():
+                if self.only_workflow is not None and name != self.only_workflow:
+                    continue
                 wf_age = entry.get(status, age)
                 if wf_age is not None:
                     query |= Q(status=status, workflow_name=name) & _older(now - wf_age)
