@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "TASK_BACKEND": "default",
     "TASK_QUEUE": "default",
     "RETENTION": {},  # keep every run (prune_workflow_runs --older-than still works)
+    "SECRET_KEYS": [],  # default: a key derived from Django's SECRET_KEY
 }
 
 
@@ -103,6 +104,15 @@ class Settings:
         (without ``--older-than``) and by the scheduler when one runs (docs/retention.md).
         """
         return dict(self._get("RETENTION") or {})
+
+    @property
+    def SECRET_KEYS(self) -> list[str]:
+        """Fernet keys for inputs declared ``secret: true``: the first encrypts, all decrypt.
+
+        Rotate by putting a new key first and keeping the old ones while runs sealed
+        with them remain. Empty: one key derived from Django's ``SECRET_KEY``.
+        """
+        return [str(k) for k in self._get("SECRET_KEYS") or []]
 
 
 conf = Settings()

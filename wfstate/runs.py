@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from wfstate import audit
+from wfstate import audit, secrets
 from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
@@ -142,6 +142,7 @@ def create_run(
         workflow_version=definition.version,
         definition_sha256=definition.sha256,
     )
+    state.inputs = secrets.seal_inputs(definition, values)  # before the first write
     state.history.append(audit.entry("start"))  # who started it, in its first write
     get_store().save(state)
     _index(state)
@@ -196,12 +197,16 @@ def resume_run(
     """
 
     def prepare(state: WorkflowState, definition: WorkflowDefinition) -> None:
+        # Refused before anything changes when a secret input's key was dropped.
+        opened = secrets.open_inputs(state.inputs)
         overrides: dict[str, Any] = {}
         if inputs:
             merged = validate_inputs(
-                definition, {**state.inputs, **inputs}, coerce_strings=coerce_strings
+                definition,
+                {**opened, **inputs},
+                coerce_strings=coerce_strings,
             )
-            overrides = {k: merged[k] for k in inputs}
+            overrides = secrets.seal_inputs(definition, {k: merged[k] for k in inputs})
         prepare_resume(
             state,
             definition,

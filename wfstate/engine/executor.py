@@ -221,7 +221,8 @@ class Executor:
         entry = self._begin(sdef.name, attempt, set_current=set_current)
         first_started = entry.started_at
         while True:
-            outcome = self._attempt(sdef, attempt, should_stop)
+            # Whatever the step printed, returned or raised, with secret inputs masked.
+            outcome = _masked(self._attempt(sdef, attempt, should_stop), state)
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -276,7 +277,7 @@ class Executor:
                 workflow_id=state.workflow_id,
                 workflow_name=state.workflow_name,
                 state_name=sdef.name,
-                inputs=state.inputs,
+                inputs=context["inputs"],  # secret inputs opened (wfstate.secrets)
                 states=context["states"],
                 attempt=attempt,
                 should_stop=should_stop,
@@ -469,3 +470,16 @@ def _branch_ok(branch: StateDef, result: StepResult) -> bool:
 
 def _is_storage_error(exc: WFStateError) -> bool:
     return isinstance(exc, StorageError | StateLocked)
+
+
+def _masked(outcome: AttemptResult, state: WorkflowState) -> AttemptResult:
+    """The outcome with every secret input's value masked (wfstate.secrets)."""
+    from wfstate import secrets
+
+    values = secrets.clear_values(state.inputs)
+    if values:
+        outcome.output = secrets.mask(outcome.output, values)
+        outcome.stderr = secrets.mask(outcome.stderr, values)
+        outcome.error = secrets.mask(outcome.error, values)
+        outcome.traceback = secrets.mask(outcome.traceback, values)
+    return outcome
