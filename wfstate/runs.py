@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from wfstate import audit, secrets
+from wfstate import audit, secrets, tracing
 from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
@@ -111,11 +111,11 @@ def execute(
             prepare(state, definition)
         elif state.status.is_final:
             return state  # a duplicate delivery of a finished run: nothing to do
-        with _listeners() as listeners:
+        with _listeners() as listeners, tracing.spans() as traced:
             executor = Executor(
                 store,
                 definition,
-                listeners=listeners,
+                listeners=[*listeners, *traced],  # traced: OpenTelemetry (wfstate.tracing)
                 progress=progress,
                 max_inline_output=conf.MAX_INLINE_OUTPUT,
                 cancel_event=cancel_event,
