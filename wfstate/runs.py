@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from wfstate import audit, secrets, tracing
+from wfstate import audit, events, secrets, tracing
 from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
@@ -111,11 +111,16 @@ def execute(
             prepare(state, definition)
         elif state.status.is_final:
             return state  # a duplicate delivery of a finished run: nothing to do
-        with _listeners() as listeners, tracing.spans() as traced:
+        with (
+            _listeners() as listeners,
+            tracing.spans() as traced,
+            events.logging_events(store) as logged,
+        ):
             executor = Executor(
                 store,
                 definition,
-                listeners=[*listeners, *traced],  # traced: OpenTelemetry (wfstate.tracing)
+                # traced: OpenTelemetry (wfstate.tracing); logged: the SSE log (wfstate.events)
+                listeners=[*listeners, *traced, *logged],
                 progress=progress,
                 max_inline_output=conf.MAX_INLINE_OUTPUT,
                 cancel_event=cancel_event,
@@ -144,7 +149,9 @@ def create_run(
     )
     state.inputs = secrets.seal_inputs(definition, values)  # before the first write
     state.history.append(audit.entry("start"))  # who started it, in its first write
-    get_store().save(state)
+    store = get_store()
+    store.save(state)
+    events.append(store, state, [])  # the live stream's first event
     _index(state)
     return state, definition
 

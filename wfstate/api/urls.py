@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from wfstate.api import views
+from wfstate.api import events, views
 
 app_name = "wfstate-api"
 
@@ -14,6 +14,7 @@ router.register("runs", views.RunViewSet, basename="run")
 router.register("workflows", views.WorkflowViewSet, basename="workflow")
 
 urlpatterns = [
+    path("runs/<str:workflow_id>/events/", events.RunEventsView.as_view(), name="run-events"),
     path("", include(router.urls)),
     path("schema/", views.SchemaView.as_view(), name="schema"),
 ]
