@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from tests.engine_helpers import call, manage
+from tests.engine_helpers import call, manage, spawn, wait_for
 from wfstate import audit, runs
 from wfstate.stores import get_store
 
@@ -117,3 +117,27 @@ def test_resume_and_cancel_through_a_command_process(wfstate_settings: dict[str,
     assert result.returncode == 0, result.stderr
     cancel = history(state.workflow_id)[-1]
     assert cancel["event"] == "cancel" and cancel["actor"]["channel"] == "command"
+
+
+def test_cancel_of_a_live_run_through_the_api_is_recorded_when_the_executor_stops(
+    ada: User, wfstate_settings: dict[str, Any]
+) -> None:
+    storage = Path(wfstate_settings["STORAGE_DIR"])
+    state, _ = runs.create_run("ten_steps", {"pause": "5"})
+    executor = spawn(storage, "recover_workflows")
+    store = get_store()
+    try:
+        wait_for(lambda: store.run_lock_owner(state.workflow_id), what="the executor")
+        client = Client(REMOTE_ADDR="198.51.100.4")
+        client.force_login(ada)
+        response = client.post(f"/api/wfstate/runs/{state.workflow_id}/cancel/")
+        assert response.status_code == 202, response.content
+        assert response.json()["outcome"] == "requested"
+    finally:
+        executor.communicate(timeout=60)
+    final = store.load(state.workflow_id)
+    assert final.status == "cancelled"
+    cancel = final.history[-1]
+    assert cancel["event"] == "cancel" and cancel["requested"] is True
+    assert cancel["actor"]["channel"] == "api" and cancel["actor"]["ip"] == "198.51.100.4"
+    assert not list(store.outputs_dir(state.workflow_id).glob(".cancel-request"))

@@ -130,3 +130,55 @@ def actor() -> Actor:
 def entry(action: str, **details: Any) -> dict[str, Any]:
     """A history entry for ``action`` by the current actor."""
     return {"event": action, "at": utcnow(), "actor": actor(), **details}
+
+
+# --- a cancel request to a live executor ---------------------------------------------------
+#
+# The executor owns the run's state while it runs (its next checkpoint would overwrite a
+# history entry written beside it), so who asked for the cancel is noted in a side file
+# of the run, ``<id>.outputs/.cancel-request``, and recorded in the history by
+# ``runs.execute`` once the executor has stopped, still under the run lock.
+
+_NOTE = ".cancel-request"
+
+
+def _note_path(store: Any, workflow_id: str) -> Any:
+    from pathlib import Path
+
+    outputs_dir = getattr(store, "outputs_dir", None)
+    return Path(outputs_dir(workflow_id)) / _NOTE if outputs_dir is not None else None
+
+
+def note_cancel_request(store: Any, workflow_id: str) -> None:
+    """Keep who asks a live executor to cancel (never fatal: the cancel matters more)."""
+    import orjson
+
+    path = _note_path(store, workflow_id)
+    if path is None or path.parent.is_symlink():
+        return
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(orjson.dumps(entry("cancel", requested=True)))
+
+
+def take_cancel_request(store: Any, workflow_id: str) -> dict[str, Any] | None:
+    """The noted cancel request, removed (None when there is none or it is unreadable)."""
+    import orjson
+
+    path = _note_path(store, workflow_id)
+    if path is None or path.parent.is_symlink():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            data = orjson.loads(fh.read(65536))
+    except (OSError, orjson.JSONDecodeError):
+        data = None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    return data if isinstance(data, dict) else None

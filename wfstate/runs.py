@@ -126,7 +126,7 @@ def execute(
                 cancel_event=cancel_event,
             )
             try:
-                return executor.execute(state)
+                return _record_cancel_request(store, executor.execute(state))
             finally:
                 store.clear_cancel(workflow_id)
 
@@ -223,6 +223,7 @@ def resume_run(
         )
         state.history[-1]["actor"] = audit.actor()  # the resume entry names who asked
         get_store().clear_cancel(workflow_id)
+        audit.take_cancel_request(get_store(), workflow_id)  # a stale one, from a crash
 
     if not detach:
         return execute(workflow_id, progress=progress, cancel_event=cancel_event, prepare=prepare)
@@ -265,10 +266,21 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
             state = store.update(workflow_id, _cancel_as_actor)
             store.clear_cancel(workflow_id)
     except RunLocked:
+        audit.note_cancel_request(store, workflow_id)  # recorded when the executor stops
         store.request_cancel(workflow_id)
         return "requested", store.load(workflow_id)
     _index(state)
     return "cancelled", state
+
+
+def _record_cancel_request(store: Any, state: WorkflowState) -> WorkflowState:
+    """After an execution (run lock still held): who asked it to cancel, in its history."""
+    note = audit.take_cancel_request(store, state.workflow_id)
+    if note is None or state.status != RunStatus.CANCELLED:
+        return state
+    state = store.update(state.workflow_id, lambda s: s.history.append(note))
+    _index(state)
+    return state
 
 
 def _cancel_as_actor(state: WorkflowState) -> None:
