@@ -159,11 +159,13 @@ class Follower:
         final_status = None
         if self.log is not None:
             with contextlib.suppress(OSError):
-                with open(self.log, "rb") as fh:
-                    fh.seek(self.offset)
-                    chunk = fh.read()
-                self.offset += len(chunk)
-                self.buffer += chunk
+                # A stat per poll; the log is opened only when it has grown.
+                if os.stat(self.log).st_size > self.offset:
+                    with open(self.log, "rb") as fh:
+                        fh.seek(self.offset)
+                        chunk = fh.read()
+                    self.offset += len(chunk)
+                    self.buffer += chunk
         *lines, self.buffer = self.buffer.split(b"\n")
         for raw in lines:
             with contextlib.suppress(orjson.JSONDecodeError):
