@@ -135,8 +135,10 @@ def run_page(workflow_id: str) -> dict[str, Any]:
             "summary": ", ".join(
                 f"{k}={v}"
                 for k, v in entry.items()
-                if k not in ("event", "at", "rewound") and v not in (None, "", {}, [])
+                if k not in ("event", "at", "rewound", "actor") and v not in (None, "", {}, [])
             ),
+            # Who did it (wfstate.audit): the actor's own sentence.
+            "by": entry["actor"].get("by", "") if isinstance(entry.get("actor"), dict) else "",
             "rewound": [r.get("name") for r in entry.get("rewound") or [] if isinstance(r, dict)],
             "raw": pretty_json(entry),
         }

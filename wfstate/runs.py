@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from wfstate import audit, events, secrets, tracing
 from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
@@ -162,19 +163,22 @@ def execute(
                     store.save(state)
                     _index(state)
                 return state
-            executor = Executor(
-                store,
-                definition,
-                listeners=listeners,
-                progress=progress,
-                max_inline_output=conf.MAX_INLINE_OUTPUT,
-                cancel_event=cancel_event,
-                resolve=get_definition,
-            )
-            try:
-                return executor.execute(state)
-            finally:
-                store.clear_cancel(workflow_id)
+            with tracing.spans() as traced, events.logging_events(store) as logged:
+                executor = Executor(
+                    store,
+                    definition,
+                    # traced: OpenTelemetry (wfstate.tracing); logged: the SSE log
+                    # (wfstate.events)
+                    listeners=[*listeners, *traced, *logged],
+                    progress=progress,
+                    max_inline_output=conf.MAX_INLINE_OUTPUT,
+                    cancel_event=cancel_event,
+                    resolve=get_definition,
+                )
+                try:
+                    return _record_cancel_request(store, executor.execute(state))
+                finally:
+                    store.clear_cancel(workflow_id)
 
 
 # How long a resume waits for a run lock whose holder already recorded the run's end
@@ -254,7 +258,11 @@ def create_run(
         definition_sha256=definition.sha256,
         started_by=dict(started_by) if started_by else None,
     )
-    get_store().save(state)
+    state.inputs = secrets.seal_inputs(definition, values)  # before the first write
+    state.history.append(audit.entry("start"))  # who started it, in its first write
+    store = get_store()
+    store.save(state)
+    events.append(store, state, [])  # the live stream's first event
     _index(state)
     return state, definition
 
@@ -342,12 +350,16 @@ def resume_run(
     """
 
     def prepare(state: WorkflowState, definition: WorkflowDefinition) -> None:
+        # Refused before anything changes when a secret input's key was dropped.
+        opened = secrets.open_inputs(state.inputs)
         overrides: dict[str, Any] = {}
         if inputs:
             merged = validate_inputs(
-                definition, {**state.inputs, **inputs}, coerce_strings=coerce_strings
+                definition,
+                {**opened, **inputs},
+                coerce_strings=coerce_strings,
             )
-            overrides = {k: merged[k] for k in inputs}
+            overrides = secrets.seal_inputs(definition, {k: merged[k] for k in inputs})
         prepare_resume(
             state,
             definition,
@@ -355,7 +367,9 @@ def resume_run(
             inputs=overrides,
             allow_changed_definition=allow_changed_definition,
         )
+        state.history[-1]["actor"] = audit.actor()  # the resume entry names who asked
         get_store().clear_cancel(workflow_id)
+        audit.take_cancel_request(get_store(), workflow_id)  # a stale one, from a crash
 
     if not detach:
         return execute(workflow_id, progress=progress, cancel_event=cancel_event, prepare=prepare)
@@ -402,6 +416,7 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
             state = store.update(workflow_id, _reap_and_mark_cancelled)
             store.clear_cancel(workflow_id)
     except RunLocked:
+        audit.note_cancel_request(store, workflow_id)  # recorded when the executor stops
         store.request_cancel(workflow_id)
         # The child polls its parent's request too; its own makes it plain in its files.
         for child_id in children:
@@ -428,7 +443,19 @@ def _active_children(state: WorkflowState) -> list[str]:
 def _reap_and_mark_cancelled(state: WorkflowState) -> WorkflowState:
     if not state.status.is_final:
         reap_orphans(state)
-    return mark_cancelled(state)
+    mark_cancelled(state)
+    state.history.append(audit.entry("cancel"))  # who cancelled it (wfstate.audit)
+    return state
+
+
+def _record_cancel_request(store: Any, state: WorkflowState) -> WorkflowState:
+    """After an execution (run lock still held): who asked it to cancel, in its history."""
+    note = audit.take_cancel_request(store, state.workflow_id)
+    if note is None or state.status != RunStatus.CANCELLED:
+        return state
+    state = store.update(state.workflow_id, lambda s: s.history.append(note))
+    _index(state)
+    return state
 
 
 def delete_run(workflow_id: str) -> None:
@@ -439,6 +466,9 @@ def delete_run(workflow_id: str) -> None:
     """
     store = get_store()
     store.delete(workflow_id)
+    # The run's history goes with it: the record of who deleted it is the log's (and
+    # the admin's LogEntry).
+    logger.info("run %s deleted by %s", workflow_id, audit.actor()["by"])
     if conf.INDEX_ON_WRITE:
         from wfstate import index
 
@@ -450,6 +480,7 @@ def _recover(state: WorkflowState, definition: WorkflowDefinition) -> None:
         raise NotResumable(f"run {state.workflow_id} already ended {state.status}")
     prepare_resume(state, definition, from_state="current")
     state.history[-1]["event"] = "recover"
+    state.history[-1]["actor"] = audit.actor()
 
 
 def _recovered_by_parent(store: Any, state: WorkflowState) -> bool:

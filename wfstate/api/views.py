@@ -26,7 +26,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from wfstate import runs
+from wfstate import audit, runs
 from wfstate.api import schema
 from wfstate.api import serializers as s
 from wfstate.api.exceptions import exception_handler
@@ -50,6 +50,24 @@ class WFStateAPIMixin(schema.SchemaMixin, AccessMixin):
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return exception_handler
+
+    # The audit trail: what a request changes is recorded as done by its user (or API
+    # key) from its IP; DRF calls finalize_response whatever happened, which resets it.
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        self._acting = audit.acting_as(lambda: audit.request_actor(request, "api"))
+        self._acting.__enter__()
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        acting = self.__dict__.pop("_acting", None)
+        if acting is not None:
+            acting.__exit__(None, None, None)
+        final: Response = super().finalize_response(  # type: ignore[misc]
+            request, response, *args, **kwargs
+        )
+        return final
 
 
 def _etag(state: WorkflowState) -> str:

@@ -101,8 +101,10 @@ AWF_STATE_TYPES = {
     "agent": "awf 'agent' steps (AI providers) are not supported",
 }
 
-INPUT_KEYS = frozenset({"name", "type", "required", "description", "default", "validation"})
-AWF_INPUT_KEYS = frozenset({"secret", "example", "prompt"})
+INPUT_KEYS = frozenset(
+    {"name", "type", "required", "description", "default", "validation", "secret"}
+)
+AWF_INPUT_KEYS = frozenset({"example", "prompt"})
 VALIDATION_KEYS = frozenset({"pattern", "enum", "min", "max"})
 AWF_VALIDATION_KEYS = frozenset({"file_exists", "file_extension", "min_length", "max_length"})
 RETRY_KEYS = frozenset(

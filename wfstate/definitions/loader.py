@@ -299,6 +299,7 @@ def _build_input(out: _Collector, index: int, raw: Any) -> InputDef | None:
         has_default="default" in raw and raw["default"] is not None,
         description=str(raw.get("description") or ""),
         validation=dict(validation) if isinstance(validation, Mapping) else {},
+        secret=raw.get("secret") is True,
     )
     if definition.has_default:
         from wfstate.definitions.inputs import check_value

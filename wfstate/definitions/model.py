@@ -143,6 +143,8 @@ class InputDef:
     has_default: bool = False
     description: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
+    # Sealed in the state, opened only for steps, masked in outputs (wfstate.secrets).
+    secret: bool = False
 
 
 @dataclass(frozen=True)

@@ -366,7 +366,8 @@ class Executor:
         step_hooks.step_hook(self, sdef, entry, "pre", should_stop)
         first_started = entry.started_at
         while True:
-            outcome = self._attempt(sdef, attempt, should_stop, token, scope)
+            # Whatever the step printed, returned or raised, with secret inputs masked.
+            outcome = _masked(self._attempt(sdef, attempt, should_stop, token, scope), state)
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -448,7 +449,7 @@ class Executor:
                 workflow_id=state.workflow_id,
                 workflow_name=state.workflow_name,
                 state_name=sdef.name,
-                inputs=state.inputs,
+                inputs=context["inputs"],  # secret inputs opened (wfstate.secrets)
                 states=context["states"],
                 attempt=attempt,
                 should_stop=should_stop,
@@ -862,3 +863,16 @@ def _clean(text: str | None) -> str | None:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _masked(outcome: AttemptResult, state: WorkflowState) -> AttemptResult:
+    """The outcome with every secret input's value masked (wfstate.secrets)."""
+    from wfstate import secrets
+
+    values = secrets.clear_values(state.inputs)
+    if values:
+        outcome.output = secrets.mask(outcome.output, values)
+        outcome.stderr = secrets.mask(outcome.stderr, values)
+        outcome.error = secrets.mask(outcome.error, values)
+        outcome.traceback = secrets.mask(outcome.traceback, values)
+    return outcome

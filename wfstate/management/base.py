@@ -44,8 +44,12 @@ class WFStateCommand(BaseCommand):
     def execute(self, *args: Any, **options: Any) -> Any:
         self.as_json = bool(options.get("json"))
         self.verbosity = int(options.get("verbosity", 1))
+        from wfstate import audit
+
         try:
-            return super().execute(*args, **options)
+            # What the command changes is recorded as done by this host's OS user.
+            with audit.acting_as(audit.command_actor):
+                return super().execute(*args, **options)
         except WFStateError as exc:
             if self.as_json:
                 self.emit_json({"error": error_payload(exc)})

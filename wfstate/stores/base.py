@@ -19,7 +19,7 @@ import re
 import socket
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -336,6 +336,21 @@ class StateStore(ABC):
         """
         validate_id(workflow_id)
         return None
+
+    def orphan_side_files(self, *, grace: float = 2.0) -> dict[str, builtins.list[str]]:
+        """What a run left beside it (outputs, markers, lock sidecars) when it has no
+        state any more (a delete or a prune killed midway): run id -> paths, for
+        ``doctor``. Files touched in the last ``grace`` seconds are left out (a run being
+        created makes its sidecar just before its state). Default: none."""
+        return {}
+
+    def remove_orphan_side_files(
+        self, orphans: Mapping[str, builtins.list[str]]
+    ) -> builtins.list[str]:
+        """Remove what ``orphan_side_files`` found, each run under its write lock (taken
+        without waiting) and only while it still has no state. Returns the run ids
+        cleaned. Default: nothing to remove."""
+        return []
 
     def slot_lock(self, name: str) -> AbstractContextManager[RunLockOwner]:
         """A named lock taken without waiting, held like a run lock (a dead holder's is

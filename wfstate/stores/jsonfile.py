@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,8 +31,10 @@ import orjson
 
 from wfstate.exceptions import (
     CorruptState,
+    InvalidRunId,
     RunLocked,
     RunNotFound,
+    StateLocked,
     StillRunning,
     StorageError,
 )
@@ -470,6 +472,54 @@ class JSONFileStore(StateStore):
 
     # --- maintenance -----------------------------------------------------------------------
 
+    def orphan_side_files(self, *, grace: float = 2.0) -> dict[str, builtins.list[str]]:
+        found: dict[str, builtins.list[str]] = {}
+        newest: dict[str, float] = {}
+        try:
+            entries = os.scandir(self.directory)
+        except FileNotFoundError:
+            return {}
+        names: set[str] = set()
+        with entries:
+            for entry in entries:
+                names.add(entry.name)
+                workflow_id = _side_id(entry.name)
+                if workflow_id is None:
+                    continue
+                found.setdefault(workflow_id, []).append(entry.path)
+                with contextlib.suppress(OSError):
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    newest[workflow_id] = max(newest.get(workflow_id, 0.0), mtime)
+        limit = time.time() - grace
+        return {
+            workflow_id: sorted(paths)
+            for workflow_id, paths in sorted(found.items())
+            if f"{workflow_id}.json" not in names and newest.get(workflow_id, 0.0) <= limit
+        }
+
+    def remove_orphan_side_files(
+        self, orphans: Mapping[str, builtins.list[str]]
+    ) -> builtins.list[str]:
+        removed = []
+        for workflow_id, paths in orphans.items():
+            try:
+                with self.locks.write_lock(workflow_id, 0):
+                    if (self.directory / f"{workflow_id}.json").exists():
+                        continue
+                    for raw in paths:
+                        path = Path(raw)
+                        if path.name.endswith(".lock"):
+                            continue  # the sidecars go last, below
+                        if path.is_dir() and not path.is_symlink():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
+            except (StateLocked, OSError):
+                continue
+            self.locks.forget(workflow_id)
+            removed.append(workflow_id)
+        return removed
+
     def slot_lock(self, name: str) -> contextlib.AbstractContextManager[RunLockOwner]:
         """A run lock of the lock backend under the slot's name (see ``StateStore``)."""
         self._ensure_dir()
@@ -639,3 +689,17 @@ def parse_state(data: bytes, path: Path | str, workflow_id: str | None = None) -
             f"{path} holds run {state.workflow_id!r}, not {workflow_id}", path=str(path)
         )
     return state
+
+
+# What sits beside ``<id>.json`` for a run (``orphan_side_files``).
+_SIDE_SUFFIXES = (".run.lock", ".lock", ".cancel", ".outputs", ".loops")
+
+
+def _side_id(name: str) -> str | None:
+    for suffix in _SIDE_SUFFIXES:
+        if name.endswith(suffix):
+            try:
+                return validate_id(name[: -len(suffix)])
+            except InvalidRunId:
+                return None
+    return None
