@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import ignored_auth
 
-from tests.api_support import API
+from tests.helpers import API
 from wfstate.state import RunStatus, WorkflowState
 from wfstate.stores import get_store
 
@@ -36,6 +36,7 @@ OPERATIONS = [
     ("DELETE", f"{API}runs/{{workflow_id}}/"),
     ("POST", f"{API}runs/{{workflow_id}}/cancel/"),
     ("POST", f"{API}runs/{{workflow_id}}/resume/"),
+    ("GET", f"{API}runs/{{workflow_id}}/loops/{{loop}}/"),
     ("GET", f"{API}schema/"),
     ("GET", f"{API}workflows/"),
     ("GET", f"{API}workflows/{{name}}/"),

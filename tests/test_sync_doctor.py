@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine_helpers import call
-from tests.fixtures_index import make_state
+from tests.helpers import call, make_state
 from wfstate import index
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus, StepStatus, WorkflowState
@@ -81,6 +80,7 @@ def test_doctor_reports_every_kind_of_problem_and_exits_1() -> None:
         "stale_rows": 1,
         "corrupt": 1,
         "temp_files": 1,
+        "orphan_side_files": 0,
     }
     (drift,) = report["drifted"]
     assert drift["workflow_id"] == drifted.workflow_id

@@ -93,6 +93,13 @@ class StepResult:
     # dies (pgid, pid, start_time, boot_id, host, token; see wfstate.engine.processes).
     # Cleared when the step ends.
     process: dict[str, Any] | None = None
+    # A for_each / while loop's progress (wfstate.engine.loops): its side file, how many
+    # of its records the document acknowledges, the iterations in flight. None otherwise.
+    loop: dict[str, Any] | None = None
+    # A call_workflow step: the child run's id, recorded before the child starts.
+    child_run_id: str | None = None
+    # The step's pre/post hooks, as they ran (see wfstate.engine.hooks).
+    hooks: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +116,9 @@ class StepResult:
             "output_truncated": self.output_truncated,
             "traceback": self.traceback,
             "process": self.process,
+            "loop": self.loop,
+            "child_run_id": self.child_run_id,
+            "hooks": self.hooks,
         }
 
     @classmethod
@@ -127,6 +137,9 @@ class StepResult:
             output_truncated=bool(data.get("output_truncated", False)),
             traceback=data.get("traceback"),
             process=data.get("process"),
+            loop=data.get("loop"),
+            child_run_id=data.get("child_run_id"),
+            hooks=data.get("hooks"),
         )
 
 
@@ -152,6 +165,16 @@ class WorkflowState:
     # What started the run (SPEC §11): {"kind": "command"|"api"|"admin"|"schedule"|
     # "parent", ...}. Optional, so a file without it is still a valid document.
     started_by: dict[str, Any] | None = None
+    # The run that started this one with a call_workflow step (None for a top-level run).
+    parent_run_id: str | None = None
+    # The workflow's declared outputs, evaluated when the run completes.
+    outputs: dict[str, Any] = field(default_factory=dict)
+    # Workflow hooks as they ran, by event (see wfstate.engine.hooks).
+    hooks: dict[str, Any] = field(default_factory=dict)
+    # Problems that did not fail the run (a failed workflow_end hook...).
+    warnings: list[str] = field(default_factory=list)
+    # A failed run's exit status when the definition names one (inline on_failure.status).
+    exit_code: int | None = None
 
     @classmethod
     def new(
@@ -162,10 +185,12 @@ class WorkflowState:
         workflow_version: str = "",
         definition_sha256: str = "",
         workflow_id: str | None = None,
+        parent_run_id: str | None = None,
         started_by: dict[str, Any] | None = None,
     ) -> WorkflowState:
         now = utcnow()
         return cls(
+            parent_run_id=parent_run_id,
             workflow_id=workflow_id or new_workflow_id(),
             workflow_name=workflow_name,
             workflow_version=workflow_version,
@@ -205,6 +230,11 @@ class WorkflowState:
             "revision": self.revision,
             "error": self.error,
             "history": self.history,
+            "parent_run_id": self.parent_run_id,
+            "outputs": self.outputs,
+            "hooks": self.hooks,
+            "warnings": self.warnings,
+            "exit_code": self.exit_code,
         }
 
     @classmethod
@@ -244,6 +274,11 @@ class WorkflowState:
                 error=data.get("error"),
                 history=list(history),
                 started_by=_started_by(data.get("started_by")),
+                parent_run_id=data.get("parent_run_id"),
+                outputs=dict(data.get("outputs") or {}),
+                hooks=dict(data.get("hooks") or {}),
+                warnings=list(data.get("warnings") or []),
+                exit_code=data.get("exit_code"),
             )
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None

@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, NotRequired, TypedDict
 
-EventKind = Literal["step_started", "step_retry", "step_finished", "step_kept", "run_finished"]
+EventKind = Literal[
+    "step_started",
+    "step_retry",
+    "step_finished",
+    "step_kept",
+    "iteration_finished",
+    "run_finished",
+    "hook",
+]
 
 
 class ProgressEvent(TypedDict):
@@ -20,7 +28,14 @@ class ProgressEvent(TypedDict):
     - ``step_retry``: ``state``, ``attempt`` (the one that failed), ``error``, ``delay`` (s)
     - ``step_finished``: ``state``, ``status``, ``attempt``, ``duration_ms``, ``error``
     - ``step_kept``: ``state``, ``attempt`` (a parallel branch a resume did not re-run)
+    - ``iteration_finished``: ``state`` (the loop), ``index``, ``status`` (an iteration
+      of a for_each/while recorded in its side file)
     - ``run_finished``: ``status``, ``error``
+    - ``hook``: ``hook`` (the event: ``workflow_start``, ``pre``...), ``state`` (a step
+      hook's), ``kind`` (command, log, call), ``status``, ``output``, ``error``
+
+    A child run's events (a ``call_workflow`` step) come through its parent's callback
+    with ``state`` as ``parent_state/child_state`` and ``run`` the child's id.
     """
 
     event: EventKind
@@ -30,6 +45,11 @@ class ProgressEvent(TypedDict):
     error: NotRequired[str | None]
     delay: NotRequired[float]
     duration_ms: NotRequired[int | None]
+    index: NotRequired[int]
+    hook: NotRequired[str]
+    kind: NotRequired[str]
+    output: NotRequired[object]
+    run: NotRequired[str]
 
 
 Progress = Callable[[ProgressEvent], None]
