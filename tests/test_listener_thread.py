@@ -52,3 +52,23 @@ def test_the_projection_runs_in_the_flusher_for_the_checkpoints_it_writes(
     )
     assert row.steps_done == 40
     assert row.error == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_row_is_the_projection_of_the_checkpoint_handed_over() -> None:
+    listener = index.make_listener()
+    try:
+        state = make_state(status=RunStatus.RUNNING)
+        state.revision = 3
+        state.states["a"] = StepResult(name="a", status=StepStatus.COMPLETED)
+        state.states["b"] = StepResult(name="b", status=StepStatus.FAILED, error="boom")
+        state.states["c"] = StepResult(name="c")
+        expected = index.row_fields(state)
+        listener(state)
+        assert listener.flush(timeout=10.0)
+    finally:
+        listener.close()
+    row = WorkflowRun.objects.get(workflow_id=state.workflow_id)
+    for name in ("status", "revision", "steps_done", "steps_total", "error", "current_state"):
+        assert getattr(row, name) == expected[name], name
+    assert "b: boom" in row.error

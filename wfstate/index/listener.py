@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from typing import Any
@@ -14,6 +15,9 @@ from wfstate.index.projection import CachedStepCounter, project
 from wfstate.state import WorkflowState
 
 logger = logging.getLogger("wfstate.index")
+
+# What the projection reads of a step (``project``'s loop over ``states``).
+_STEP_READ = operator.attrgetter("name", "status", "error")
 
 
 class IndexListener:
@@ -66,18 +70,14 @@ class IndexListener:
 
         The projection itself runs in the flusher thread, and only for the checkpoints
         it writes: the executor's thread pays for this copy, made in C, not for the
-        projection. Each step's instance dict is copied and its values shared: the
-        projection reads only strings and numbers, which the engine replaces but
-        cannot change in place.
+        projection. Of each step it takes what the projection reads of it (name,
+        status, error: strings, which the engine replaces but cannot change in place).
         """
         # Parallel branches may add a step while we copy: try again.
         for attempt in range(3):
             try:
                 document = state.shallow_dict()
-                steps = state.states
-                document["states"] = dict(
-                    zip(steps, map(dict, map(vars, steps.values())), strict=True)
-                )
+                document["states"] = list(map(_STEP_READ, state.states.values()))
                 return document
             except RuntimeError:  # dictionary changed size during iteration
                 if attempt == 2:
@@ -132,6 +132,13 @@ class IndexListener:
 
     def _write(self, workflow_id: str, document: dict[str, Any]) -> None:
         try:
+            document = {
+                **document,
+                "states": {
+                    i: {"name": name, "status": status, "error": error}
+                    for i, (name, status, error) in enumerate(document["states"])
+                },
+            }
             rows.upsert(workflow_id, project(document, self._steps))
         except Exception:
             logger.exception("could not index run %s", workflow_id)
