@@ -91,6 +91,11 @@ class IndexListener:
         self._last_status[workflow_id] = status
         self._pending[workflow_id] = document
         self._queued += 1
+        # The flusher is woken only when it has something new to do: a first pending
+        # checkpoint, or a deadline moved to now. A quiet checkpoint joining a pending
+        # batch is picked up at the deadline the flusher already waits for (waking it
+        # on every checkpoint cost the executor a thread switch per step).
+        wake = status_changed or self._deadline is None
         if status_changed:
             self._deadline = now
         elif self._deadline is None:
@@ -100,7 +105,8 @@ class IndexListener:
                 target=self._run, name="wfstate-index-flusher", daemon=True
             )
             self._thread.start()
-        self._cond.notify_all()
+        if wake:
+            self._cond.notify_all()
 
     def _run(self) -> None:
         try:
