@@ -209,7 +209,8 @@ def table(results: dict[str, list[dict[str, Any]]], info: dict[str, Any]) -> str
     lines = [
         f"Machine: {info.get('cpus')} CPUs ({info.get('cpu') or 'unknown'}), "
         f"{info.get('platform')}, Python {info.get('python')}; {info.get('date')}; "
-        f"load average before {info.get('load_average_before')}"
+        f"load average before {info.get('load_average_before')}",
+        "",
     ]
     for n, row in enumerate(rows):
         lines.append(
