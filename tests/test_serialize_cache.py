@@ -100,6 +100,9 @@ FIELDS = [
     "duration_ms",
     "output_truncated",
     "process",
+    "loop",
+    "child_run_id",
+    "hooks",
 ]
 
 
