@@ -122,8 +122,13 @@ FIGURES = [
     Figure("steps", "per step vs DBOS (index off)", _path("ratio_wfstate_engine_only_to_dbos")),
     Figure("steps", "per step us (index on)", _path("per_step_us", "wfstate_default")),
     Figure("index", "sync / scan+parse floor", _path("sync_ratio"), "<= 1.5"),
-    Figure("index", "changelist 100k / 1k (worst page)", _path("changelist_ratio"), "<= 1.15"),
-    Figure("api", "GET runs/ 100k / 1k (worst query)", _max_of("list", "ratio"), "<= 1.15"),
+    Figure(
+        "index",
+        "changelist at --runs / at --small, worst page",
+        _path("changelist_ratio"),
+        "<= 1.15",
+    ),
+    Figure("api", "GET runs/ at --runs / at --small, worst", _max_of("list", "ratio"), "<= 1.15"),
     Figure("api", "POST runs/ accepted per s (db)", _path("start", "post_accepted_per_s")),
     Figure("triggers", "POST -> first step, RQ, median ms", _path("post_rq", "median_ms"), "< 50"),
     Figure(
@@ -139,7 +144,7 @@ FIGURES = [
         _path("for_each", "checkpoint_cpu_ratio_last_to_10"),
         "<= 2.0",
     ),
-    Figure("prune", "prune of 100,000 runs, s", _path("prune_s"), "<= 300"),
+    Figure("prune", "prune of --runs runs, s", _path("prune_s"), "<= 300"),
 ]
 
 
