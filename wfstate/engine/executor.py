@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from wfstate import follow
 from wfstate.definitions.model import StateDef, WorkflowDefinition
 from wfstate.definitions.templates import (
     ContextCache,
@@ -47,6 +48,7 @@ from wfstate.engine._values import (
     _nul_problem,
     _output_size,
     _retry_delay,
+    _secret_values,
 )
 from wfstate.engine.events import Progress, ProgressEvent
 from wfstate.engine.loops import LOOP_TYPES, IterationScope, LoopsView, run_loop, scope_context
@@ -368,7 +370,9 @@ class Executor:
         first_started = entry.started_at
         while True:
             # Whatever the step printed, returned or raised, with secret inputs masked.
-            outcome = _masked(self._attempt(sdef, attempt, should_stop, token, scope), state)
+            outcome = _masked(
+                self._attempt(sdef, attempt, should_stop, token, scope), state, self.definition
+            )
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -437,14 +441,26 @@ class Executor:
                 problem = _nul_problem(command, cwd, env)
                 if problem is not None:
                     return AttemptResult(ok=False, error=problem)
-                return run_command(
-                    command,
-                    cwd=cwd,
-                    env=env,
-                    timeout=sdef.timeout,
-                    should_stop=should_stop,
-                    token=token,
+                # What it prints is also kept live for GET .../output/?follow=1 (follow.py).
+                live = follow.live_output(
+                    self.store,
+                    state.workflow_id,
+                    scope.key(sdef.name) if scope else sdef.name,
+                    _secret_values(state, self.definition),
                 )
+                try:
+                    return run_command(
+                        command,
+                        cwd=cwd,
+                        env=env,
+                        timeout=sdef.timeout,
+                        should_stop=should_stop,
+                        token=token,
+                        live=live,
+                    )
+                finally:
+                    if live is not None:
+                        live.close()
             kwargs = render_value(dict(sdef.with_), context)
             ctx = StepContext(
                 workflow_id=state.workflow_id,
