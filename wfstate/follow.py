@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from wfstate.events import KEEPALIVE, POLL
+from wfstate import events
 from wfstate.exceptions import RunNotFound
 from wfstate.state import RunStatus, StepStatus, WorkflowState
 from wfstate.stores.base import StateStore, validate_name
@@ -250,16 +250,16 @@ def stream(
     deadline = time.monotonic() + lifetime
     quiet_since = time.monotonic()
     while time.monotonic() < deadline:
-        events = follower.poll()
-        if events:
-            yield b"".join(events)
+        sent = follower.poll()
+        if sent:
+            yield b"".join(sent)
             quiet_since = time.monotonic()
         if follower.ended:
             return
-        if time.monotonic() - quiet_since > KEEPALIVE:
+        if time.monotonic() - quiet_since > events.KEEPALIVE:
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
-        time.sleep(POLL)
+        time.sleep(events.POLL)
 
 
 async def astream(
@@ -272,13 +272,13 @@ async def astream(
     yield b"retry: 1000\n\n"
     quiet_since = time.monotonic()
     while True:
-        events = follower.poll()
-        if events:
-            yield b"".join(events)
+        sent = follower.poll()
+        if sent:
+            yield b"".join(sent)
             quiet_since = time.monotonic()
         if follower.ended:
             return
-        if time.monotonic() - quiet_since > KEEPALIVE:
+        if time.monotonic() - quiet_since > events.KEEPALIVE:
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(events.POLL)

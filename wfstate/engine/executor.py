@@ -50,7 +50,7 @@ from wfstate.engine._values import (
     _retry_delay,
     _secret_values,
 )
-from wfstate.engine.events import Progress, ProgressEvent
+from wfstate.engine.events import CHECKPOINT_TIMING, Progress, ProgressEvent
 from wfstate.engine.loops import LOOP_TYPES, IterationScope, LoopsView, run_loop, scope_context
 from wfstate.engine.operations import operation_target
 from wfstate.engine.processes import new_token, step_record
@@ -120,7 +120,9 @@ class Executor:
         state = self._state
         assert state is not None
         with self._lock:
+            started = time.perf_counter()
             self.store.save(state, durable=durable)
+            CHECKPOINT_TIMING.seconds = time.perf_counter() - started
             for listener in self.listeners:
                 try:
                     listener(state)
