@@ -37,6 +37,7 @@ TOP_KEYS = [
     "revision",
     "error",
     "history",
+    "waiting_for",
 ]
 STEP_KEYS = [
     "name",
@@ -52,6 +53,11 @@ STEP_KEYS = [
     "output_truncated",
     "traceback",
     "process",
+    "signal",
+    "signal_id",
+    "payload",
+    "sender",
+    "received_at",
 ]
 
 
@@ -132,7 +138,7 @@ def test_diff_between_revisions_shows_only_what_changed() -> None:
 def test_file_format_is_two_space_indented_utf8() -> None:
     data = serialize(sample())
     text = data.decode("utf-8")
-    assert text.startswith('{\n  "schema_version": 1,\n  "workflow_id": ')
+    assert text.startswith('{\n  "schema_version": 2,\n  "workflow_id": ')
     assert text.endswith("}\n")
     assert "héllo ✓" in text  # UTF-8, not \u escapes
 
@@ -206,6 +212,7 @@ def test_statuses() -> None:
         "completed",
         "failed",
         "cancelled",
+        "waiting",
     }
     assert {s.value for s in StepStatus} == {
         "running",

@@ -35,7 +35,7 @@ NODE_GAP = 28  # horizontal space between nodes of a layer
 MARGIN = 24
 LOOP_LANE = 36  # room on the right for edges that go back up
 
-EDGE_KINDS = ("success", "failure", "branch", "when", "default")
+EDGE_KINDS = ("success", "failure", "branch", "when", "default", "timeout")
 
 
 # --- the graph's shape ------------------------------------------------------------------------

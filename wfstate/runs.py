@@ -112,6 +112,7 @@ def execute(
             prepare(state, definition)
         elif state.status.is_final:
             return state  # a duplicate delivery of a finished run: nothing to do
+        parked_before = state.waiting_for
         with _listeners() as listeners:
             executor = Executor(
                 store,
@@ -122,9 +123,67 @@ def execute(
                 cancel_event=cancel_event,
             )
             try:
-                return executor.execute(state)
+                state = executor.execute(state)
             finally:
                 store.clear_cancel(workflow_id)
+    if state.status == RunStatus.WAITING:
+        # After the run lock is released: a wake-up must find it free.
+        _arrange_wake(state, parked_before)
+    return state
+
+
+def _arrange_wake(state: WorkflowState, parked_before: dict[str, Any] | None) -> None:
+    """A run just parked: schedule its time wake-up, and wake it at once if a signal it
+    waits for came while it was parking (that signal's own wake-up met the run lock)."""
+    from wfstate.engine import waits
+    from wfstate.tasks import enqueue_execution, schedule_wake
+
+    waiting = state.waiting_for or {}
+    until = parse_time(waiting.get("until"))
+    try:
+        if waits.is_due(state, get_store()):
+            enqueue_execution(state.workflow_id)
+        elif until is not None and waiting != parked_before:
+            # Only for a new park: an early wake-up leaves the scheduled one in place.
+            schedule_wake(state.workflow_id, until)
+    except Exception:
+        # The run is parked durably; recover_workflows wakes it when due.
+        logger.exception("could not schedule the wake-up of run %s", state.workflow_id)
+
+
+def signal_run(
+    workflow_id: str,
+    signal: str,
+    payload: Any = None,
+    *,
+    sender: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], WorkflowState]:
+    """Send ``signal`` with ``payload`` to a run (docs/workflows.md, "Waiting").
+
+    The signal is kept durably in the run's mailbox before this returns; a run parked
+    waiting for it is enqueued at once through the Tasks API. A run not yet at its wait
+    step takes it when it gets there. Returns (the signal's record, the run's state).
+
+    Raises:
+        RunNotFound, CorruptState; WorkflowNotFound, InvalidDefinition (its workflow);
+        SignalRefused: the run ended, or no wait step for this signal lies ahead;
+        InvalidSignal: the payload fails the wait step's schema (nothing changed);
+        StorageError, StateLocked.
+    """
+    from wfstate.engine import waits
+
+    store = get_store()
+    state = store.load(workflow_id)
+    definition = get_definition(state.workflow_name)
+    record, state = waits.deliver_signal(
+        store, definition, workflow_id, signal, payload, dict(sender or {})
+    )
+    waiting = state.waiting_for or {}
+    if state.status == RunStatus.WAITING and waiting.get("signal") == signal:
+        from wfstate.tasks import enqueue_execution
+
+        enqueue_execution(workflow_id)
+    return record, state
 
 
 def create_run(
@@ -295,7 +354,8 @@ def recover_runs(
     progress: Progress | None = None,
     on_run: Callable[[str, str], None] | None = None,
 ) -> list[str]:
-    """Resume every ``running``/``pending`` run whose run lock is free (docs/workflows.md).
+    """Resume every ``running``/``pending`` run whose run lock is free, and wake every
+    ``waiting`` run that is due (docs/workflows.md).
 
     ``min_age`` skips runs updated more recently than that many seconds (a run just
     enqueued is not crashed). ``on_run(workflow_id, outcome)`` reports each.
@@ -306,11 +366,36 @@ def recover_runs(
     store = get_store()
     recovered: list[str] = []
     now = datetime.now(UTC)
+    from wfstate.engine.waits import is_due
+
     for workflow_id, state in store.iter_states():
         if isinstance(state, Exception) or state.status not in (
             RunStatus.RUNNING,
             RunStatus.PENDING,
+            RunStatus.WAITING,
         ):
+            continue
+        if state.status == RunStatus.WAITING:
+            # Parked runs are left alone unless due (a wake-up task was lost).
+            if not is_due(state, store, now) or store.run_lock_owner(workflow_id) is not None:
+                continue
+            try:
+                if detach:
+                    from wfstate.tasks import enqueue_execution
+
+                    enqueue_execution(workflow_id)
+                    outcome = "enqueued"
+                else:
+                    outcome = str(execute(workflow_id, progress=progress).status)
+            except RunLocked:
+                continue
+            except WFStateError as exc:
+                if on_run is not None:
+                    on_run(workflow_id, f"error: {exc}")
+                continue
+            recovered.append(workflow_id)
+            if on_run is not None:
+                on_run(workflow_id, outcome)
             continue
         updated = parse_time(state.updated_at)
         if min_age and updated is not None and (now - updated).total_seconds() < min_age:
@@ -356,5 +441,6 @@ __all__ = [
     "recover_runs",
     "resume_run",
     "run_owner",
+    "signal_run",
     "start_run",
 ]

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class RunStatus(StrEnum):
@@ -27,6 +27,8 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Parked on a wait or sleep step: no process holds the run (see engine/waits.py).
+    WAITING = "waiting"
 
     @property
     def is_final(self) -> bool:
@@ -39,6 +41,7 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    WAITING = "waiting"
 
 
 def utcnow() -> str:
@@ -76,6 +79,14 @@ class StepResult:
     # dies (pgid, pid, start_time, boot_id, host, token; see wfstate.engine.processes).
     # Cleared when the step ends.
     process: dict[str, Any] | None = None
+    # A wait step's signal, once taken (see wfstate.engine.waits): its name, the id of
+    # the mailbox file it came from (how a crash never applies it twice), its payload,
+    # who sent it from where, and when it was received.
+    signal: str | None = None
+    signal_id: str | None = None
+    payload: Any = None
+    sender: dict[str, Any] | None = None
+    received_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +103,11 @@ class StepResult:
             "output_truncated": self.output_truncated,
             "traceback": self.traceback,
             "process": self.process,
+            "signal": self.signal,
+            "signal_id": self.signal_id,
+            "payload": self.payload,
+            "sender": self.sender,
+            "received_at": self.received_at,
         }
 
     @classmethod
@@ -110,6 +126,11 @@ class StepResult:
             output_truncated=bool(data.get("output_truncated", False)),
             traceback=data.get("traceback"),
             process=data.get("process"),
+            signal=data.get("signal"),
+            signal_id=data.get("signal_id"),
+            payload=data.get("payload"),
+            sender=data.get("sender"),
+            received_at=data.get("received_at"),
         )
 
 
@@ -132,6 +153,9 @@ class WorkflowState:
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    # What wakes a parked (waiting) run: {"kind": "signal"|"time", "state", "signal",
+    # "until", "since"}; null otherwise.
+    waiting_for: dict[str, Any] | None = None
 
     @classmethod
     def new(
@@ -182,6 +206,7 @@ class WorkflowState:
             "revision": self.revision,
             "error": self.error,
             "history": self.history,
+            "waiting_for": self.waiting_for,
         }
 
     @classmethod
@@ -220,6 +245,7 @@ class WorkflowState:
                 revision=int(data.get("revision") or 0),
                 error=data.get("error"),
                 history=list(history),
+                waiting_for=data.get("waiting_for"),
             )
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None
@@ -261,7 +287,19 @@ def _upgrade_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _upgrade_0_to_1}
+def _upgrade_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 2 adds ``waiting_for`` (parked runs) and the signal fields of a wait
+    # step's result; a version-1 run was never parked.
+    data = dict(data)
+    data.setdefault("waiting_for", None)
+    data["schema_version"] = 2
+    return data
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    0: _upgrade_0_to_1,
+    1: _upgrade_1_to_2,
+}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

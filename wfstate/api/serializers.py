@@ -97,6 +97,20 @@ class StepResultSerializer(serializers.Serializer[dict[str, Any]]):
             "host, token), so that it can be killed if its executor dies; null otherwise"
         ),
     )
+    signal = serializers.CharField(
+        allow_null=True, help_text="a wait step's signal, once taken; null otherwise"
+    )
+    signal_id = serializers.CharField(
+        allow_null=True, help_text="the id of the signal a wait step took (exactly once)"
+    )
+    payload = AnyJSONField(help_text="the signal's payload (also the step's output)")
+    sender = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        help_text='who sent the signal, from where: {"kind": "api"|"admin"|"command"|"python", '
+        '"user", "remote_addr"}',
+    )
+    received_at = serializers.DateTimeField(allow_null=True)
 
 
 class RunSerializer(serializers.Serializer[dict[str, Any]]):
@@ -122,6 +136,14 @@ class RunSerializer(serializers.Serializer[dict[str, Any]]):
     history = serializers.ListField(
         child=serializers.DictField(child=AnyJSONField()),
         help_text="step results a resume rewound past, and each resume's options",
+    )
+    waiting_for = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        help_text=(
+            'what wakes a waiting run: {"kind": "signal"|"time", "state", "signal", "until", '
+            '"since"}; null unless the run is waiting'
+        ),
     )
 
 
@@ -197,14 +219,14 @@ class InputDefSerializer(serializers.Serializer[Any]):
 
 class GraphNodeSerializer(serializers.Serializer[dict[str, Any]]):
     id = serializers.CharField()
-    type = serializers.ChoiceField(choices=["step", "parallel", "terminal"])
+    type = serializers.ChoiceField(choices=["step", "parallel", "terminal", "wait", "sleep"])
     terminal_status = serializers.ChoiceField(choices=["success", "failure"], allow_null=True)
 
 
 class GraphEdgeSerializer(serializers.Serializer[dict[str, Any]]):
     source = serializers.CharField()  # type: ignore[assignment]
     target = serializers.CharField()
-    kind = serializers.ChoiceField(choices=["success", "failure", "when", "default", "branch"])
+    kind = serializers.ChoiceField(choices=["success", "failure", "when", "default", "branch", "timeout"])
     label = serializers.CharField(allow_blank=True)  # type: ignore[assignment]
 
 

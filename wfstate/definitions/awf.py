@@ -34,6 +34,10 @@ STATE_KEYS: dict[str, frozenset[str]] = {
     | {"command", "call", "with", "dir", "env", "timeout", "retry", "continue_on_error"},
     "parallel": COMMON_STATE_KEYS | ROUTING_KEYS | {"parallel", "strategy", "max_concurrent"},
     "terminal": COMMON_STATE_KEYS | {"status", "message"},
+    "wait": COMMON_STATE_KEYS
+    | ROUTING_KEYS
+    | {"signal", "schema", "timeout", "on_timeout", "assignees"},
+    "sleep": COMMON_STATE_KEYS | ROUTING_KEYS | {"duration", "until"},
 }
 ALL_STATE_KEYS = frozenset().union(*STATE_KEYS.values())
 AWF_STATE_KEYS = frozenset(

@@ -160,7 +160,7 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         value = error.instance
         if isinstance(value, str) and value in awf.AWF_STATE_TYPES:
             return f"state type {value!r} is not supported: {awf.AWF_STATE_TYPES[value]}"
-        return f"unknown state type {value!r}: expected step, parallel or terminal"
+        return f"unknown state type {value!r}: expected step, parallel, terminal, wait or sleep"
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
     where = path_str(path[2:] if path[:1] == ["states"] and len(path) > 2 else path)
@@ -363,12 +363,16 @@ def _build_state(out: _Collector, name: str, raw: Any) -> StateDef | None:
         "line": out.source.line(path) if out.source else 0,
         "description": str(get("description", "")),
     }
-    if kind in ("step", "parallel"):
+    if kind in ("step", "parallel", "wait", "sleep"):
         fields["on_success"] = get("on_success")
         fields["on_failure"] = get("on_failure")
         fields["transitions"] = tuple(_build_transitions(out, path, get("transitions", [])))
     if kind == "step":
         _build_step(out, path, raw, get, fields)
+    elif kind in ("wait", "sleep"):
+        from wfstate.definitions.waits import build_wait
+
+        build_wait(out, path, raw, get, fields)
     elif kind == "parallel":
         fields["parallel"] = tuple(get("parallel", ()))
         fields["strategy"] = get("strategy", "all_succeed")
@@ -468,7 +472,7 @@ def _check_graph(
 
     for state in built.values():
         path: Path_ = ("states", state.name)
-        for key in ("on_success", "on_failure"):
+        for key in ("on_success", "on_failure", "on_timeout"):
             target = getattr(state, key)
             if target is not None and target not in names:
                 out.error((*path, key), f"{key} target '{target}' does not exist")

@@ -38,6 +38,7 @@ from wfstate.definitions.templates import (
 )
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
+from wfstate.engine.waits import WAIT_TYPES, run_wait
 from wfstate.exceptions import StateLocked, StorageError, WFStateError
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time, utcnow
 from wfstate.stores.base import StateStore
@@ -149,6 +150,11 @@ class Executor:
                     return state
                 if sdef.type == "parallel":
                     result = self._run_parallel(sdef)
+                elif sdef.type in WAIT_TYPES:
+                    parked = run_wait(self, sdef)
+                    if parked is None:
+                        return state  # waiting: the caller releases the run lock
+                    result = parked
                 else:
                     result = self._run_step(sdef)
                 if result.status == StepStatus.CANCELLED:
@@ -174,6 +180,10 @@ class Executor:
             raise
 
     def _route(self, sdef: StateDef, result: StepResult) -> str | None:
+        if sdef.type in WAIT_TYPES:
+            from wfstate.engine import waits
+
+            return waits.route(self, sdef, result)
         ok = result.status == StepStatus.COMPLETED or sdef.continue_on_error
         if sdef.transitions:
             context = self._context()

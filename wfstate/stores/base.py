@@ -22,6 +22,8 @@ _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 
 # A state or stream name used in a side-file name (state names are checked by the
 # definition schema too; this is the store's own line of defence).
+_SIGNAL_ID = re.compile(r"[0-9a-f]{32}")
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -37,6 +39,17 @@ def validate_id(workflow_id: object) -> str:
             shown = shown[:57] + "..."
         raise InvalidRunId(f"invalid run id {shown}: a run id is a UUID4 string")
     return workflow_id
+
+
+def validate_signal_id(signal_id: object) -> str:
+    """Return ``signal_id`` if it is 32 lower-case hex digits (a uuid4's hex).
+
+    Raises:
+        ValueError: anything else (it becomes part of a file name).
+    """
+    if not isinstance(signal_id, str) or not _SIGNAL_ID.fullmatch(signal_id):
+        raise ValueError(f"invalid signal id {signal_id!r}")
+    return signal_id
 
 
 def validate_name(name: str) -> str:

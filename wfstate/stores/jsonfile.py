@@ -7,6 +7,7 @@ Layout under ``<root>/states/``::
     <id>.run.lock        run-lock sidecar, holding the executor's pid, host and start
     <id>.cancel          a cancellation request, polled by the executor
     <id>.outputs/        whole outputs of steps whose output was cut in the JSON
+    <id>.mailbox/        signals not yet taken: <received-ns>-<signal id>.json each
     .<name>.<rand>.tmp   a write in progress, or left by a crash (swept)
 """
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 import builtins
 import contextlib
 import importlib
+import logging
 import os
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from wfstate.stores._atomic import (
     make_private_dir,
     target_of_temp,
 )
-from wfstate.stores.base import StateStore, validate_id, validate_name
+from wfstate.stores.base import StateStore, validate_id, validate_name, validate_signal_id
 from wfstate.stores.locks import LockBackend, describe_owner
 
 # Lock backends by name; a dotted path to a LockBackend subclass works too.
@@ -42,6 +45,8 @@ LOCK_BACKENDS = {
     "file": "wfstate.stores.locks.FileLockBackend",
     "redis": "wfstate.stores.redis_locks.RedisLockBackend",
 }
+
+logger = logging.getLogger("wfstate.stores")
 
 DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 
@@ -100,6 +105,9 @@ class JSONFileStore(StateStore):
 
     def outputs_dir(self, workflow_id: str) -> Path:
         return self.directory / f"{validate_id(workflow_id)}.outputs"
+
+    def mailbox_dir(self, workflow_id: str) -> Path:
+        return self.directory / f"{validate_id(workflow_id)}.mailbox"
 
     def _ensure_dir(self) -> None:
         if not self._dir_ready:
@@ -214,6 +222,11 @@ class JSONFileStore(StateStore):
                     shutil.rmtree(outputs, ignore_errors=True)
                 with contextlib.suppress(FileNotFoundError):
                     self._cancel_path(workflow_id).unlink()
+                mailbox = self.mailbox_dir(workflow_id)
+                if mailbox.is_symlink():
+                    mailbox.unlink()
+                else:
+                    shutil.rmtree(mailbox, ignore_errors=True)
             except OSError as exc:
                 raise StorageError(f"could not delete {path}: {exc.strerror}") from exc
         # The sidecars go last, once nobody can be waiting on a run that no longer exists.
@@ -298,6 +311,70 @@ class JSONFileStore(StateStore):
         finally:
             os.close(fd)
 
+    # --- signals -------------------------------------------------------------------------------
+
+    def _checked_mailbox(self, workflow_id: str) -> Path:
+        directory = self.mailbox_dir(workflow_id)
+        if directory.is_symlink():
+            raise StorageError(f"refusing to use {directory}: it is a symlink", path=str(directory))
+        return directory
+
+    def post_signal(self, workflow_id: str, record: dict[str, Any]) -> str:
+        signal_id = validate_signal_id(record.get("id"))
+        directory = self._checked_mailbox(workflow_id)
+        self._ensure_dir()
+        make_private_dir(directory)
+        # The time first, so that a directory listing sorted by name is arrival order;
+        # the id in the name, so that a taken signal is recognised by name alone.
+        path = directory / f"{time.time_ns():020d}-{signal_id}.json"
+        # Durable before the sender is told "accepted" (a 202 is a promise).
+        atomic_write(path, orjson.dumps(record), mode=self.file_mode, durable=True)
+        return str(path)
+
+    def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        directory = self._checked_mailbox(workflow_id)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if name.startswith(".") or not name.endswith(".json"):
+                continue  # a write in progress (or left by a crash: swept)
+            path = directory / name
+            try:
+                fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            except FileNotFoundError:
+                continue  # taken meanwhile
+            except OSError as exc:
+                raise StorageError(f"could not read {path}: {exc.strerror}") from exc
+            try:
+                with open(fd, "rb", closefd=False) as fh:
+                    record = orjson.loads(fh.read(self.max_bytes))
+            except (OSError, orjson.JSONDecodeError) as exc:
+                # Written atomically, so never torn; a foreign file is left for doctor.
+                logger.warning("ignoring unreadable signal file %s: %s", path, exc)
+                continue
+            finally:
+                os.close(fd)
+            if isinstance(record, dict) and name.endswith(f"-{record.get('id')}.json"):
+                found.append(record)
+            else:
+                logger.warning("ignoring signal file %s: not a signal record", path)
+        return found
+
+    def remove_signal(self, workflow_id: str, signal_id: str) -> None:
+        validate_signal_id(signal_id)
+        directory = self._checked_mailbox(workflow_id)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(f"-{signal_id}.json") and not name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / name)
+
     # --- maintenance -----------------------------------------------------------------------
 
     def temp_files(self) -> builtins.list[Path]:
@@ -306,6 +383,7 @@ class JSONFileStore(StateStore):
             return []
         found = [p for p in self.directory.glob(f".*{TEMP_SUFFIX}") if target_of_temp(p)]
         found += [p for p in self.directory.glob(f"*.outputs/.*{TEMP_SUFFIX}") if target_of_temp(p)]
+        found += [p for p in self.directory.glob(f"*.mailbox/.*{TEMP_SUFFIX}") if target_of_temp(p)]
         return sorted(found)
 
     def sweep(self) -> builtins.list[str]:
@@ -318,9 +396,10 @@ class JSONFileStore(StateStore):
         for path in self.temp_files():
             target = target_of_temp(path) or ""
             parent = path.parent
-            workflow_id = (
-                parent.name[: -len(".outputs")] if parent.name.endswith(".outputs") else target[:-5]
-            )
+            workflow_id = target[:-5]
+            for side in (".outputs", ".mailbox"):
+                if parent.name.endswith(side):
+                    workflow_id = parent.name[: -len(side)]
             try:
                 validate_id(workflow_id)
                 with self.locks.write_lock(workflow_id, 0):
