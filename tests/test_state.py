@@ -220,8 +220,9 @@ def test_statuses() -> None:
         "failed",
         "cancelled",
         "skipped",
+        "waiting",
     }
-    assert [s.is_final for s in RunStatus] == [False, False, True, True, True]
+    assert [s.is_final for s in RunStatus] == [False, False, True, True, True, False]
 
 
 def test_derived_views() -> None:

@@ -202,6 +202,30 @@ class RunResumeSerializer(serializers.Serializer[dict[str, Any]]):
         }
 
 
+class RunSignalSerializer(serializers.Serializer[dict[str, Any]]):
+    signal = serializers.RegexField(
+        r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=128, help_text="the signal's name"
+    )
+    payload = AnyJSONField(
+        required=False,
+        default=dict,
+        help_text="the payload (default {}), checked against the wait step's schema",
+    )
+
+
+class SignalRecordSerializer(serializers.Serializer[dict[str, Any]]):
+    id = serializers.CharField(help_text="the signal's id (32 hex digits)")
+    signal = serializers.CharField()
+    payload = AnyJSONField()
+    sender = serializers.DictField(child=AnyJSONField())
+    received_at = serializers.DateTimeField()
+
+
+class SignalResultSerializer(serializers.Serializer[dict[str, Any]]):
+    signal = SignalRecordSerializer(help_text="the signal as kept in the run's mailbox")
+    run = RunSerializer(help_text="the run when the signal was accepted")
+
+
 # --- workflows --------------------------------------------------------------------------
 
 
@@ -226,7 +250,9 @@ class GraphNodeSerializer(serializers.Serializer[dict[str, Any]]):
 class GraphEdgeSerializer(serializers.Serializer[dict[str, Any]]):
     source = serializers.CharField()  # type: ignore[assignment]
     target = serializers.CharField()
-    kind = serializers.ChoiceField(choices=["success", "failure", "when", "default", "branch", "timeout"])
+    kind = serializers.ChoiceField(
+        choices=["success", "failure", "when", "default", "branch", "timeout"]
+    )
     label = serializers.CharField(allow_blank=True)  # type: ignore[assignment]
 
 

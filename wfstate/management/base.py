@@ -104,9 +104,7 @@ class WFStateCommand(BaseCommand):
             self.say(f"status {state.status}" + (f": {state.error}" if state.error else ""), style)
             if state.status == RunStatus.WAITING and state.waiting_for:
                 waiting = state.waiting_for
-                what = (
-                    f"signal '{waiting.get('signal')}'" if waiting.get("signal") else "its time"
-                )
+                what = f"signal '{waiting.get('signal')}'" if waiting.get("signal") else "its time"
                 until = f" (until {waiting['until']})" if waiting.get("until") else ""
                 self.say(f"waiting for {what} at '{waiting.get('state')}'{until}")
             if path:

@@ -42,7 +42,9 @@ class Command(WFStateCommand):
             sender={"kind": "command", "user": user},
         )
         if self.as_json:
-            self.emit_json({"workflow_id": state.workflow_id, "status": str(state.status), **record})
+            self.emit_json(
+                {"workflow_id": state.workflow_id, "status": str(state.status), **record}
+            )
         else:
             self.stdout.write(
                 f"run {state.workflow_id}: signal '{record['signal']}' accepted (id {record['id']})"
