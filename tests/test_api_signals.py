@@ -1,0 +1,119 @@
+"""``POST runs/{id}/signal/`` (SPEC §11): answering a waiting run over HTTP.
+
+A real ``db_worker`` takes the run to its wait step, where it parks (no process holds
+it); the signal wakes it through the task backend and the payload chooses the branch.
+Every response is checked against the served OpenAPI schema (tests/test_api.py's client).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from tests.api_support import openapi_schema
+from tests.test_api import API_, wait_for_status
+from tests.test_api import worker as worker  # noqa: PLC0414 - the fixture, re-exported
+from wfstate import runs
+from wfstate.state import RunStatus
+from wfstate.stores import get_store
+
+pytestmark = pytest.mark.usefixtures("wfstate_settings")
+
+
+def api_for(user: Any) -> API_:
+    client = Client()
+    client.force_login(user)
+    return API_(client, openapi_schema(client))
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_waiting_run_is_answered_over_http_and_a_real_worker_finishes_it(
+    admin_user: Any, worker: subprocess.Popen[bytes]
+) -> None:
+    api = api_for(admin_user)
+    started = api.post("runs/", {"workflow_name": "approval", "inputs": {"item": "crate"}})
+    run_id = started.json()["workflow_id"]
+    parked = wait_for_status(api, run_id, {"waiting", "completed", "failed"}, timeout=60)
+    assert parked["status"] == "waiting", parked
+    assert parked["states"]["approve"]["status"] == "waiting"
+    assert parked["waiting_for"]["signal"] == "approval"
+    # Parked: the worker's execution ended and nobody holds the run lock (we take it).
+    store = get_store()
+    assert store.run_lock_owner(run_id) is None
+    with store.run_lock(run_id):
+        pass
+    listed = api.get(f"runs/?status=waiting&search={run_id}").json()["results"]
+    assert [r["workflow_id"] for r in listed] == [run_id]
+
+    # A payload failing the schema: 400, and nothing changes.
+    bad = api.post(f"runs/{run_id}/signal/", {"signal": "approval", "payload": {"approved": 3}})
+    assert bad.status_code == 400, bad.json()
+    assert bad.json()["code"] == "invalid_signal"
+    assert "approved" in bad.json()["detail"]
+    assert api.get(f"runs/{run_id}/").json()["revision"] == parked["revision"]
+    assert store.pending_signals(run_id) == []
+    # A signal no step waits for: 409.
+    odd = api.post(f"runs/{run_id}/signal/", {"signal": "bogus", "payload": {}})
+    assert odd.status_code == 409 and odd.json()["code"] == "signal_refused"
+
+    sent = api.post(
+        f"runs/{run_id}/signal/",
+        {"signal": "approval", "payload": {"approved": True, "comment": "go"}},
+        REMOTE_ADDR="10.1.2.3",
+    )
+    assert sent.status_code == 202, sent.json()
+    record = sent.json()["signal"]
+    done = wait_for_status(api, run_id, {"completed", "failed", "cancelled"}, timeout=60)
+    assert done["status"] == "completed", done
+    assert done["current_state"] == "shipped"
+    approve = done["states"]["approve"]
+    assert approve["payload"] == approve["output"] == {"approved": True, "comment": "go"}
+    assert approve["signal_id"] == record["id"]
+    assert approve["sender"] == {
+        "kind": "api",
+        "user": admin_user.get_username(),
+        "remote_addr": "10.1.2.3",
+    }
+    assert done["states"]["ship"]["output"] == "shipping crate, approved by go\n"
+
+    # A second signal for the step: refused, never applied twice.
+    again = api.post(f"runs/{run_id}/signal/", {"signal": "approval", "payload": {"approved": 0}})
+    assert again.status_code == 409
+    assert api.get(f"runs/{run_id}/").json()["states"]["approve"]["signal_id"] == record["id"]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_payload_chooses_the_other_branch(
+    admin_user: Any, worker: subprocess.Popen[bytes]
+) -> None:
+    api = api_for(admin_user)
+    run_id = api.post("runs/", {"workflow_name": "approval"}).json()["workflow_id"]
+    wait_for_status(api, run_id, {"waiting"}, timeout=60)
+    sent = api.post(f"runs/{run_id}/signal/", {"signal": "approval", "payload": {"approved": False}})
+    assert sent.status_code == 202
+    done = wait_for_status(api, run_id, {"completed", "failed", "cancelled"}, timeout=60)
+    assert done["status"] == "failed" and done["current_state"] == "rejected"
+    assert "ship" not in done["states"]
+
+
+@pytest.mark.django_db
+def test_signal_errors(admin_client: Client) -> None:
+    api = API_(admin_client, openapi_schema(admin_client))
+    missing = api.post("runs/7d3c2a3e-1111-4222-8333-444455556666/signal/", {"signal": "x"})
+    assert missing.status_code == 404
+    state = runs.start_run("approval")
+    assert state.status == RunStatus.WAITING
+    no_name = api.post(f"runs/{state.workflow_id}/signal/", {"payload": {}})
+    assert no_name.status_code == 400 and "signal" in no_name.json()["errors"]
+    # Sent before anything could run it: a pending run of the workflow takes it later.
+    pending, _ = runs.create_run("approval")
+    early = api.post(
+        f"runs/{pending.workflow_id}/signal/", {"signal": "approval", "payload": {"approved": True}}
+    )
+    assert early.status_code == 202
+    assert runs.execute(pending.workflow_id).status == RunStatus.COMPLETED
