@@ -15,7 +15,7 @@ from django.test import Client
 
 from tests.api_support import openapi_schema
 from tests.test_api import API_, wait_for_status
-from tests.test_api import worker as worker  # noqa: PLC0414 - the fixture, re-exported
+from tests.test_api import worker as worker
 from wfstate import runs
 from wfstate.state import RunStatus
 from wfstate.stores import get_store
@@ -94,7 +94,9 @@ def test_the_payload_chooses_the_other_branch(
     api = api_for(admin_user)
     run_id = api.post("runs/", {"workflow_name": "approval"}).json()["workflow_id"]
     wait_for_status(api, run_id, {"waiting"}, timeout=60)
-    sent = api.post(f"runs/{run_id}/signal/", {"signal": "approval", "payload": {"approved": False}})
+    sent = api.post(
+        f"runs/{run_id}/signal/", {"signal": "approval", "payload": {"approved": False}}
+    )
     assert sent.status_code == 202
     done = wait_for_status(api, run_id, {"completed", "failed", "cancelled"}, timeout=60)
     assert done["status"] == "failed" and done["current_state"] == "rejected"
