@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-from wfstate.exceptions import InvalidRunId
+from wfstate.exceptions import InvalidRunId, StorageError
 from wfstate.state import WorkflowState
 
 # The only form a run id may take: a canonical, lower-case UUID4. Checked before any
@@ -137,6 +137,30 @@ class StateStore(ABC):
     @abstractmethod
     def load_output(self, workflow_id: str, state_name: str, stream: str) -> bytes:
         """Raises: RunNotFound when no such side file exists."""
+
+    # --- signals: a run's mailbox (see wfstate.engine.waits) -----------------------------
+    #
+    # Not abstract: a store without a mailbox still runs every workflow that does not
+    # wait for signals; sending one to it is a clear error, never a silent loss.
+
+    def post_signal(self, workflow_id: str, record: dict[str, Any]) -> str:
+        """Keep a signal for the run until its executor takes it; durable on return.
+
+        ``record`` holds at least ``id`` (unique, ``[0-9a-f]{32}``), ``signal``,
+        ``payload``, ``sender`` and ``received_at``. Returns where it was kept.
+
+        Raises:
+            StorageError: the store has no mailbox, or the write failed.
+        """
+        raise StorageError(f"{self!r} has no signal mailbox: signals cannot be kept")
+
+    def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        """The run's signals not yet taken, oldest first."""
+        return []
+
+    def remove_signal(self, workflow_id: str, signal_id: str) -> None:
+        """Forget a signal once its id is durably in the run's state (idempotent)."""
+        return None
 
     # --- maintenance ---------------------------------------------------------------------
 

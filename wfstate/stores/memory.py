@@ -6,6 +6,7 @@ saved (the same aliasing rules as the file store). One process only.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -132,7 +133,7 @@ class MemoryStore(StateStore):
             self._mailboxes.setdefault(validate_id(workflow_id), {})[signal_id] = dict(record)
         return f"memory:{workflow_id}/mailbox/{signal_id}"
 
-    def pending_signals(self, workflow_id: str) -> list[dict[str, Any]]:
+    def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
         with self._guard:
             return [dict(r) for r in self._mailboxes.get(validate_id(workflow_id), {}).values()]
 
