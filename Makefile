@@ -37,7 +37,8 @@ test: $(STAMP) browser lint
 	$(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings $(PYTEST_ARGS)
 	WFSTATE_TEST_DB=postgres $(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings -m "not browser" \
 		$(wildcard tests/test_index.py tests/test_admin*.py tests/test_api*.py \
-			tests/test_sync_doctor.py tests/test_scale.py) $(PYTEST_ARGS)
+			tests/test_sync_doctor.py tests/test_scale.py \
+			tests/test_schedules.py tests/test_idempotency.py tests/test_concurrency.py) $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(PY) manage.py migrate --noinput -v 0

@@ -73,6 +73,11 @@ if os.environ.get("WFSTATE_TEST_LOCK_BACKEND") == "redis":
             }
         },
     }
+# WFSTATE_TEST_STORE=contract runs the suite against tests/contract_store.py, a store
+# written from the documented StateStore contract alone (its options come from the
+# settings it declares: STORAGE_DIR and LOCK_TIMEOUT).
+if os.environ.get("WFSTATE_TEST_STORE") == "contract":
+    WFSTATE["STORE"] = {"BACKEND": "tests.contract_store.ContractStore", "OPTIONS": {}}
 if os.environ.get("WFSTATE_TEST_WORKFLOW_DIR"):
     _extra_dir = Path(os.environ["WFSTATE_TEST_WORKFLOW_DIR"])
     WFSTATE["WORKFLOW_DIRS"] = [*cast("list[Path]", WFSTATE["WORKFLOW_DIRS"]), _extra_dir]

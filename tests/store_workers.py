@@ -11,11 +11,12 @@ import json
 import os
 import sys
 import time
+from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 from typing import Any
 
-from wfstate.exceptions import RunNotFound
+from wfstate.exceptions import RunLocked, RunNotFound
 from wfstate.state import StepResult, StepStatus, WorkflowState
 from wfstate.stores.jsonfile import JSONFileStore
 
@@ -154,3 +155,27 @@ def hold_write_lock(
     with store.write_lock(workflow_id):
         held.set()
         release.wait(timeout=120)
+
+
+def execute_after(
+    store_kwargs: dict[str, Any], workflow_id: str, go: Event, results: Queue[str]
+) -> None:
+    """An executor starting: take the run lock, load the run, wait for ``go``, save it.
+
+    Reports ``"locked"`` (refused at once), ``"gone"`` (no such run), ``"loaded"`` and
+    then ``"saved"`` on ``results``.
+    """
+    store = JSONFileStore(**store_kwargs)
+    try:
+        with store.run_lock(workflow_id):
+            try:
+                state = store.load(workflow_id)
+            except RunNotFound:
+                results.put("gone")
+                return
+            results.put("loaded")
+            go.wait(timeout=120)
+            store.save(state)
+            results.put("saved")
+    except RunLocked:
+        results.put("locked")

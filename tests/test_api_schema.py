@@ -39,6 +39,8 @@ OPERATIONS = [
     ("GET", f"{API}schema/"),
     ("GET", f"{API}workflows/"),
     ("GET", f"{API}workflows/{{name}}/"),
+    ("GET", f"{API}schedules/"),
+    ("GET", f"{API}schedules/{{name}}/"),
 ]
 
 

@@ -115,6 +115,17 @@ def test_memory_store_backend_is_accepted(settings: Any) -> None:
     assert checks.check_backends() == []
 
 
+def test_e002_store_options_the_backend_does_not_take(settings: Any) -> None:
+    # Without the check, the first run would die on a TypeError from the constructor.
+    set_wfstate(
+        settings, STORE={"BACKEND": "wfstate.stores.MemoryStore", "OPTIONS": {"colour": "red"}}
+    )
+    messages = checks.check_backends()
+    assert ids(messages) == ["wfstate.E002"]
+    assert "MemoryStore" in messages[0].msg
+    assert "colour" in messages[0].msg
+
+
 def test_e003_unknown_lock_backend(settings: Any) -> None:
     set_wfstate(settings, LOCK_BACKEND="zookeeper")
     messages = checks.check_backends()

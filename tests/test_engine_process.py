@@ -163,3 +163,106 @@ def test_recover_detached_keeps_the_interrupted_step_in_history(
     assert doc["history"][-1]["event"] == "recover"
     assert doc["history"][-1]["rewound"][0]["name"] == "s10"
     assert (work / "s10.count").read_text().count("ran") == 2
+
+
+def test_sigkill_inside_a_parallel_block_then_resume_reruns_only_unfinished_branches(
+    tmp_path: Path,
+) -> None:
+    storage, work = tmp_path / "storage", tmp_path / "work"
+    work.mkdir()
+    proc = spawn(storage, "run_workflow", "fanout-crash", "--input", f"dir={work}")
+    workflow_id = _only_run(storage)
+
+    def quick_done_slow_running() -> bool:
+        try:
+            states = _doc(storage, workflow_id)["states"]
+        except (OSError, ValueError):
+            return False
+        return (
+            states.get("quick", {}).get("status") == "completed"
+            and states.get("slow", {}).get("status") == "running"
+            and (work / "slow.count").exists()
+        )
+
+    wait_for(quick_done_slow_running, 60, "quick completed while slow runs")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    crashed = _doc(storage, workflow_id)
+    assert crashed["status"] == "running" and crashed["current_state"] == "branches"
+
+    # A resume killed in turn while slow runs again: the next resume still keeps quick.
+    again = spawn(storage, "resume_workflow", workflow_id)
+    wait_for(
+        lambda: (work / "slow.count").read_text().count("ran") == 2 and quick_done_slow_running(),
+        60,
+        "slow to run again",
+    )
+    again.send_signal(signal.SIGKILL)
+    again.wait(10)
+    assert (work / "quick.count").read_text().count("ran") == 1
+
+    # On resume slow fails: under any_succeed the block succeeds only if the strategy
+    # still counts quick's result from before the crash.
+    (work / "release").write_text("fail")
+    result = manage(storage, "resume_workflow", workflow_id, "--json")
+    assert result.returncode == 0, result.stderr
+    final = orjson.loads(result.stdout)
+    assert final["status"] == "completed" and final["current_state"] == "done"
+    assert (work / "quick.count").read_text().count("ran") == 1  # completed: not run again
+    assert (work / "slow.count").read_text().count("ran") == 3  # killed twice: run again
+    assert final["states"]["branches"]["output"] == {"quick": "completed", "slow": "failed"}
+    assert final["states"]["quick"] == crashed["states"]["quick"]  # the very same result
+    event = final["history"][-1]
+    assert event["kept"] == ["quick"]
+    assert sorted(r["name"] for r in event["rewound"]) == ["branches", "slow"]
+
+
+def test_recover_reports_an_unrecoverable_run_and_still_recovers_the_next(
+    tmp_path: Path,
+) -> None:
+    storage = tmp_path / "storage"
+    crashed: list[tuple[str, Path]] = []
+    for n in range(2):
+        work = tmp_path / f"work{n}"
+        work.mkdir()
+        proc = spawn(storage, "run_workflow", "crash20", "--input", f"dir={work}")
+        wait_for(lambda w=work: (w / "s10.count").exists(), 60, "step s10 to start")
+        known = {wid for wid, _ in crashed}
+        ids = wait_for(
+            lambda k=known: [
+                p.stem for p in (storage / "states").glob("*.json") if p.stem not in k
+            ],
+            30,
+            "the new run's file",
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        crashed.append((ids[0], work))
+    # Recovery walks runs in id order: the first one it meets is the unrecoverable one.
+    (bad, bad_work), (good, good_work) = sorted(crashed)
+    path = storage / "states" / f"{bad}.json"
+    doc = orjson.loads(path.read_bytes())
+    # A file that names a state its workflow does not have (edited, or a definition that
+    # changed under a run whose file carries no sha256).
+    doc["current_state"] = "s10_gone"
+    doc["states"]["s10_gone"] = {**doc["states"].pop("s10"), "name": "s10_gone"}
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    before = path.read_bytes()
+
+    (bad_work / "release").touch()
+    (good_work / "release").touch()
+    result = manage(storage, "recover_workflows", "--json")
+    assert result.returncode == 1, result.stderr  # a refused resume: exit 1
+    report = orjson.loads(result.stdout)
+    assert report["recovered"] == {good: "completed"}
+    assert list(report["errors"]) == [bad]
+    assert report["errors"][bad]["code"] == "not_resumable"
+    assert "no state 's10_gone'" in report["errors"][bad]["message"]
+    assert f"could not be recovered: {bad}" in result.stderr
+    assert _doc(storage, good)["status"] == "completed"
+    assert path.read_bytes() == before  # refused: the bad run's file is untouched
+
+    # Without --json: a line per run, and the same exit code.
+    text = manage(storage, "recover_workflows")
+    assert text.returncode == 1
+    assert f"run {bad}: error: " in text.stdout and good not in text.stdout

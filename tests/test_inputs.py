@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
+from django.test import Client
 
+from tests.api_support import API
+from tests.engine_helpers import call
 from wfstate.definitions import (
     WorkflowDefinition,
     input_json_schema,
@@ -187,3 +192,123 @@ def test_workflow_without_inputs():
     assert validate_inputs(d, {}) == {}
     with pytest.raises(InvalidInputs, match="declares: none"):
         validate_inputs(d, {"x": 1})
+
+
+# --- integers beyond 64 bits (a run's state is JSON written by orjson) -------------------
+
+BIG = [2**64, 2**63, -(2**63) - 1, 10**30]
+
+
+@pytest.mark.parametrize("value", BIG)
+def test_integers_beyond_64_bits_are_refused_naming_the_input(
+    definition: WorkflowDefinition, value: int
+):
+    text = TEXT.replace("validation: {min: 1, max: 16}", "validation: {}").replace(
+        "validation: {min: 0, max: 1}", "validation: {}"
+    )
+    unbounded = loads_definition(text)
+    for name, raw in (("jobs", value), ("ratio", value), ("jobs", float(value))):
+        with pytest.raises(InvalidInputs) as info:
+            validate_inputs(unbounded, {"tag": "v1", name: raw})
+        assert list(info.value.errors) == [name]
+        assert "64-bit integer" in info.value.errors[name][0]
+    with pytest.raises(InvalidInputs, match="64-bit"):
+        validate_inputs(unbounded, {"tag": "v1", "jobs": str(value)}, coerce_strings=True)
+    edge = validate_inputs(unbounded, {"tag": "v1", "jobs": 2**63 - 1, "ratio": -(2**63)})
+    assert (edge["jobs"], edge["ratio"]) == (2**63 - 1, -(2**63))
+    # a number spelled in digits is read exactly, not through a float
+    exact = validate_inputs(
+        unbounded, {"tag": "v1", "ratio": "9007199254740993"}, coerce_strings=True
+    )
+    assert exact["ratio"] == 9007199254740993
+
+
+def test_a_huge_integer_is_named_without_printing_all_its_digits(definition: WorkflowDefinition):
+    unbounded = loads_definition(TEXT.replace("validation: {min: 1, max: 16}", "validation: {}"))
+    for value, shown in ((10**200, "(201 digits)"), (10**5000, "thousands of digits")):
+        # (Python refuses to print an integer of over 4300 digits at all.)
+        with pytest.raises(InvalidInputs) as info:
+            validate_inputs(unbounded, {"tag": "v1", "jobs": value})
+        message = info.value.errors["jobs"][0]
+        assert shown in message and len(message) < 200
+
+
+BIGINT_WORKFLOW = """\
+name: bigint
+inputs:
+  - {name: n, type: integer, default: 1}
+  - {name: x, type: number, default: 1}
+states:
+  initial: a
+  a: {type: step, command: "printf '%s' {{ inputs.n }}", on_success: done}
+  done: {type: terminal, status: success}
+"""
+
+
+@pytest.fixture
+def bigint_workflow(settings: Any, tmp_path: Path) -> None:
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "bigint.yaml").write_text(BIGINT_WORKFLOW)
+    settings.WFSTATE = {
+        **settings.WFSTATE,
+        "STORAGE_DIR": tmp_path / "storage",
+        "INDEX_ON_WRITE": False,
+        "WORKFLOW_DIRS": [*settings.WFSTATE["WORKFLOW_DIRS"], workflows],
+    }
+
+
+def _invalid_inputs(code: int, out: str) -> dict[str, Any]:
+    assert code == 1, out
+    error = orjson.loads(out)["error"]
+    assert error["code"] == "invalid_inputs"
+    return error
+
+
+@pytest.mark.usefixtures("bigint_workflow")
+@pytest.mark.parametrize("value", [str(2**64), str(-(2**63) - 1), "1" * 40])
+def test_big_integers_on_the_command_line_are_invalid_inputs(tmp_path: Path, value: str):
+    for name in ("n", "x"):
+        error = _invalid_inputs(
+            *call("run_workflow", "bigint", "--input", f"{name}={value}", "--json")[:2]
+        )
+        assert set(error["errors"]) == {name}
+    for suffix in ("json", "yaml"):
+        path = tmp_path / f"inputs.{suffix}"
+        path.write_text(f'{{"n": {value}}}')
+        error = _invalid_inputs(
+            *call("run_workflow", "bigint", "--inputs-file", str(path), "--json")[:2]
+        )
+        assert set(error["errors"]) == {"n"}
+    code, out, _ = call("run_workflow", "bigint", "--json")
+    assert code == 0, out
+    workflow_id = orjson.loads(out)["workflow_id"]
+    error = _invalid_inputs(
+        *call(
+            "resume_workflow", workflow_id, "--from", "previous", "--input", f"n={value}", "--json"
+        )[:2]
+    )
+    assert set(error["errors"]) == {"n"}
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("bigint_workflow")
+def test_big_integers_over_the_api_are_400_invalid_inputs(admin_client: Client):
+    # (A number input is a JSON double to the API's parser: 2**64 arrives as a float.)
+    for inputs in ({"n": 2**64}, {"n": 2**63}, {"n": -(2**63) - 1}, {"n": 10**30}):
+        response = admin_client.post(
+            API + "runs/",
+            orjson.dumps({"workflow_name": "bigint", "inputs": {}}).replace(
+                b"{}", _big_json(inputs)
+            ),
+            content_type="application/json",
+        )
+        assert response.status_code == 400, response.content
+        reply = response.json()
+        assert reply["code"] == "invalid_inputs", reply
+        assert set(reply["errors"]["inputs"]) == set(inputs)
+
+
+def _big_json(inputs: dict[str, int]) -> bytes:
+    """orjson cannot write these integers: spell the object by hand."""
+    return ("{" + ", ".join(f'"{k}": {v}' for k, v in inputs.items()) + "}").encode()

@@ -169,7 +169,7 @@ def test_a_record_of_another_holder_is_not_blamed(
         stale = {"holder": "0" * 32, "owner": {"pid": 999999999, "host": "x", "since": "-"}}
         client.set(key, orjson.dumps(stale))
         began = time.monotonic()
-        assert store.run_lock_owner(run_id) == {}
+        assert store.run_lock_owner(run_id) == {"pid": 0, "host": "", "since": ""}
         assert time.monotonic() - began < 2
         other = JSONFileStore(**_kwargs_of(store))
         with pytest.raises(RunLocked) as info, other.run_lock(run_id):

@@ -33,6 +33,7 @@ TOP_KEYS = [
     "updated_at",
     "completed_at",
     "inputs",
+    "started_by",
     "states",
     "revision",
     "error",
@@ -138,7 +139,7 @@ def test_diff_between_revisions_shows_only_what_changed() -> None:
 def test_file_format_is_two_space_indented_utf8() -> None:
     data = serialize(sample())
     text = data.decode("utf-8")
-    assert text.startswith('{\n  "schema_version": 2,\n  "workflow_id": ')
+    assert text.startswith('{\n  "schema_version": 1,\n  "workflow_id": ')
     assert text.endswith("}\n")
     assert "héllo ✓" in text  # UTF-8, not \u escapes
 

@@ -7,6 +7,7 @@ never reads Django settings), so a backend only has to be added to the fixture.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests import store_workers
+from tests.engine_helpers import wait_for
 from wfstate.exceptions import RunLocked, StateLocked, StillRunning
 from wfstate.state import WorkflowState
 from wfstate.stores import JSONFileStore
@@ -181,6 +183,100 @@ def test_delete_refused_while_run_locked(
     holder.kill()
     lock_store.delete(run_id)
     assert not lock_store.exists(run_id)
+
+
+def test_delete_holds_the_run_lock_so_no_executor_brings_the_run_back(
+    lock_store: JSONFileStore, lock_store_kwargs: dict[str, Any], run_id: str, spawn: Any
+) -> None:
+    # A writer in another process holds the write lock: delete() waits inside.
+    writer = Holder(spawn, store_workers.hold_write_lock, lock_store_kwargs, run_id)
+    deleter_store = JSONFileStore(**{**lock_store_kwargs, "lock_timeout": 60.0})
+    errors: list[BaseException] = []
+
+    def delete() -> None:
+        try:
+            deleter_store.delete(run_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    deleter = threading.Thread(target=delete)
+    deleter.start()
+    # The delete holds the run lock while it waits (the old one never took it: then we
+    # go on after the deadline, and the executor below brings the run back).
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: lock_store.run_lock_owner(run_id), timeout=30, what="the run lock")
+    # An executor starts meanwhile: it must be refused, not load the run and save it.
+    go, results = CTX.Event(), CTX.Queue()
+    executor = spawn(store_workers.execute_after, lock_store_kwargs, run_id, go, results)
+    first = results.get(timeout=START_TIMEOUT)
+    writer.stop()
+    deleter.join(60)
+    go.set()
+    executor.join(60)
+    assert errors == []
+    assert first == "locked"
+    assert not lock_store.exists(run_id)
+    # A late executor finds no run, and leaves nothing behind.
+    late = spawn(store_workers.execute_after, lock_store_kwargs, run_id, go, results)
+    assert results.get(timeout=START_TIMEOUT) == "gone"
+    late.join(60)
+    assert [n for n in os.listdir(lock_store.directory) if n.startswith(run_id)] == []
+
+
+def test_forget_leaves_a_lock_another_process_holds(
+    lock_store: JSONFileStore,
+    lock_store_kwargs: dict[str, Any],
+    lock_backend: str,
+    run_id: str,
+    spawn: Any,
+) -> None:
+    if lock_backend != "file":
+        pytest.skip("lock files are the file backend's")
+    holder = Holder(spawn, store_workers.hold_write_lock, lock_store_kwargs, run_id)
+    lock_store.locks.forget(run_id)
+    # Still there, and still excluding us: an unlinked lock file would let a second
+    # writer lock a new file of the same name while the holder writes.
+    assert (lock_store.directory / f"{run_id}.lock").exists()
+    with pytest.raises(StateLocked), lock_store.write_lock(run_id):
+        pass
+    holder.stop()
+    lock_store.locks.forget(run_id)  # free now: removed
+    assert not (lock_store.directory / f"{run_id}.lock").exists()
+
+
+def test_a_writer_waiting_on_a_lock_file_that_is_removed_takes_the_new_one(
+    lock_store: JSONFileStore, lock_backend: str, run_id: str
+) -> None:
+    if lock_backend != "file":
+        pytest.skip("lock files are the file backend's")
+    path = lock_store.directory / f"{run_id}.lock"
+    got: dict[str, Any] = {}
+
+    def waiter() -> None:
+        lock = lock_store.locks.write_lock(run_id, 30)
+        with lock:
+            assert lock.held is not None
+            got["ino"] = os.fstat(lock.held.fd).st_ino  # type: ignore[attr-defined]
+            got["path_ino"] = os.stat(path).st_ino if path.exists() else None
+
+    def opened_by_two() -> bool:
+        # Our own descriptor and the waiter's, open on the lock file.
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return links.count(str(path)) >= 2
+
+    with lock_store.write_lock(run_id):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        wait_for(opened_by_two, timeout=30, what="the waiter to open the lock file")
+        lock_store.locks.forget(run_id)  # held by us: unlinked under the lock
+        assert not path.exists()
+    thread.join(60)
+    # The waiter got the unlinked file's lock, saw it had no name, and locked the file
+    # of that name instead (an unlinked file's lock excludes nobody who comes later).
+    assert got["ino"] == got["path_ino"]
 
 
 # --- the write lock ---------------------------------------------------------------------
@@ -358,7 +454,8 @@ def test_dead_owner_info_is_not_blamed_while_a_prober_holds_the_lock(
         with pytest.raises(RunLocked) as info, lock_store.run_lock(run_id):
             pass
         assert f"pid {dead.pid}" not in str(info.value)
-        assert lock_store.run_lock_owner(run_id) == {}
+        # Held, by nobody it can name (pid 0): not the dead process, not "free".
+        assert lock_store.run_lock_owner(run_id) == {"pid": 0, "host": "", "since": ""}
         portalocker.unlock(prober)
     with lock_store.run_lock(run_id) as me:
         assert me["pid"] == os.getpid()

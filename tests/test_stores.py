@@ -1,5 +1,6 @@
-"""The StateStore port: the same cases against JSONFileStore and MemoryStore, then what
-only the file store has (its layout on disk, temp-file sweeping)."""
+"""The StateStore port: the same cases against JSONFileStore, MemoryStore and
+tests/contract_store.py (a store written from the documented contract alone), then
+what only the file store has (its layout on disk, temp-file sweeping)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,42 @@ from pathlib import Path
 
 import pytest
 
-from wfstate.exceptions import CorruptState, RunNotFound, StillRunning
+from tests.contract_store import ContractStore
+from wfstate.exceptions import CorruptState, RunNotFound, StateTooLarge, StillRunning
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, new_workflow_id
-from wfstate.stores import JSONFileStore, MemoryStore, StateStore
+from wfstate.stores import (
+    JSONFileStore,
+    MemoryStore,
+    StateStore,
+    store_options,
+    store_options_error,
+)
 from wfstate.stores._atomic import temp_name
 
+STORES = ["json", "memory", "contract"]
 
-@pytest.fixture(params=["json", "memory"])
+
+def make_store(kind: str, tmp_path: Path, **options: object) -> StateStore:
+    # A generous lock timeout: four threads taking turns on a busy machine must not
+    # starve (the timeout itself is tested in tests/test_store_locks.py).
+    if kind == "json":
+        return JSONFileStore(tmp_path / "storage", lock_timeout=10, **options)  # type: ignore[arg-type]
+    if kind == "contract":
+        return ContractStore(tmp_path / "storage", lock_timeout=10, **options)  # type: ignore[arg-type]
+    return MemoryStore(lock_timeout=10, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=STORES)
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
-    if request.param == "json":
-        return JSONFileStore(tmp_path / "storage", lock_timeout=0.5)
-    return MemoryStore(lock_timeout=0.5)
+    return make_store(request.param, tmp_path)
+
+
+def footprint(store: StateStore, tmp_path: Path) -> list[str]:
+    """Every file and directory the store keeps (nothing for the memory store)."""
+    root = tmp_path / "storage"
+    if isinstance(store, MemoryStore) or not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
 
 
 def new_state(**inputs: object) -> WorkflowState:
@@ -182,6 +208,157 @@ def test_iter_states(any_store: StateStore) -> None:
     assert all(isinstance(v, WorkflowState) for v in got.values())
 
 
+@pytest.mark.parametrize("kind", STORES)
+def test_save_refuses_a_state_over_max_bytes_before_writing(kind: str, tmp_path: Path) -> None:
+    store = make_store(kind, tmp_path, max_bytes=4000)
+    state = new_state(tag="small")
+    store.save(state)
+    before = footprint(store, tmp_path)
+    state.inputs["tag"] = "x" * 5000
+    with pytest.raises(StateTooLarge) as info:
+        store.save(state)
+    assert info.value.code == "state_too_large"
+    assert info.value.limit == 4000 and info.value.size > 4000
+    assert state.workflow_id in str(info.value) and "4000" in str(info.value)
+    assert state.revision == 1  # the in-memory state does not claim the save
+    # Nothing written: the stored state is the previous one, and readable.
+    assert store.load(state.workflow_id).inputs["tag"] == "small"
+    assert footprint(store, tmp_path) == before
+    # A run whose first save is too big never exists.
+    big = new_state(tag="y" * 5000)
+    with pytest.raises(StateTooLarge):
+        store.save(big)
+    assert not store.exists(big.workflow_id)
+    assert store.list() == [state.workflow_id]
+
+
+def test_run_lock_of_an_unknown_run_keeps_nothing(any_store: StateStore, tmp_path: Path) -> None:
+    unknown = new_workflow_id()
+    with any_store.run_lock(unknown) as owner:
+        assert owner["pid"] == os.getpid()
+    assert footprint(any_store, tmp_path) == []
+    assert any_store.run_lock_owner(unknown) is None
+    assert footprint(any_store, tmp_path) == []  # probing creates nothing either
+
+
+def test_update_of_an_unknown_run_keeps_nothing(any_store: StateStore, tmp_path: Path) -> None:
+    with pytest.raises(RunNotFound):
+        any_store.update(new_workflow_id(), lambda s: None)
+    assert footprint(any_store, tmp_path) == []
+
+
+def test_a_run_lock_released_after_its_run_was_deleted_keeps_nothing(
+    any_store: StateStore, tmp_path: Path
+) -> None:
+    state = new_state()
+    any_store.save(state)
+    with any_store.run_lock(state.workflow_id):
+        pass
+    any_store.delete(state.workflow_id)
+    assert footprint(any_store, tmp_path) == []
+    with any_store.run_lock(state.workflow_id):  # a late task for the deleted run
+        pass
+    assert footprint(any_store, tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["json", "contract"])
+def test_quarantine_moves_the_run_aside_with_everything_kept_for_it(
+    kind: str, tmp_path: Path
+) -> None:
+    store = make_store(kind, tmp_path)
+    good, bad = new_state(), new_state()
+    for state in (good, bad):
+        store.save(state)
+        with store.run_lock(state.workflow_id):
+            pass
+    store.save_output(bad.workflow_id, "build", "stdout", b"whole output")
+    store.request_cancel(bad.workflow_id)
+    path = store.path_for(bad.workflow_id)
+    assert path is not None
+    assert store.quarantine(bad.workflow_id) is None  # not corrupt: stays
+    path.write_bytes(b"{")
+    moved = store.quarantine(bad.workflow_id)
+    assert moved is not None
+    assert Path(moved).read_bytes() == b"{"  # never deleted
+    assert store.list() == [good.workflow_id]
+    assert not store.exists(bad.workflow_id)
+    assert not store.cancel_requested(bad.workflow_id)
+    left = [name for name in footprint(store, tmp_path) if bad.workflow_id in name]
+    assert all("quarantine" in name for name in left), left
+    assert store.quarantine(bad.workflow_id) is None  # gone: nothing to do
+    assert store.load(good.workflow_id).revision == 1
+
+
+def test_the_contract_defaults_are_safe(tmp_path: Path) -> None:
+    """MemoryStore overrides none of the optional methods but raw_reader."""
+    store = MemoryStore()
+    state = new_state()
+    store.save(state)
+    assert ContractStore(tmp_path, raw_reads=False).raw_reader() is None  # the default
+    assert store.path_for(state.workflow_id) is None
+    assert store.outputs_dir(state.workflow_id) is None
+    assert store.temp_files() == []
+    assert store.sweep() == []
+    assert store.quarantine(state.workflow_id) is None
+    assert store.exists(state.workflow_id)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_raw_reader_gives_the_stored_document_or_none(kind: str, tmp_path: Path) -> None:
+    store = make_store(kind, tmp_path)
+    state = new_state(tag="v1")
+    store.save(state)
+    reader = store.raw_reader()
+    assert reader is not None
+    assert json.loads(reader(state.workflow_id) or b"")["inputs"] == {"tag": "v1"}
+    assert reader(new_workflow_id()) is None
+    assert reader("../etc/passwd") is None
+
+
+# --- options from the settings -------------------------------------------------------------
+
+
+def test_store_options_give_each_backend_only_what_it_takes(settings: object) -> None:
+    base = {**settings.WFSTATE, "LOCK_BACKEND": "file", "FILE_MODE": 0o640}  # type: ignore[attr-defined]
+    settings.WFSTATE = {**base, "STORE": {"OPTIONS": {"max_bytes": 1234}}}  # type: ignore[attr-defined]
+    options = store_options(JSONFileStore)
+    assert options["file_mode"] == 0o640 and options["lock_backend"] == "file"
+    assert options["max_bytes"] == 1234 and "lock_options" not in options
+    assert options["root"] == base["STORAGE_DIR"]
+    # The memory store and third-party stores get STORE["OPTIONS"] (and the settings
+    # they declare), nothing else: no catch-all needed in their constructors.
+    assert store_options(MemoryStore) == {"max_bytes": 1234}
+    MemoryStore(**store_options(MemoryStore))
+    assert set(store_options(ContractStore)) == {"root", "lock_timeout", "max_bytes"}
+    # Documented aliases: REDIS_URL becomes the file store's lock_options.
+    settings.WFSTATE = {  # type: ignore[attr-defined]
+        **base,
+        "LOCK_BACKEND": "redis",
+        "REDIS_URL": "redis://example:6379/2",
+    }
+    assert store_options(JSONFileStore)["lock_options"] == {"redis_url": "redis://example:6379/2"}
+    # ... and STORE["OPTIONS"] wins over any alias.
+    settings.WFSTATE = {  # type: ignore[attr-defined]
+        **base,
+        "STORE": {"OPTIONS": {"lock_timeout": 7, "lock_options": {"redis_url": "redis://x/0"}}},
+        "LOCK_BACKEND": "redis",
+    }
+    options = store_options(JSONFileStore)
+    assert options["lock_timeout"] == 7
+    assert options["lock_options"] == {"redis_url": "redis://x/0"}
+
+
+def test_options_a_backend_does_not_take_are_named(settings: object) -> None:
+    settings.WFSTATE = {  # type: ignore[attr-defined]
+        **settings.WFSTATE,  # type: ignore[attr-defined]
+        "STORE": {"BACKEND": "wfstate.stores.MemoryStore", "OPTIONS": {"root": "/x"}},
+    }
+    problem = store_options_error()
+    assert problem is not None
+    assert "wfstate.stores.memory.MemoryStore" in problem and "root" in problem
+    assert store_options_error(JSONFileStore) is None
+
+
 # --- the file store only ----------------------------------------------------------------------
 
 
@@ -194,7 +371,7 @@ def test_file_layout(store: JSONFileStore) -> None:
     document = json.loads(path.read_bytes())
     assert document["workflow_id"] == state.workflow_id
     assert document["revision"] == 1
-    assert path.read_bytes().startswith(b'{\n  "schema_version": 2,\n')
+    assert path.read_bytes().startswith(b'{\n  "schema_version": 1,\n')
     with store.run_lock(state.workflow_id):
         pass
     store.request_cancel(state.workflow_id)
@@ -293,6 +470,10 @@ def test_memory_store_sweep_is_a_no_op() -> None:
 def test_get_store_follows_settings(wfstate_settings: dict[str, object], settings: object) -> None:
     from wfstate.stores import get_store
 
+    settings.WFSTATE = {  # type: ignore[attr-defined]
+        **wfstate_settings,
+        "STORE": {"BACKEND": "wfstate.stores.JSONFileStore"},  # whatever WFSTATE_TEST_STORE says
+    }
     store = get_store()
     assert isinstance(store, JSONFileStore)
     assert store.root == wfstate_settings["STORAGE_DIR"]

@@ -161,11 +161,11 @@ def test_a_corrupt_file_repaired_before_the_fix_is_left_in_place() -> None:
     path = get_store().path_for(state.workflow_id)
     good = path.read_bytes()
     path.write_bytes(b"{")
-    assert index.quarantine(get_store(), state.workflow_id) is not None
+    assert get_store().quarantine(state.workflow_id) is not None
     # Put back, then ask again: not corrupt any more, so it stays.
-    (get_store().root / "quarantine" / path.name).rename(path)
+    (get_store().quarantine_directory / path.name).rename(path)
     path.write_bytes(good)
-    assert index.quarantine(get_store(), state.workflow_id) is None
+    assert get_store().quarantine(state.workflow_id) is None
     assert path.exists()
 
 
@@ -193,7 +193,9 @@ def test_a_revision_out_of_range_is_reported_corrupt_by_sync_and_doctor(revision
     code, out, _ = command("sync_workflow_index")
     assert code == 0
     assert "3 files: 3 rows created" in out
-    assert f"corrupt {odd.workflow_id}: run {odd.workflow_id} is not a valid state" in out
+    # The store refuses the document (a revision out of range is no state) naming the file.
+    assert f"corrupt {odd.workflow_id}: " in out
+    assert f"{odd.workflow_id}.json is not a valid state: revision {revision} is outside" in out
     assert set(WorkflowRun.objects.filter(corrupt=False).values_list("workflow_id", flat=True)) == {
         s.workflow_id for s in states[1:]
     }

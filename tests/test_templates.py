@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2 import nodes
 
 from wfstate.definitions import (
     build_context,
@@ -16,7 +17,8 @@ from wfstate.definitions import (
     render_text,
     render_value,
 )
-from wfstate.definitions.shell import QuoteTracker, rewrite_command
+from wfstate.definitions.shell import QuoteTracker, annotate
+from wfstate.definitions.templates import _env
 from wfstate.exceptions import InvalidDefinition, TemplateError
 from wfstate.state import StepResult, StepStatus, WorkflowState
 
@@ -86,13 +88,15 @@ def test_hostile_values_stay_literal(tmp_path: Path, template: str, expected: An
         assert result.stdout == expected(value), command
 
 
-def test_safe_opts_a_trusted_fragment_out(tmp_path: Path):
-    command = render_command("{{ inputs.cmd | safe }} > out", _ctx(cmd="printf '%s' a b"))
+def test_shell_raw_opts_a_trusted_fragment_out(tmp_path: Path):
+    command = render_command("{{ inputs.cmd | shell_raw }} > out", _ctx(cmd="printf '%s' a b"))
     assert command == "printf '%s' a b > out"
     _run(command, tmp_path)
     assert (tmp_path / "out").read_text() == "ab"
-    # without | safe the same value is one word: the shell looks for a program of that name
+    # without | shell_raw the same value is one word: the shell looks for a program of that
+    # name; | safe (a Markup) is no longer a way out, it is quoted like any value
     assert render_command("{{ inputs.cmd }}", _ctx(cmd="printf x")) == "'printf x'"
+    assert render_command("{{ inputs.cmd | safe }}", _ctx(cmd="printf x")) == "'printf x'"
 
 
 def test_non_string_values_are_quoted_too(tmp_path: Path):
@@ -137,8 +141,9 @@ def test_ambiguous_placement_is_a_load_time_error():
 
 def test_quote_tracker_contexts():
     def contexts(text: str) -> list[str]:
-        out = rewrite_command(text)
-        return [part.split('_shq("')[1][:2] for part in out.split("{{")[1:]]
+        tree = _env.parse(text)
+        annotate(tree)
+        return [node.args[0].value for node in tree.find_all(nodes.Filter) if node.name == "_shq"]
 
     assert contexts("a {{x}} \"{{x}}\" '{{x}}' # {{x}}") == ["u0", "d0", "s0", "c0"]
     assert contexts("a 'it''s {{x}}'") == ["s0"]

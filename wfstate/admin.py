@@ -792,3 +792,6 @@ def status_badge(status: str, label: str, title: str = "") -> str:
     return format_html(
         '<span class="wf-badge wf-badge-{}" title="{}">{}</span>', status, title or "", label
     )
+
+
+from wfstate.triggers import admin as _triggers_admin  # noqa: E402,F401 - schedules, keys, queues

@@ -68,12 +68,12 @@ def run_page(workflow_id: str) -> dict[str, Any]:
     )
     page["timeline"] = timeline(state)
 
-    outputs_dir = getattr(store, "outputs_dir", None)
+    outputs_dir = store.outputs_dir
     steps = []
     for step in state.states.values():
         side = None
-        if step.output_truncated and outputs_dir is not None:
-            side = str(outputs_dir(workflow_id))
+        if step.output_truncated and (where := outputs_dir(workflow_id)) is not None:
+            side = str(where)
         steps.append(
             {
                 "step": step,

@@ -157,6 +157,7 @@ def _unknown_key(what: str, key: str, known: list[str]) -> checks.CheckMessage:
 def check_backends(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The store backend (E002) and the lock backend (E003): imported and subclass-checked."""
     from wfstate.conf import conf, import_class
+    from wfstate.stores import store_options_error
     from wfstate.stores.base import StateStore
     from wfstate.stores.jsonfile import LOCK_BACKENDS
     from wfstate.stores.locks import LockBackend
@@ -170,7 +171,7 @@ def check_backends(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     else:
         options = dict(store["OPTIONS"])
         try:
-            import_class("WFSTATE['STORE']['BACKEND']", store["BACKEND"], StateStore)
+            backend = import_class("WFSTATE['STORE']['BACKEND']", store["BACKEND"], StateStore)
         except ConfigurationError as exc:
             errors.append(
                 checks.Error(
@@ -179,6 +180,21 @@ def check_backends(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="wfstate.E002",
                 )
             )
+        else:
+            # Options the backend does not take would make the first run a TypeError.
+            try:
+                problem = store_options_error(backend)
+            except ConfigurationError:
+                problem = None  # a wrong alias (LOCK_BACKEND...): E003 or E006 names it
+            if problem:
+                errors.append(
+                    checks.Error(
+                        problem,
+                        hint="WFSTATE['STORE']['OPTIONS'] takes the backend's constructor "
+                        "arguments (docs/settings.md).",
+                        id="wfstate.E002",
+                    )
+                )
     hint = "Use 'file', 'redis' or a dotted path to a wfstate.stores.locks.LockBackend."
     candidates: list[tuple[str, Any]] = []
     try:

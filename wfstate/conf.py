@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "API_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "TASK_BACKEND": "default",
     "TASK_QUEUE": "default",
+    "IDEMPOTENCY_RETENTION": 86400.0,  # seconds an Idempotency-Key keeps naming its run
 }
 
 # The keys of WFSTATE["STORE"].
@@ -265,6 +266,10 @@ class Settings:
         """The queue name background runs are enqueued on (a string). Default:
         ``"default"``."""
         return _non_empty_str("TASK_QUEUE", self._get("TASK_QUEUE"))
+
+    @property
+    def IDEMPOTENCY_RETENTION(self) -> float:
+        return float(self._get("IDEMPOTENCY_RETENTION"))
 
 
 conf = Settings()

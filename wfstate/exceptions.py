@@ -12,7 +12,10 @@ attributes travel through ``__reduce__``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wfstate.records import DefinitionProblem, ErrorDict, RunLockOwner
 
 
 class WFStateError(Exception):
@@ -32,6 +35,11 @@ class WFStateError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def as_dict(self) -> ErrorDict:
+        """The error as JSON: what the API answers (``wfstate.api.exceptions``) and the
+        commands print with ``--json``. Subclasses add their own fields."""
+        return {"code": self.code, "detail": self.message or self.code}
+
 
 def _rebuild(cls: type[WFStateError], message: str, details: dict[str, Any]) -> WFStateError:
     return cls(message, **details)
@@ -45,7 +53,15 @@ class ConfigurationError(WFStateError, ValueError):
     """
 
     code = "configuration_error"
-    setting: str
+
+    def __init__(self, message: str = "", *, setting: str = "", **details: Any) -> None:
+        super().__init__(message, setting=setting, **details)
+        self.setting = setting
+
+    def as_dict(self) -> ErrorDict:
+        body = super().as_dict()
+        body["setting"] = self.setting
+        return body
 
 
 # --- user errors (exit 1) -------------------------------------------------------------
@@ -72,7 +88,17 @@ class InvalidInputs(WFStateError, ValueError):
 
     code = "invalid_inputs"
     exit_code = 1
-    errors: dict[str, list[str]]
+
+    def __init__(
+        self, message: str = "", *, errors: dict[str, list[str]] | None = None, **details: Any
+    ) -> None:
+        super().__init__(message, errors=errors or {}, **details)
+        self.errors: dict[str, list[str]] = errors or {}
+
+    def as_dict(self) -> ErrorDict:
+        body = super().as_dict()
+        body["errors"] = self.errors
+        return body
 
 
 class NotResumable(WFStateError):
@@ -120,13 +146,40 @@ class SignalRefused(WFStateError):
 class InvalidDefinition(WFStateError, ValueError):
     """A workflow file failed schema or semantic validation.
 
-    ``errors`` is a list of ``{"file", "line", "state", "message"}`` dicts, all of them,
-    not only the first.
+    ``errors`` lists every problem (``{"file", "line", "state", "message"}``), not only
+    the first; ``warnings`` what loaded but is ignored; ``path`` the file.
     """
 
     code = "invalid_definition"
     exit_code = 2
-    errors: list[dict[str, Any]]
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        errors: list[DefinitionProblem] | None = None,
+        warnings: list[str] | None = None,
+        path: str = "",
+        workflow_name: str | None = None,
+        **details: Any,
+    ) -> None:
+        super().__init__(
+            message,
+            errors=errors or [],
+            warnings=warnings or [],
+            path=path,
+            workflow_name=workflow_name,
+            **details,
+        )
+        self.errors: list[DefinitionProblem] = errors or []
+        self.warnings: list[str] = warnings or []
+        self.path = path  # the definition file
+        self.workflow_name = workflow_name  # its declared name, when it has one
+
+    def as_dict(self) -> ErrorDict:
+        body = super().as_dict()
+        body["errors"] = self.errors
+        return body
 
 
 class TemplateError(WFStateError, ValueError):
@@ -149,6 +202,16 @@ class DiskFull(StorageError):
     code = "disk_full"
 
 
+class StateTooLarge(StorageError):
+    """A state larger than the store's ``max_bytes``: refused before anything is
+    written, since the store would refuse to read it back. ``size`` and ``limit`` say by
+    how much."""
+
+    code = "state_too_large"
+    size: int
+    limit: int
+
+
 class StateLocked(WFStateError, TimeoutError):
     """A write lock could not be had within ``LOCK_TIMEOUT``."""
 
@@ -159,11 +222,36 @@ class RunLocked(StateLocked):
     """Another executor holds the run lock. ``owner`` says who (pid, host, since)."""
 
     code = "run_locked"
-    owner: dict[str, Any]
+
+    def __init__(
+        self, message: str = "", *, owner: RunLockOwner | None = None, **details: Any
+    ) -> None:
+        super().__init__(message, owner=owner, **details)
+        self.owner: RunLockOwner | None = owner
+
+    def as_dict(self) -> ErrorDict:
+        body = super().as_dict()
+        body["owner"] = self.owner
+        return body
 
 
 class CorruptState(WFStateError, ValueError):
     """A state file exists but is not a valid state document. ``path`` names it."""
 
     code = "corrupt_state"
-    path: str
+
+    def __init__(self, message: str = "", *, path: str = "", **details: Any) -> None:
+        super().__init__(message, path=path, **details)
+        self.path = path
+
+    def as_dict(self) -> ErrorDict:
+        body = super().as_dict()
+        body["path"] = self.path
+        return body
+
+
+class IdempotencyConflict(WFStateError):
+    """An idempotency key already started a run of this workflow with other inputs."""
+
+    code = "idempotency_conflict"
+    exit_code = 1

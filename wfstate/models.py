@@ -61,3 +61,16 @@ class WorkflowRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow_name} {self.workflow_id}"
+
+
+# Schedules, ticks, idempotency keys and concurrency queues live in their own module.
+from wfstate.triggers.models import IdempotencyKey, QueueEntry, Schedule, ScheduleTick  # noqa: E402
+
+__all__ = [
+    "IdempotencyKey",
+    "QueueEntry",
+    "RunStatusChoices",
+    "Schedule",
+    "ScheduleTick",
+    "WorkflowRun",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -16,14 +17,15 @@ from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
 from wfstate.engine import Executor, mark_cancelled, prepare_resume
+from wfstate.engine.events import Progress
 from wfstate.engine.processes import reap_orphans
 from wfstate.exceptions import NotResumable, RunFinished, RunLocked, StillRunning, WFStateError
-from wfstate.state import RunStatus, WorkflowState, parse_time
+from wfstate.records import RunLockOwner
+from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time, utcnow
 from wfstate.stores import get_store
+from wfstate.stores.base import StateStore
 
 logger = logging.getLogger("wfstate.runs")
-
-Progress = Callable[[dict[str, Any]], None]
 
 
 def get_definition(name: str) -> WorkflowDefinition:
@@ -40,7 +42,7 @@ def load_run(workflow_id: str) -> WorkflowState:
     return get_store().load(workflow_id)
 
 
-def run_owner(workflow_id: str) -> dict[str, Any] | None:
+def run_owner(workflow_id: str) -> RunLockOwner | None:
     """Who executes the run now (pid, host, since), or None."""
     return get_store().run_lock_owner(workflow_id)
 
@@ -97,38 +99,27 @@ def execute(
     """Execute a run in this process, holding its run lock throughout.
 
     ``prepare`` runs under the run lock before execution (a resume rewinds there), so
-    checking and changing a run happen under the same lock.
+    checking and changing a run happen under the same lock. A resume (``prepare``)
+    waits briefly for the lock of an executor whose run's file already says it ended.
+    The run lock is released as soon as the outcome is durable; the index is flushed
+    after that. A pending or crashed run whose workflow is gone or invalid is recorded
+    ``failed`` with the reason (a resume of it is refused instead).
 
     Raises:
         RunLocked: another executor holds the run (fails at once, never waits).
         RunNotFound, CorruptState, WorkflowNotFound, InvalidDefinition, NotResumable.
     """
-    store = get_store()
-    with store.run_lock(workflow_id):
-        state = store.load(workflow_id)
-        reap_orphans(state)  # a step left running by a dead executor must not run twice
-        definition = get_definition(state.workflow_name)
-        if prepare is not None:
-            prepare(state, definition)
-        elif state.status.is_final:
-            return state  # a duplicate delivery of a finished run: nothing to do
-        parked_before = state.waiting_for
-        with _listeners() as listeners:
-            executor = Executor(
-                store,
-                definition,
-                listeners=listeners,
-                progress=progress,
-                max_inline_output=conf.MAX_INLINE_OUTPUT,
-                cancel_event=cancel_event,
-            )
-            try:
-                state = executor.execute(state)
-            finally:
-                store.clear_cancel(workflow_id)
+    before: dict[str, Any] = {}
+    state = _execute(
+        workflow_id,
+        progress=progress,
+        cancel_event=cancel_event,
+        prepare=prepare,
+        before=before,
+    )
     if state.status == RunStatus.WAITING:
-        # After the run lock is released: a wake-up must find it free.
-        _arrange_wake(state, parked_before)
+        # Parked: after the run lock is released, so a wake-up finds it free.
+        _arrange_wake(state, before.get("waiting_for"))
     return state
 
 
@@ -186,10 +177,138 @@ def signal_run(
     return record, state
 
 
+def _execute(
+    workflow_id: str,
+    *,
+    progress: Progress | None = None,
+    cancel_event: threading.Event | None = None,
+    prepare: Callable[[WorkflowState, WorkflowDefinition], None] | None = None,
+    before: dict[str, Any] | None = None,
+) -> WorkflowState:
+    """Execute a run in this process, holding its run lock throughout.
+
+    ``prepare`` runs under the run lock before execution (a resume rewinds there), so
+    checking and changing a run happen under the same lock. A resume (``prepare``)
+    waits briefly for the lock of an executor whose run's file already says it ended.
+    The run lock is released as soon as the outcome is durable; the index is flushed
+    after that. A pending or crashed run whose workflow is gone or invalid is recorded
+    ``failed`` with the reason (a resume of it is refused instead).
+
+    Raises:
+        RunLocked: another executor holds the run (fails at once, never waits).
+        RunNotFound, CorruptState, WorkflowNotFound, InvalidDefinition, NotResumable.
+    """
+    store = get_store()
+    # The index listener is closed (its last rows flushed to the database) only after
+    # the run lock is released: once the outcome is durable in the file, the run can be
+    # resumed at once, without waiting for the index.
+    with (
+        _listeners() as listeners,
+        _take_run_lock(store, workflow_id, resuming=prepare is not None),
+    ):
+        state = store.load(workflow_id)
+        reap_orphans(state)  # a step left running by a dead executor must not run twice
+        try:
+            definition = get_definition(state.workflow_name)
+        except WFStateError as exc:
+            if prepare is not None or state.status.is_final:
+                raise  # a resume that cannot work is refused; the file is untouched
+            # Executing a pending or crashed run whose workflow is gone or broken:
+            # the run fails with the reason, rather than staying pending forever.
+            return _fail_unexecutable(store, workflow_id, exc)
+        if prepare is not None:
+            prepare(state, definition)
+        elif state.status.is_final:
+            return state  # a duplicate delivery of a finished run: nothing to do
+        if before is not None:
+            before["waiting_for"] = state.waiting_for
+        from wfstate.triggers.concurrency import admission
+
+        # A concurrency slot, taken under the run lock before the first step.
+        with admission(store, state, definition) as admitted:
+            if not admitted:  # queued behind the limit (or cancelled by it)
+                if prepare is not None or state.status.is_final:
+                    store.save(state)
+                    _index(state)
+                return state
+            executor = Executor(
+                store,
+                definition,
+                listeners=listeners,
+                progress=progress,
+                max_inline_output=conf.MAX_INLINE_OUTPUT,
+                cancel_event=cancel_event,
+            )
+            try:
+                return executor.execute(state)
+            finally:
+                store.clear_cancel(workflow_id)
+
+
+# How long a resume waits for a run lock whose holder already recorded the run's end
+# (it is only returning). Short: a live executor of a running run is refused at once.
+FINISHING_GRACE = 5.0
+
+
+@contextlib.contextmanager
+def _take_run_lock(store: StateStore, workflow_id: str, *, resuming: bool) -> Iterator[None]:
+    """The run lock, without waiting; except that a resume waits (briefly) for an
+    executor whose run's file already says it ended: that holder is only returning.
+
+    Raises:
+        RunLocked: somebody executes the run.
+    """
+    deadline = time.monotonic() + FINISHING_GRACE
+    while True:
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(store.run_lock(workflow_id))
+            break
+        except RunLocked:
+            if not resuming or time.monotonic() >= deadline:
+                raise
+            try:
+                finishing = store.load(workflow_id).status.is_final
+            except WFStateError:
+                finishing = False
+            if not finishing:
+                raise
+            time.sleep(0.01)
+    # Taken: the body's own errors go through the lock's exit, never into the loop above.
+    with held:
+        yield
+
+
+def _fail_unexecutable(store: StateStore, workflow_id: str, exc: WFStateError) -> WorkflowState:
+    """Record, under the run lock the caller holds, why a run cannot be executed."""
+
+    def fail(state: WorkflowState) -> None:
+        now = utcnow()
+        for entry in state.states.values():
+            if entry.status == StepStatus.RUNNING:
+                entry.status = StepStatus.FAILED
+                entry.error = "interrupted"
+                entry.completed_at = now
+        state.status = RunStatus.FAILED
+        state.error = f"cannot execute run {workflow_id}: {exc}"
+        state.completed_at = now
+
+    logger.error("run %s cannot be executed: %s", workflow_id, exc)
+    state = store.update(workflow_id, fail)
+    _index(state)
+    return state
+
+
 def create_run(
-    name: str, inputs: Mapping[str, Any] | None = None, *, coerce_strings: bool = False
+    name: str,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    coerce_strings: bool = False,
+    started_by: Mapping[str, Any] | None = None,
 ) -> tuple[WorkflowState, WorkflowDefinition]:
     """Validate inputs and write the run's first (pending) checkpoint.
+
+    ``started_by`` is recorded in the state (SPEC §11: ``{"kind": "command"|"api"|...}``).
 
     Raises:
         WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
@@ -201,6 +320,7 @@ def create_run(
         inputs=values,
         workflow_version=definition.version,
         definition_sha256=definition.sha256,
+        started_by=dict(started_by) if started_by else None,
     )
     get_store().save(state)
     _index(state)
@@ -216,13 +336,31 @@ def start_run(
     progress: Progress | None = None,
     cancel_event: threading.Event | None = None,
     on_created: Callable[[WorkflowState], None] | None = None,
+    idempotency_key: str | None = None,
+    started_by: Mapping[str, Any] | None = None,
 ) -> WorkflowState:
     """Start a run: execute it here, or (``detach``) enqueue it and return it pending.
 
+    With ``idempotency_key``, a second start of the same workflow with the same key
+    returns the run the first one created, as it is now (``on_created`` is then not
+    called, and nothing is executed or enqueued again).
+
     Raises:
-        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError.
+        WorkflowNotFound, InvalidDefinition, InvalidInputs, StorageError,
+        IdempotencyConflict (the key was used with other inputs).
     """
-    state, _definition = create_run(name, inputs, coerce_strings=coerce_strings)
+    if idempotency_key is not None:
+        from wfstate.triggers import idempotency
+
+        state, created = idempotency.create_run_once(
+            name, inputs, key=idempotency_key, coerce_strings=coerce_strings, started_by=started_by
+        )
+        if not created:
+            return state
+    else:
+        state, _definition = create_run(
+            name, inputs, coerce_strings=coerce_strings, started_by=started_by
+        )
     if on_created is not None:
         on_created(state)
     if detach:
@@ -284,7 +422,7 @@ def _prepare_detached(
 ) -> WorkflowState:
     """Check and rewind a run under its run lock and save it, for a worker to execute."""
     store = get_store()
-    with store.run_lock(workflow_id):
+    with _take_run_lock(store, workflow_id, resuming=True):
         state = store.load(workflow_id)
         reap_orphans(state)  # before the rewind moves the step (and its record) to history
         prepare(state, get_definition(state.workflow_name))
@@ -353,12 +491,17 @@ def recover_runs(
     min_age: float = 0.0,
     progress: Progress | None = None,
     on_run: Callable[[str, str], None] | None = None,
+    on_error: Callable[[str, WFStateError], None] | None = None,
 ) -> list[str]:
     """Resume every ``running``/``pending`` run whose run lock is free, and wake every
     ``waiting`` run that is due (docs/workflows.md).
 
     ``min_age`` skips runs updated more recently than that many seconds (a run just
     enqueued is not crashed). ``on_run(workflow_id, outcome)`` reports each.
+    A run that cannot be recovered (refused, or any error at all) is reported with
+    ``on_run(workflow_id, "error: ...")`` and ``on_error(workflow_id, exc)``, and the
+    next run is recovered all the same: one bad run never stops the others.
+    Unexpected errors reach ``on_error`` as a :class:`WFStateError` wrapping them.
     Returns the ids handed on.
     """
     from datetime import UTC, datetime
@@ -375,11 +518,11 @@ def recover_runs(
             RunStatus.WAITING,
         ):
             continue
-        if state.status == RunStatus.WAITING:
-            # Parked runs are left alone unless due (a wake-up task was lost).
-            if not is_due(state, store, now) or store.run_lock_owner(workflow_id) is not None:
-                continue
-            try:
+        try:
+            if state.status == RunStatus.WAITING:
+                # Parked runs are left alone unless due (their wake-up task was lost).
+                if not is_due(state, store, now) or store.run_lock_owner(workflow_id):
+                    continue
                 if detach:
                     from wfstate.tasks import enqueue_execution
 
@@ -387,22 +530,15 @@ def recover_runs(
                     outcome = "enqueued"
                 else:
                     outcome = str(execute(workflow_id, progress=progress).status)
-            except RunLocked:
-                continue
-            except WFStateError as exc:
+                recovered.append(workflow_id)
                 if on_run is not None:
-                    on_run(workflow_id, f"error: {exc}")
+                    on_run(workflow_id, outcome)
                 continue
-            recovered.append(workflow_id)
-            if on_run is not None:
-                on_run(workflow_id, outcome)
-            continue
-        updated = parse_time(state.updated_at)
-        if min_age and updated is not None and (now - updated).total_seconds() < min_age:
-            continue
-        if store.run_lock_owner(workflow_id) is not None:
-            continue
-        try:
+            updated = parse_time(state.updated_at)
+            if min_age and updated is not None and (now - updated).total_seconds() < min_age:
+                continue
+            if store.run_lock_owner(workflow_id) is not None:
+                continue
             if detach:
                 from wfstate.tasks import enqueue_execution
 
@@ -419,14 +555,22 @@ def recover_runs(
                 outcome = str(execute(workflow_id, progress=progress).status)
         except RunLocked:
             continue  # somebody else took it meanwhile: it is being recovered
-        except WFStateError as exc:
+        except Exception as exc:
+            error = exc if isinstance(exc, WFStateError) else _unexpected(workflow_id, exc)
             if on_run is not None:
-                on_run(workflow_id, f"error: {exc}")
+                on_run(workflow_id, f"error: {error}")
+            if on_error is not None:
+                on_error(workflow_id, error)
             continue
         recovered.append(workflow_id)
         if on_run is not None:
             on_run(workflow_id, outcome)
     return recovered
+
+
+def _unexpected(workflow_id: str, exc: Exception) -> WFStateError:
+    logger.error("could not recover run %s", workflow_id, exc_info=exc)
+    return WFStateError(f"run {workflow_id}: unexpected {type(exc).__name__}: {exc}")
 
 
 __all__ = [

@@ -18,7 +18,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
+
+# A revision counts a file's writes from 0; no run writes two billion checkpoints, and
+# the index keeps it in a 32-bit column. A document outside this range is not a state
+# document (``from_dict`` refuses it, so the store reports the file corrupt).
+REVISION_MAX = 2**31 - 1
 
 
 class RunStatus(StrEnum):
@@ -153,8 +158,11 @@ class WorkflowState:
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    # What started the run (SPEC §11): {"kind": "command"|"api"|"admin"|"schedule"|
+    # "parent", ...}. Optional, so a file without it is still a valid document.
+    started_by: dict[str, Any] | None = None
     # What wakes a parked (waiting) run: {"kind": "signal"|"time", "state", "signal",
-    # "until", "since"}; null otherwise.
+    # "until", "since"}; null otherwise. Optional like started_by (no schema bump).
     waiting_for: dict[str, Any] | None = None
 
     @classmethod
@@ -166,6 +174,7 @@ class WorkflowState:
         workflow_version: str = "",
         definition_sha256: str = "",
         workflow_id: str | None = None,
+        started_by: dict[str, Any] | None = None,
     ) -> WorkflowState:
         now = utcnow()
         return cls(
@@ -176,6 +185,7 @@ class WorkflowState:
             inputs=dict(inputs or {}),
             started_at=now,
             updated_at=now,
+            started_by=dict(started_by) if started_by else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,6 +212,7 @@ class WorkflowState:
             "updated_at": self.updated_at,
             "completed_at": self.completed_at,
             "inputs": self.inputs,
+            "started_by": self.started_by,
             "states": self.states,
             "revision": self.revision,
             "error": self.error,
@@ -242,9 +253,10 @@ class WorkflowState:
                 completed_at=data.get("completed_at"),
                 inputs=dict(data.get("inputs") or {}),
                 states={str(k): StepResult.from_dict(v) for k, v in states.items()},
-                revision=int(data.get("revision") or 0),
+                revision=_revision(data.get("revision")),
                 error=data.get("error"),
                 history=list(history),
+                started_by=_started_by(data.get("started_by")),
                 waiting_for=data.get("waiting_for"),
             )
         except KeyError as exc:
@@ -270,6 +282,14 @@ class WorkflowState:
         return int((end - start).total_seconds() * 1000)
 
 
+def _started_by(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("'started_by' is not an object")
+    return dict(value)
+
+
 # --- schema upgrades --------------------------------------------------------------------
 #
 # Each function upgrades a document from version N to N+1. Version 0 is the shape of the
@@ -287,19 +307,7 @@ def _upgrade_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _upgrade_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
-    # Version 2 adds ``waiting_for`` (parked runs) and the signal fields of a wait
-    # step's result; a version-1 run was never parked.
-    data = dict(data)
-    data.setdefault("waiting_for", None)
-    data["schema_version"] = 2
-    return data
-
-
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    0: _upgrade_0_to_1,
-    1: _upgrade_1_to_2,
-}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _upgrade_0_to_1}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
@@ -319,3 +327,10 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         data = UPGRADES[version](data)
         version = data["schema_version"]
     return data
+
+
+def _revision(value: Any) -> int:
+    revision = int(value or 0)
+    if not 0 <= revision <= REVISION_MAX:
+        raise ValueError(f"revision {revision} is outside 0..{REVISION_MAX}")
+    return revision

@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from wfstate import exceptions as wf
+from wfstate.records import DefinitionProblem
 
 # WFStateError subclass -> HTTP status. The most specific class in an error's MRO wins,
 # so e.g. ``InvalidRunId`` (a ``RunNotFound``) is a 404 and ``RunLocked`` (a
@@ -36,6 +37,7 @@ STATUS_BY_ERROR: dict[type[wf.WFStateError], int] = {
     wf.NotResumable: status.HTTP_409_CONFLICT,
     wf.RunFinished: status.HTTP_409_CONFLICT,
     wf.StillRunning: status.HTTP_409_CONFLICT,
+    wf.IdempotencyConflict: status.HTTP_409_CONFLICT,
     wf.StateLocked: status.HTTP_409_CONFLICT,
     # A corrupt file is a fact about the stored run, not about the request: the client
     # cannot fix it by retrying, an operator can (``doctor --fix``). 409, not 500.
@@ -83,16 +85,18 @@ def _code_of(exc: exceptions.APIException) -> str:
 def error_body(exc: exceptions.APIException) -> dict[str, Any]:
     """The response body of ``exc`` in the API's one error format."""
     if isinstance(exc, WFStateAPIError):
-        body: dict[str, Any] = {"detail": str(exc.detail), "code": exc.error.code}
+        # The error's own JSON (as the commands print it), in the API's one error format:
+        # field errors nested by field, definition problems as readable lines, and no
+        # server paths (``path``) or setting names sent to clients.
+        error = exc.error.as_dict()
+        body: dict[str, Any] = {"detail": str(exc.detail), "code": error["code"]}
         if isinstance(exc.error, wf.InvalidInputs):
-            errors = getattr(exc.error, "errors", None) or {}
-            body["errors"] = {"inputs": {k: [str(m) for m in v] for k, v in errors.items()}}
+            inputs = exc.error.errors
+            body["errors"] = {"inputs": {k: [str(m) for m in v] for k, v in inputs.items()}}
         elif isinstance(exc.error, wf.InvalidDefinition):
-            found = getattr(exc.error, "errors", None) or []
-            body["errors"] = {"definition": [_describe(e) for e in found]}
-        if isinstance(exc.error, wf.RunLocked):
-            owner = getattr(exc.error, "owner", None)
-            body["owner"] = owner if isinstance(owner, dict) else None
+            body["errors"] = {"definition": [_describe(e) for e in exc.error.errors]}
+        if "owner" in error:
+            body["owner"] = error["owner"]
         return body
     if isinstance(exc, exceptions.ValidationError):
         detail = exc.detail
@@ -101,12 +105,10 @@ def error_body(exc: exceptions.APIException) -> dict[str, Any]:
     return {"detail": str(exc.detail), "code": _code_of(exc)}
 
 
-def _describe(error: Any) -> str:
-    if isinstance(error, dict):
-        where = ":".join(str(error[k]) for k in ("file", "line") if error.get(k))
-        state = f" state {error['state']}" if error.get("state") else ""
-        return f"{where}{state}: {error.get('message', '')}".strip(": ")
-    return str(error)
+def _describe(error: DefinitionProblem) -> str:
+    where = ":".join(str(v) for v in (error["file"], error["line"]) if v)
+    state = f" state {error['state']}" if error["state"] else ""
+    return f"{where}{state}: {error['message']}".strip(": ")
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -130,12 +130,22 @@ IF_NONE_MATCH = OpenApiParameter(
     required=False,
     description="An ETag from an earlier response: 304 with no body while the run is unchanged.",
 )
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    pattern=r"^[ -~]{1,255}$",
+    description=(
+        "A client's key (1-255 printable ASCII characters): a retry with it returns the same run."
+    ),
+)
 LOCATION = OpenApiParameter(
     "Location",
     OpenApiTypes.URI,
     OpenApiParameter.HEADER,
-    response=[202],
-    description="The new run's URL.",
+    response=[200, 202],
+    description="The run's URL.",
 )
 WORKFLOW_NAME = OpenApiParameter(
     "name", OpenApiTypes.STR, OpenApiParameter.PATH, description="The workflow's name."
@@ -166,18 +176,22 @@ document_runs = extend_schema_view(
         description=(
             "Validates the inputs against the workflow's input schema, writes the run's "
             "first (pending) state and hands it to the background task backend. Returns "
-            "202 at once with the run and its URL; poll the URL to follow it."
+            "202 at once with the run and its URL; poll the URL to follow it. With an "
+            "`Idempotency-Key` header (or `idempotency_key` in the body), a repeated request "
+            "returns the run the first one started, with 200; the same key with other "
+            "inputs is a 409 `idempotency_conflict`."
         ),
         request=s.RunCreateSerializer,
         responses={
             202: s.RunSerializer,
+            200: s.RunSerializer,
             **BAD_REQUEST,
             **AUTH_ERRORS,
             404: _error("No workflow of that name."),
             **CONFLICT,
             **UNAVAILABLE,
         },
-        parameters=[LOCATION],
+        parameters=[LOCATION, IDEMPOTENCY_KEY],
     ),
     retrieve=extend_schema(
         summary="A run's state",

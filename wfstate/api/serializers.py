@@ -128,6 +128,21 @@ class RunSerializer(serializers.Serializer[dict[str, Any]]):
     updated_at = serializers.DateTimeField()
     completed_at = serializers.DateTimeField(allow_null=True)
     inputs = serializers.DictField(child=AnyJSONField())
+    started_by = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        required=False,
+        help_text=(
+            'what started the run: {"kind": "command"|"api"|"admin"|"schedule"|"parent", ...}'
+        ),
+    )
+    queue_position = serializers.IntegerField(
+        allow_null=True,
+        required=False,
+        help_text=(
+            "a pending run held back by a concurrency limit: its place in the queue (0 = next)"
+        ),
+    )
     states = serializers.DictField(
         child=StepResultSerializer(), help_text="results by state name, in execution order"
     )
@@ -169,6 +184,12 @@ class RunCreateSerializer(serializers.Serializer[dict[str, Any]]):
         required=False,
         default=dict,
         help_text="input values by name, in the types the definition declares",
+    )
+    idempotency_key = serializers.RegexField(
+        r"^[ -~]{1,255}$",
+        required=False,
+        max_length=255,
+        help_text="as the Idempotency-Key header: a retry with the same key returns the same run",
     )
 
 

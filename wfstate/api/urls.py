@@ -6,12 +6,14 @@ from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
 from wfstate.api import schema, views
+from wfstate.api.schedules import ScheduleViewSet
 
 app_name = "wfstate-api"
 
 router = SimpleRouter()
 router.register("runs", views.RunViewSet, basename="run")
 router.register("workflows", views.WorkflowViewSet, basename="workflow")
+router.register("schedules", ScheduleViewSet, basename="schedule")
 
 urlpatterns = [
     path("", include(router.urls)),

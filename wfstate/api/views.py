@@ -113,16 +113,32 @@ class RunViewSet(WFStateAPIMixin, mixins.ListModelMixin, viewsets.GenericViewSet
         }.get(self.action, s.RunSummarySerializer)
 
     def _run(self, state: WorkflowState) -> dict[str, Any]:
-        return dict(s.RunSerializer(state.to_dict(), context=self.get_serializer_context()).data)
+        document = state.to_dict()
+        if state.status == "pending":  # held back by a concurrency limit?
+            from wfstate.triggers.concurrency import queue_position
+
+            document["queue_position"] = queue_position(state.workflow_id)
+        return dict(s.RunSerializer(document, context=self.get_serializer_context()).data)
 
     def create(self, request: Request) -> Response:
         body = self.get_serializer(data=request.data)
         body.is_valid(raise_exception=True)
+        # Idempotency-Key (header, or "idempotency_key" in the body): a retry returns the
+        # run the first request created, with 200 instead of 202.
+        key = request.headers.get("Idempotency-Key") or body.validated_data.get("idempotency_key")
+        started_by = {"kind": "api", "user": request.user.get_username()}
+        created: list[WorkflowState] = []
         state = runs.start_run(
-            body.validated_data["workflow_name"], body.validated_data["inputs"], detach=True
+            body.validated_data["workflow_name"],
+            body.validated_data["inputs"],
+            detach=True,
+            idempotency_key=key,
+            started_by=started_by,
+            on_created=created.append,
         )
         data = self._run(state)
-        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+        code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+        return Response(data, status=code, headers={"Location": data["url"]})
 
     def retrieve(self, request: Request, workflow_id: str) -> Response:
         state = runs.load_run(workflow_id)

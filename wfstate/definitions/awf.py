@@ -23,7 +23,9 @@ WORKFLOW_FIELD_ALIASES = {"ID": "id", "Id": "id", "Name": "name", "Version": "ve
 
 # --- keys ---------------------------------------------------------------------------
 
-TOP_LEVEL_KEYS = frozenset({"name", "version", "description", "inputs", "states"})
+TOP_LEVEL_KEYS = frozenset(
+    {"name", "version", "description", "inputs", "states", "schedule", "concurrency"}
+)
 AWF_TOP_LEVEL_KEYS = frozenset({"author", "tags", "hooks", "env", "outputs", "metadata"})
 
 COMMON_STATE_KEYS = frozenset({"type", "description"})

@@ -20,6 +20,11 @@ __all__ = [
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
+# A run's state is JSON written by orjson, which stores integers of 64 bits: an integer
+# input outside the signed range is refused here, with its name, rather than failing
+# later as a 500 or a traceback when the first checkpoint is written.
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
 _JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean"}
 
 
@@ -42,7 +47,8 @@ def coerce_string(definition: InputDef, value: str) -> Any:
             raise ValueError(f"expected a number, got {value!r}") from None
         if not math.isfinite(number):
             raise ValueError(f"expected a finite number, got {value!r}")
-        return int(number) if re.fullmatch(r"[+-]?\d+", text) else number
+        # Digits alone are an exact integer (float() would round a big one).
+        return int(text, 10) if re.fullmatch(r"[+-]?\d+", text) else number
     if definition.type == "boolean":
         lowered = text.lower()
         if lowered in _TRUE:
@@ -51,6 +57,15 @@ def coerce_string(definition: InputDef, value: str) -> Any:
             return False
         raise ValueError(f"expected a boolean (true/false/yes/no/1/0), got {value!r}")
     return value
+
+
+def _show_int(value: int) -> str:
+    """A big integer, shortened (Python refuses to print one of over 4300 digits)."""
+    try:
+        text = str(value)
+    except ValueError:
+        return "an integer of thousands of digits"
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
 
 
 def _type_problem(definition: InputDef, value: Any) -> str | None:
@@ -71,6 +86,17 @@ def _type_problem(definition: InputDef, value: Any) -> str | None:
         or (isinstance(value, float) and not math.isfinite(value))
     ):
         return f"expected a number, got {type(value).__name__} {value!r}"
+    if kind == "integer" and isinstance(value, float) and abs(value) >= 2**63:
+        # A JSON parser gives a float for an integer too big for 64 bits: it was rounded.
+        return (
+            f"{value!r} is outside the range of a 64-bit integer ({INT_MIN} to {INT_MAX}), "
+            "the largest a run's state can store"
+        )
+    if kind in ("integer", "number") and isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        return (
+            f"{_show_int(value)} is outside the range of a 64-bit integer "
+            f"({INT_MIN} to {INT_MAX}), the largest a run's state can store"
+        )
     return None
 
 
@@ -146,7 +172,12 @@ def validate_inputs(
             except ValueError as exc:
                 errors.setdefault(name, []).append(str(exc))
                 continue
-        if spec.type == "integer" and isinstance(value, float) and value.is_integer():
+        if (
+            spec.type == "integer"
+            and isinstance(value, float)
+            and value.is_integer()
+            and abs(value) < 2**63
+        ):
             value = int(value)
         problems = check_value(spec, value)
         if problems:

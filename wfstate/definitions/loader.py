@@ -40,6 +40,7 @@ from wfstate.definitions.model import (
     WorkflowDefinition,
 )
 from wfstate.exceptions import InvalidDefinition, TemplateError
+from wfstate.records import DefinitionProblem
 
 __all__ = [
     "definition_from_dict",
@@ -96,7 +97,7 @@ class _Collector:
     def __init__(self, file: str, source: SourceMap | None) -> None:
         self.file = file
         self.source = source
-        self.errors: list[dict[str, Any]] = []
+        self.errors: list[DefinitionProblem] = []
         self.warnings: list[str] = []
         self.error_paths: set[Path_] = set()
 
@@ -114,7 +115,12 @@ class _Collector:
     def error(self, path: Path_, message: str) -> None:
         line, state = self._locate(path)
         self.error_paths.add(tuple(path))
-        entry = {"file": self.file, "line": line, "state": state, "message": message}
+        entry: DefinitionProblem = {
+            "file": self.file,
+            "line": line,
+            "state": state,
+            "message": message,
+        }
         if entry not in self.errors:
             self.errors.append(entry)
 
@@ -307,6 +313,15 @@ def _build_retry(out: _Collector, path: Path_, raw: Any) -> RetryPolicy | None:
     initial = _duration(out, (*path, "initial_delay"), raw.get("initial_delay", 0))
     max_delay = _duration(out, (*path, "max_delay"), raw.get("max_delay"))
     codes = raw.get("retryable_exit_codes") or ()
+    # YAML's .inf and .nan are numbers to the schema, but no delay can be made of them.
+    for key, value in (
+        ("initial_delay", initial),
+        ("max_delay", max_delay),
+        ("multiplier", raw.get("multiplier")),
+        ("jitter", raw.get("jitter")),
+    ):
+        if isinstance(value, float) and not math.isfinite(value):
+            out.error((*path, key), f"retry.{key} must be a finite number, not {value}")
     return RetryPolicy(
         max_attempts=int(raw.get("max_attempts", 1)),
         initial_delay=initial or 0.0,
@@ -582,6 +597,10 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
     initial = raw_states.get("initial")
     _check_graph(out, initial, built, string_states)
 
+    from wfstate.definitions import triggers  # the schedule: and concurrency: keys
+
+    schedules = triggers.build_schedules(out, str(data.get("name")), data.get("schedule"))
+    concurrency = triggers.build_concurrency(out, data.get("concurrency"))
     if out.errors:
         return None
     version = data.get("version")
@@ -593,6 +612,8 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
         description=str(data.get("description") or ""),
         inputs=tuple(inputs),
         warnings=tuple(out.warnings),
+        schedules=schedules,
+        concurrency=concurrency,
     )
 
 
@@ -603,9 +624,13 @@ def _duplicates(source: SourceMap, out: _Collector) -> None:
         message = f"{what} is defined twice" + (
             f" in {where}" if where and path != ("states",) else ""
         )
-        entry = {"file": out.file, "line": line, "state": None, "message": message}
-        if path[:1] == ("states",) and len(path) >= 2:
-            entry["state"] = str(path[1])
+        state = str(path[1]) if path[:1] == ("states",) and len(path) >= 2 else None
+        entry: DefinitionProblem = {
+            "file": out.file,
+            "line": line,
+            "state": state,
+            "message": message,
+        }
         out.errors.append(entry)
 
 

@@ -7,6 +7,7 @@ durations are seconds (floats).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +32,19 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if self.backoff == "exponential":
-            base = self.initial_delay * (self.multiplier ** (attempt - 1))
+            try:
+                growth = self.multiplier ** (attempt - 1)
+            except OverflowError:  # a large multiplier or attempt count
+                growth = math.inf
+            base = self.initial_delay * growth if self.initial_delay else 0.0
         elif self.backoff == "linear":
             base = self.initial_delay * attempt
         else:
             base = self.initial_delay
         if self.max_delay is not None:
             base = min(base, self.max_delay)
+        if not math.isfinite(base):
+            return math.inf  # jitter on infinity is NaN; the executor refuses to wait this
         if self.jitter:
             spread = base * self.jitter
             base += (rng or random).uniform(-spread, spread)
@@ -110,6 +117,28 @@ class InputDef:
 
 
 @dataclass(frozen=True)
+class ScheduleDef:
+    """One ``schedule:`` entry: a cron expression or a fixed period (``every``)."""
+
+    name: str
+    cron: str = ""
+    every: float | None = None  # seconds
+    timezone: str = "UTC"
+    inputs: dict[str, Any] = field(default_factory=dict)
+    catch_up: Literal["none", "latest", "all"] = "latest"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ConcurrencyDef:
+    """``concurrency:``: at most ``limit`` runs per rendered ``key`` at a time."""
+
+    limit: int = 1
+    key: str = ""  # a template over inputs; "" = one limit for the whole workflow
+    on_limit: Literal["queue", "cancel_newest", "cancel_oldest"] = "queue"
+
+
+@dataclass(frozen=True)
 class WorkflowDefinition:
     name: str
     initial: str
@@ -122,6 +151,8 @@ class WorkflowDefinition:
     # Unsupported keys (awf's hooks, agent, capture...), one message each: reported by
     # validate_workflow as warnings, never silently dropped.
     warnings: tuple[str, ...] = ()
+    schedules: tuple[ScheduleDef, ...] = ()
+    concurrency: ConcurrencyDef | None = None
 
     def graph(self) -> dict[str, Any]:
         """Nodes and edges, for the admin's SVG and the API."""

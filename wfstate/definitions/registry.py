@@ -23,6 +23,7 @@ from typing import Any
 from wfstate.definitions.loader import load_definition
 from wfstate.definitions.model import WorkflowDefinition
 from wfstate.exceptions import InvalidDefinition, WorkflowNotFound
+from wfstate.records import DefinitionProblem
 
 __all__ = [
     "Registry",
@@ -106,25 +107,24 @@ class WorkflowEntry:
         return len(self.paths) > 1
 
     @property
-    def errors(self) -> list[dict[str, Any]]:
+    def errors(self) -> list[DefinitionProblem]:
         """Every problem, as ``{"file", "line", "state", "message"}`` dicts."""
-        return list(getattr(self.error, "errors", None) or []) if self.error else []
+        return list(self.error.errors) if self.error else []
 
     def problems(self) -> list[str]:
         """Each error as one line: ``file:line: state 'x': message``."""
         lines = []
         for error in self.errors:
-            where = f"{error.get('file', '')}:{error['line']}" if error.get("line") else ""
-            where = where or str(error.get("file", ""))
-            state = f"state '{error['state']}': " if error.get("state") else ""
-            lines.append(f"{where}: {state}{error.get('message', '')}")
+            where = f"{error['file']}:{error['line']}" if error["line"] else error["file"]
+            state = f"state '{error['state']}': " if error["state"] else ""
+            lines.append(f"{where}: {state}{error['message']}")
         return lines
 
     @property
     def warnings(self) -> list[str]:
         if self.definition is not None:
             return list(self.definition.warnings)
-        return list(getattr(self.error, "warnings", None) or [])
+        return list(self.error.warnings) if self.error else []
 
     @property
     def version(self) -> str:
@@ -145,7 +145,7 @@ class WorkflowEntry:
 
 def _duplicate_error(name: str, claims: list[tuple[Path, _Result]]) -> InvalidDefinition:
     files = [str(path) for path, _ in claims]
-    entries: list[dict[str, Any]] = [
+    entries: list[DefinitionProblem] = [
         {
             "file": file,
             "line": 0,
@@ -158,7 +158,7 @@ def _duplicate_error(name: str, claims: list[tuple[Path, _Result]]) -> InvalidDe
     # A claimant that is itself invalid keeps its own errors visible too.
     for _path, result in claims:
         if isinstance(result, InvalidDefinition):
-            entries.extend(getattr(result, "errors", None) or [])
+            entries.extend(result.errors)
     return InvalidDefinition(
         f"workflow name '{name}' is defined more than once: " + ", ".join(files),
         errors=entries,

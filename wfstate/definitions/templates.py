@@ -74,6 +74,8 @@ def _make_env() -> SandboxedEnvironment:
         keep_trailing_newline=True,
     )
     env.filters["_shq"] = shell.escape
+    # The one escape hatch of command quoting (see wfstate.definitions.shell).
+    env.filters["shell_raw"] = shell.shell_raw
     return env
 
 
@@ -129,12 +131,19 @@ def _compile_text(template: str) -> jinja2.Template:
 
 @functools.lru_cache(maxsize=1024)
 def _compile_command(template: str) -> jinja2.Template:
+    # Parsed first (whitespace control is applied by the parser), each placeholder
+    # placed in its shell context on the tree, then compiled from the tree.
     try:
-        source = shell.rewrite_command(template)
-    except ValueError as exc:
+        tree = _env.parse(template)
+    except jinja2.TemplateError as exc:
+        raise _fail(exc, template, "command") from None
+    try:
+        shell.annotate(tree)
+    except shell.CommandRefused as exc:
         raise TemplateError(f"command {_short(template)}: {exc}", template=template) from None
     try:
-        return _env.from_string(source)
+        code = _env.compile(tree)
+        return _env.template_class.from_code(_env, code, _env.make_globals(None), None)
     except jinja2.TemplateError as exc:
         raise _fail(exc, template, "command") from None
 
@@ -308,8 +317,10 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> bool:
 def render_command(template: str, context: Mapping[str, Any]) -> str:
     """Render a shell command; each interpolated value is one literal shell word.
 
-    Values are escaped for the quoting context their placeholder stands in (unquoted,
-    ``"..."``, ``'...'``); ``{{ x | safe }}`` inserts a trusted fragment as it is.
+    The rendered text of every placeholder is escaped for the quoting context it
+    stands in (unquoted, ``"..."``, ``'...'``, a comment), whatever filters made it
+    (``| tojson``, ``| e`` and ``| safe`` included); only ``{{ x | shell_raw }}``
+    inserts a trusted fragment as it is.
 
     Raises:
         TemplateError: as :func:`render_text`, or a value holds a NUL byte.

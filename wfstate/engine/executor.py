@@ -18,16 +18,18 @@ This module knows nothing of Django settings, HTTP or argparse.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, overload
 
 import orjson
 
-from wfstate.definitions.model import StateDef, WorkflowDefinition
+from wfstate.definitions.model import RetryPolicy, StateDef, WorkflowDefinition
 from wfstate.definitions.templates import (
     ContextCache,
     build_context,
@@ -36,17 +38,17 @@ from wfstate.definitions.templates import (
     render_text,
     render_value,
 )
+from wfstate.engine.events import Progress, ProgressEvent
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
 from wfstate.engine.waits import WAIT_TYPES, run_wait
-from wfstate.exceptions import StateLocked, StorageError, WFStateError
+from wfstate.exceptions import StateLocked, StateTooLarge, StorageError, WFStateError
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time, utcnow
 from wfstate.stores.base import StateStore
 
 logger = logging.getLogger("wfstate.engine")
 
 Listener = Callable[[WorkflowState], None]
-Progress = Callable[[dict[str, Any]], None]
 
 
 def _elapsed_ms(started_at: str | None, completed_at: str) -> int | None:
@@ -93,6 +95,8 @@ class Executor:
         self._state: WorkflowState | None = None
         # Template fields of finished steps, reused from step to step (see build_context).
         self._context_cache: ContextCache = {}
+        # Set once the run's outcome is durable: nothing may overwrite it after that.
+        self._ended = False
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -107,7 +111,7 @@ class Executor:
                 except Exception:
                     logger.exception("checkpoint listener failed for run %s", state.workflow_id)
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: ProgressEvent) -> None:
         if self.progress is not None:
             try:
                 self.progress(event)
@@ -119,7 +123,16 @@ class Executor:
         if self.cancel_event.is_set():
             return True
         state = self._state
-        if state is not None and self.store.cancel_requested(state.workflow_id):
+        if state is None:
+            return False
+        try:
+            requested = self.store.cancel_requested(state.workflow_id)
+        except Exception:
+            # Polled every 100 ms from inside a step's wait loop: an unreadable marker
+            # must not escape from there (the step's process would be left behind).
+            logger.exception("could not check the cancel request of run %s", state.workflow_id)
+            return False
+        if requested:
             self.cancel_event.set()
             return True
         return False
@@ -129,19 +142,36 @@ class Executor:
     def execute(self, state: WorkflowState) -> WorkflowState:
         """Run ``state`` from its ``current_state`` (or the initial state) to the end.
 
+        Every failure inside the run ends it ``failed`` with the error in the state: a
+        template or routing error, a state the definition no longer has, a bug in a
+        step's plumbing, even a checkpoint that could not be written (if the failure
+        itself can still be written).
+
         Raises:
-            StorageError, StateLocked: a checkpoint could not be written; the run is left
-                as its last durable checkpoint says, ready to be resumed.
+            StorageError, StateLocked: a checkpoint could not be written, and neither
+                could the failure; the run is left as its last durable checkpoint says,
+                ready to be resumed.
         """
         self._state = state
+        self._ended = False
         definition = self.definition
         state.status = RunStatus.RUNNING
         state.error = None
         state.completed_at = None
         current = state.current_state or definition.initial
+        # The first state an execution runs may be a parallel block that a resume left
+        # half done: its completed branches are kept (see prepare_resume).
+        first = True
         try:
             while True:
-                sdef = definition.states[current]
+                sdef = definition.states.get(current)
+                if sdef is None:
+                    self._fail_run(
+                        current,
+                        f"workflow '{definition.name}' has no state '{current}' (the "
+                        "definition changed since the run began); resume it with --from STATE",
+                    )
+                    return state
                 if sdef.type == "terminal":
                     self._finish_terminal(sdef)
                     return state
@@ -149,7 +179,7 @@ class Executor:
                     self._finish_cancelled(current)
                     return state
                 if sdef.type == "parallel":
-                    result = self._run_parallel(sdef)
+                    result = self._run_parallel(sdef, reuse=first)
                 elif sdef.type in WAIT_TYPES:
                     parked = run_wait(self, sdef)
                     if parked is None:
@@ -157,6 +187,7 @@ class Executor:
                     result = parked
                 else:
                     result = self._run_step(sdef)
+                first = False
                 if result.status == StepStatus.CANCELLED:
                     self._finish_cancelled(current)
                     return state
@@ -171,13 +202,56 @@ class Executor:
                         )
                     return state
                 current = nxt
-        except WFStateError as exc:
+        except StateTooLarge as exc:
+            return self._fail_too_large(exc)
+        except Exception as exc:
+            return self._fail_on_exception(current, exc)
+
+    def _fail_on_exception(self, current: str, exc: Exception) -> WorkflowState:
+        """Record an exception that escaped the run as the run's failure, if still possible.
+
+        Raises:
+            the original exception: the outcome was already durable, or the failure
+            could not be written either (then the file keeps its last checkpoint).
+        """
+        state = self._state
+        assert state is not None
+        if self._ended:
+            raise exc
+        tb = None
+        if _is_storage_error(exc):
+            logger.error("run %s: a checkpoint failed at '%s': %s", state.workflow_id, current, exc)
+            message = f"state '{current}': could not write a checkpoint: {exc}"
+        elif isinstance(exc, WFStateError):
             # A template or routing error is the run's failure, recorded like any other.
-            if state.status == RunStatus.RUNNING and not _is_storage_error(exc):
-                state.current_state = current
-                self._finish(RunStatus.FAILED, f"state '{current}': {exc}")
-                return state
-            raise
+            message = f"state '{current}': {exc}"
+        else:
+            logger.exception("run %s: unexpected error at state '%s'", state.workflow_id, current)
+            message = f"state '{current}': internal error: {type(exc).__name__}: {exc}"
+            tb = traceback.format_exc()
+        try:
+            self._fail_run(current, message, tb)
+        except Exception:
+            logger.exception("run %s: could not record its failure either", state.workflow_id)
+            raise exc from None
+        return state
+
+    def _fail_run(self, current: str, message: str, tb: str | None = None) -> None:
+        """End the run ``failed`` at ``current``; a step still in flight fails with it."""
+        state = self._state
+        assert state is not None
+        message = _clean(message)
+        with self._lock:
+            state.current_state = current
+            now = utcnow()
+            for entry in state.states.values():
+                if entry.status == StepStatus.RUNNING:
+                    entry.status = StepStatus.FAILED
+                    entry.error = message
+                    entry.traceback = _clean(tb) if tb else entry.traceback
+                    entry.completed_at = now
+                    entry.duration_ms = _elapsed_ms(entry.started_at, now)
+        self._finish(RunStatus.FAILED, message)
 
     def _route(self, sdef: StateDef, result: StepResult) -> str | None:
         if sdef.type in WAIT_TYPES:
@@ -212,6 +286,7 @@ class Executor:
         set_current: bool,
         durable: bool = True,
         process: dict[str, Any] | None = None,
+        started_at: str | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -220,7 +295,7 @@ class Executor:
                 name=name,
                 status=StepStatus.RUNNING,
                 attempt=attempt,
-                started_at=utcnow(),
+                started_at=started_at or utcnow(),
                 process=process,
             )
             state.states[name] = entry
@@ -252,7 +327,15 @@ class Executor:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
                 break
-            delay = policy.delay(attempt, self.rng) if policy else 0.0
+            delay = _retry_delay(policy, attempt, self.rng) if policy else 0.0
+            if delay is None:
+                assert policy is not None
+                outcome.error = _clean(
+                    f"{outcome.error}; not retried: the retry delay after attempt {attempt} "
+                    f"overflows (backoff {policy.backoff}, multiplier {policy.multiplier:g}, "
+                    "no max_delay)"
+                )
+                break
             self._emit(
                 {
                     "event": "step_retry",
@@ -298,6 +381,9 @@ class Executor:
                 command = render_command(sdef.command, context)
                 cwd = render_text(sdef.dir, context) if sdef.dir else None
                 env = {k: str(render_value(v, context)) for k, v in sdef.env.items()}
+                problem = _nul_problem(command, cwd, env)
+                if problem is not None:
+                    return AttemptResult(ok=False, error=problem)
                 return run_command(
                     command,
                     cwd=cwd,
@@ -322,6 +408,22 @@ class Executor:
         except WFStateError as exc:
             # A template that does not render fails the step (retrying will not help).
             return AttemptResult(ok=False, error=str(exc))
+        except SystemExit as exc:
+            # sys.exit() in a call step would end the whole executor, run left running.
+            return AttemptResult(
+                ok=False,
+                error=f"{sdef.call} called sys.exit({exc.code!r})",
+                traceback=traceback.format_exc(),
+            )
+        except Exception as exc:
+            # Whatever else goes wrong starting the step is the step's failure, not a
+            # crash of the executor (which would leave the run ``running``).
+            logger.exception("run %s: state '%s' could not run", state.workflow_id, sdef.name)
+            return AttemptResult(
+                ok=False,
+                error=f"state '{sdef.name}' could not run: {type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+            )
 
     def _end(
         self,
@@ -333,20 +435,29 @@ class Executor:
     ) -> StepResult:
         state = self._state
         assert state is not None
-        output, truncated = self._inline(state.workflow_id, sdef.name, "stdout", outcome.output)
-        stderr, err_truncated = self._inline(state.workflow_id, sdef.name, "stderr", outcome.stderr)
+        output = outcome.output
         if outcome.cancelled:
             status = StepStatus.CANCELLED
         elif outcome.ok:
             status = StepStatus.COMPLETED
         else:
             status = StepStatus.FAILED
-        if outcome.ok:
-            try:
-                orjson.dumps(output)
-            except TypeError as exc:
-                status, output = StepStatus.FAILED, None
-                outcome.error = f"the output of {sdef.call} is not JSON-serialisable: {exc}"
+        try:
+            # Before anything encodes it: a lone surrogate or a non-JSON value would
+            # otherwise break the checkpoint, not just this step.
+            orjson.dumps(output)
+        except TypeError as exc:
+            what = sdef.call or sdef.name
+            status, output = StepStatus.FAILED, None
+            outcome.ok = False
+            outcome.error = f"the output of {what} is not JSON-serialisable: {exc}"
+        # Spilled outputs keep the bytes the process wrote, not a re-encoded text.
+        output, truncated = self._inline(
+            state.workflow_id, sdef.name, "stdout", output, outcome.raw_output
+        )
+        stderr, err_truncated = self._inline(
+            state.workflow_id, sdef.name, "stderr", _clean(outcome.stderr), outcome.raw_stderr
+        )
         completed = utcnow()
         with self._lock:
             entry.status = status
@@ -354,8 +465,10 @@ class Executor:
             entry.stderr = stderr
             entry.exit_code = outcome.exit_code
             entry.attempt = attempt
-            entry.error = None if outcome.ok and status == StepStatus.COMPLETED else outcome.error
-            entry.traceback = outcome.traceback
+            entry.error = (
+                None if outcome.ok and status == StepStatus.COMPLETED else _clean(outcome.error)
+            )
+            entry.traceback = _clean(outcome.traceback)
             entry.started_at = started_at
             entry.completed_at = completed
             entry.duration_ms = _elapsed_ms(started_at, completed)
@@ -373,22 +486,48 @@ class Executor:
         )
         return entry
 
-    def _inline(self, workflow_id: str, name: str, stream: str, value: Any) -> tuple[Any, bool]:
-        """Cut a big text output to ``max_inline_output`` bytes, keeping it whole beside."""
+    def _inline(
+        self, workflow_id: str, name: str, stream: str, value: Any, raw: bytes | None = None
+    ) -> tuple[Any, bool]:
+        """Cut a big text output to ``max_inline_output`` bytes, keeping it whole beside:
+        the ``raw`` bytes the process wrote when there are any, not the decoded text."""
         if not isinstance(value, str):
             return value, False
         data = value.encode("utf-8")
         if len(data) <= self.max_inline_output:
             return value, False
-        self.store.save_output(workflow_id, name, stream, data)
+        self.store.save_output(workflow_id, name, stream, data if raw is None else raw)
         return data[: self.max_inline_output].decode("utf-8", errors="ignore"), True
 
     # --- parallel ------------------------------------------------------------------------
 
-    def _run_parallel(self, sdef: StateDef) -> StepResult:
+    def _kept_branches(self, sdef: StateDef) -> dict[str, StepResult]:
+        """The completed branches a resume of this block kept (``kept`` in its history
+        event, written by :func:`~wfstate.engine.resume.prepare_resume`)."""
         state = self._state
         assert state is not None
-        entry = self._begin(sdef.name, 1, set_current=True)
+        if not state.history:
+            return {}
+        event = state.history[-1]
+        if event.get("event") not in ("resume", "recover") or event.get("state") != sdef.name:
+            return {}
+        kept: dict[str, StepResult] = {}
+        for name in event.get("kept") or ():
+            entry = state.states.get(name)
+            if name in sdef.parallel and entry is not None and entry.status == StepStatus.COMPLETED:
+                kept[name] = entry
+        return kept
+
+    def _run_parallel(self, sdef: StateDef, *, reuse: bool = False) -> StepResult:
+        state = self._state
+        assert state is not None
+        # Branches that completed before a crash (or a failure) are not run again; the
+        # strategy still sees their results.
+        kept = self._kept_branches(sdef) if reuse else {}
+        # A block that goes on keeps its first start: its kept branches started after
+        # it, which is how a second resume (after a second crash) still keeps them.
+        since = _first_start(state, sdef.name, kept) if kept else None
+        entry = self._begin(sdef.name, 1, set_current=True, started_at=since)
         started_at = entry.started_at
         branches = [self.definition.states[name] for name in sdef.parallel]
         # A failed branch under all_succeed stops its siblings.
@@ -397,13 +536,19 @@ class Executor:
         def branch_stop() -> bool:
             return abort.is_set() or self.should_stop()
 
-        results: dict[str, StepResult] = {}
-        workers = max(1, min(sdef.max_concurrent or len(branches), len(branches)))
+        results: dict[str, StepResult] = dict(kept)
+        for name in kept:
+            self._emit({"event": "step_kept", "state": name, "attempt": kept[name].attempt})
+        to_run = [b for b in branches if b.name not in kept]
+        # An exception that escaped a branch (a checkpoint that failed): raised once
+        # every branch has stopped, so no thread is left writing the state.
+        escaped: list[Exception] = []
+        workers = max(1, min(sdef.max_concurrent or len(branches), len(to_run) or 1))
         with ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"wfstate-{sdef.name}"
         ) as pool:
             futures: dict[Future[StepResult], str] = {}
-            pending = list(branches)
+            pending = list(to_run)
             while pending or futures:
                 while pending and len(futures) < workers:
                     branch = pending.pop(0)
@@ -420,12 +565,24 @@ class Executor:
                 done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
                 for future in done:
                     name = futures.pop(future)
-                    result = future.result()
+                    try:
+                        result = future.result()
+                    except Exception as exc:
+                        escaped.append(exc)
+                        abort.set()
+                        continue
                     results[name] = result
-                    self._checkpoint()  # each branch's end is durable (takes the lock)
+                    try:
+                        self._checkpoint()  # each branch's end is durable (takes the lock)
+                    except Exception as exc:
+                        escaped.append(exc)
+                        abort.set()
+                        continue
                     branch_ok = _branch_ok(self.definition.states[name], result)
                     if not branch_ok and sdef.strategy == "all_succeed":
                         abort.set()
+        if escaped:
+            raise escaped[0]
         statuses = {b.name: str(results[b.name].status) for b in branches}
         failed = [b.name for b in branches if not _branch_ok(b, results[b.name])]
         if self.should_stop():
@@ -443,7 +600,33 @@ class Executor:
         return self._end(sdef, entry, outcome, 1, started_at)
 
     def _run_branch(self, branch: StateDef, stop: Callable[[], bool]) -> StepResult:
-        return self._run_step(branch, set_current=False, stop=stop)
+        try:
+            return self._run_step(branch, set_current=False, stop=stop)
+        except Exception as exc:
+            if _is_storage_error(exc):
+                raise  # the block's thread decides (see _run_parallel)
+            # A bug in one branch's plumbing fails that branch, not the whole executor.
+            logger.exception("run %s: branch '%s' broke", self._state_id(), branch.name)
+            return self._branch_broke(branch, exc, traceback.format_exc())
+
+    def _branch_broke(self, branch: StateDef, exc: Exception, tb: str) -> StepResult:
+        state = self._state
+        assert state is not None
+        now = utcnow()
+        with self._lock:
+            entry = state.states.get(branch.name)
+            if entry is None or entry.status != StepStatus.RUNNING:
+                entry = StepResult(name=branch.name, status=StepStatus.RUNNING, started_at=now)
+                state.states[branch.name] = entry
+            entry.status = StepStatus.FAILED
+            entry.error = _clean(f"internal error: {type(exc).__name__}: {exc}")
+            entry.traceback = _clean(tb)
+            entry.completed_at = now
+            entry.duration_ms = _elapsed_ms(entry.started_at, now)
+        return entry
+
+    def _state_id(self) -> str:
+        return self._state.workflow_id if self._state is not None else "?"
 
     # --- endings ---------------------------------------------------------------------------
 
@@ -454,7 +637,7 @@ class Executor:
         if sdef.message:
             try:
                 message = render_text(sdef.message, self._context())
-            except WFStateError as exc:
+            except Exception as exc:
                 message = f"{sdef.message} (message could not be rendered: {exc})"
         now = utcnow()
         with self._lock:
@@ -485,15 +668,63 @@ class Executor:
                     entry.error = entry.error or "cancelled"
         self._finish(RunStatus.CANCELLED, "cancelled")
 
+    def _fail_too_large(self, exc: StateTooLarge) -> WorkflowState:
+        """A checkpoint the store refused as too large (nothing was written): the
+        biggest outputs move to side files, biggest first, until the run can be saved as
+        failed, saying why; so its file stays one the store reads.
+
+        Raises:
+            StateTooLarge: still too large without any output (huge inputs).
+        """
+        state = self._state
+        assert state is not None
+        error = f"the state grew too large to be saved ({exc})"
+        with self._lock:
+            for entry in state.states.values():
+                if entry.status == StepStatus.RUNNING:  # never ran: the run stops here
+                    entry.status, entry.error = StepStatus.FAILED, "not run: " + error
+        for entry in sorted(state.states.values(), key=_output_size, reverse=True):
+            if _output_size(entry):
+                with self._lock:
+                    if not entry.output_truncated:  # the side files have it already
+                        self._spill(state.workflow_id, entry)
+                    entry.output = entry.stderr = None
+                    entry.output_truncated = True
+                    entry.status = StepStatus.FAILED
+                    entry.error = f"its output was moved to side files: {error}"
+            try:
+                self._finish(RunStatus.FAILED, f"state '{entry.name}': {error}")
+                return state
+            except StateTooLarge:
+                continue
+        raise exc
+
+    def _spill(self, workflow_id: str, entry: StepResult) -> None:
+        for stream, value in (("stdout", entry.output), ("stderr", entry.stderr)):
+            if value is not None:
+                data = value.encode() if isinstance(value, str) else orjson.dumps(value)
+                self.store.save_output(workflow_id, entry.name, stream, data)
+
     def _finish(self, status: RunStatus, error: str | None) -> None:
         state = self._state
         assert state is not None
         with self._lock:
             state.status = status
-            state.error = error
+            state.error = _clean(error)
             state.completed_at = utcnow()
             self._checkpoint()
+            self._ended = True
         self._emit({"event": "run_finished", "status": str(status), "error": error})
+
+
+def _first_start(state: WorkflowState, block: str, kept: dict[str, StepResult]) -> str | None:
+    """When a resumed block first started: its rewound entry's start, or its earliest
+    kept branch's."""
+    for rewound in state.history[-1].get("rewound") or ():
+        if rewound.get("name") == block and rewound.get("started_at"):
+            return str(rewound["started_at"])
+    starts = [e.started_at for e in kept.values() if e.started_at]
+    return min(starts) if starts else None  # utcnow()'s fixed-width ISO times sort as text
 
 
 def _branch_ok(branch: StateDef, result: StepResult) -> bool:
@@ -503,5 +734,62 @@ def _branch_ok(branch: StateDef, result: StepResult) -> bool:
     )
 
 
-def _is_storage_error(exc: WFStateError) -> bool:
+def _output_size(entry: StepResult) -> int:
+    try:
+        output = 0 if entry.output is None else len(orjson.dumps(entry.output))
+    except TypeError:
+        output = 0
+    return output + len(entry.stderr or "")
+
+
+def _is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, StorageError | StateLocked)
+
+
+# Far beyond any sensible wait (about 31 years), still far from float trouble.
+MAX_RETRY_DELAY = 1e9
+
+
+def _retry_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> float | None:
+    """The wait before the next attempt, or None when it overflows (no max_delay caps it)."""
+    try:
+        delay = policy.delay(attempt, rng)
+    except (OverflowError, ValueError):
+        delay = math.inf
+    if math.isnan(delay):
+        delay = math.inf
+    if not math.isfinite(delay) or delay > MAX_RETRY_DELAY:
+        if policy.max_delay is not None and math.isfinite(policy.max_delay):
+            return max(0.0, min(policy.max_delay, MAX_RETRY_DELAY))
+        return None
+    return max(0.0, delay)
+
+
+def _nul_problem(command: str, cwd: str | None, env: dict[str, str]) -> str | None:
+    """Why no process can be started with these values (a NUL byte ends a C string)."""
+    if "\x00" in command:
+        return "the command contains a NUL byte, which no process can receive"
+    if cwd is not None and "\x00" in cwd:
+        return f"dir {cwd!r} contains a NUL byte"
+    for key, value in env.items():
+        if "\x00" in key or "\x00" in value:
+            return f"env {key!r} contains a NUL byte, which no process can receive"
+    return None
+
+
+@overload
+def _clean(text: str) -> str: ...
+@overload
+def _clean(text: None) -> None: ...
+@overload
+def _clean(text: str | None) -> str | None: ...
+def _clean(text: str | None) -> str | None:
+    """``text`` as valid UTF-8: a lone surrogate (from an exception message, say) would
+    make the whole state document unwritable."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

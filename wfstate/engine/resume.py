@@ -10,7 +10,7 @@ from typing import Any
 
 from wfstate.definitions.model import WorkflowDefinition
 from wfstate.exceptions import DefinitionChanged, NotResumable, RunFinished
-from wfstate.state import RunStatus, StepStatus, WorkflowState, utcnow
+from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time, utcnow
 
 
 def _executed_order(state: WorkflowState) -> list[str]:
@@ -35,10 +35,27 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
         and current in definition.states
         and definition.states[current].type == "terminal"
     ):
-        # The run ended in a terminal: "current" is the last step that ran before it.
-        current = steps[-1] if steps else definition.initial
+        # The run ended in a terminal: "current" is the last step that ran before it,
+        # even one the definition no longer has (refused below, never skipped over).
+        before = [
+            n
+            for n in _executed_order(state)
+            if n not in branches
+            and n != current
+            and (n not in definition.states or definition.states[n].type != "terminal")
+        ]
+        current = before[-1] if before else definition.initial
     if from_state == "current":
-        return current or definition.initial
+        target = current or definition.initial
+        if target not in definition.states:
+            # Resumed into a state the definition no longer has (it changed since the
+            # run began): refused here, never a run stranded by the executor.
+            raise NotResumable(
+                f"run {state.workflow_id}: workflow '{definition.name}' has no state "
+                f"'{target}' any more (the definition changed since the run began); "
+                "resume it with --from STATE"
+            )
+        return target
     if from_state == "previous":
         completed = [n for n in steps if state.states[n].status == StepStatus.COMPLETED]
         if not completed:
@@ -63,6 +80,26 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
     return from_state
 
 
+def _kept_branches(state: WorkflowState, definition: WorkflowDefinition, target: str) -> list[str]:
+    """The branches of the parallel block ``target`` that completed in its last
+    execution (started after the block did), in the block's order."""
+    sdef = definition.states.get(target)
+    block = state.states.get(target)
+    if sdef is None or sdef.type != "parallel" or block is None:
+        return []
+    block_start = parse_time(block.started_at)
+    kept = []
+    for name in sdef.parallel:
+        entry = state.states.get(name)
+        if entry is None or entry.status != StepStatus.COMPLETED:
+            continue
+        started = parse_time(entry.started_at)
+        if block_start is not None and (started is None or started < block_start):
+            continue  # from an earlier pass through the block (a loop), not this one
+        kept.append(name)
+    return kept
+
+
 def prepare_resume(
     state: WorkflowState,
     definition: WorkflowDefinition,
@@ -73,10 +110,14 @@ def prepare_resume(
 ) -> WorkflowState:
     """Set ``state`` up to be executed again from ``from_state`` (in memory; the caller saves).
 
-    ``inputs`` are already validated overrides, merged over the run's inputs.
+    ``inputs`` are already validated overrides, merged over the run's inputs. Resuming
+    ``current`` inside a parallel block keeps the branches that completed (listed as
+    ``kept`` in the history event; the executor runs only the others). An explicit
+    ``--from BLOCK`` runs every branch again.
 
     Raises:
-        NotResumable: completed without an explicit ``from_state``, unknown state...
+        NotResumable: completed without an explicit ``from_state``, unknown state, a
+            current state the (changed) definition no longer has...
         DefinitionChanged: the definition's sha256 differs and it was not allowed.
     """
     if state.status == RunStatus.COMPLETED and from_state == "current":
@@ -96,11 +137,13 @@ def prepare_resume(
         )
     target = resume_target(state, definition, from_state) if state.states else definition.initial
     order = _executed_order(state)
+    kept = _kept_branches(state, definition, target) if from_state == "current" else []
     rewound: list[dict[str, Any]] = []
     if target in state.states:
         cut = order.index(target)
         for name in order[cut:]:
-            rewound.append(state.states.pop(name).to_dict())
+            if name not in kept:
+                rewound.append(state.states.pop(name).to_dict())
     state.history.append(
         {
             "event": "resume",
@@ -112,6 +155,8 @@ def prepare_resume(
             "allow_changed_definition": allow_changed_definition,
             "definition_sha256": definition.sha256,
             "rewound": rewound,
+            # Completed branches of the interrupted parallel block: not run again.
+            "kept": kept,
         }
     )
     if inputs:

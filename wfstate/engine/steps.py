@@ -51,6 +51,10 @@ class AttemptResult:
     traceback: str | None = None
     cancelled: bool = False
     timed_out: bool = False
+    # What a command wrote, byte for byte: a side file keeps these, not the decoded text
+    # (which has replacement characters where the bytes were not UTF-8).
+    raw_output: bytes | None = None
+    raw_stderr: bytes | None = None
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -128,18 +132,27 @@ def run_command(
     stderr = err.decode("utf-8", errors="replace")
     code = proc.returncode
     if cancelled:
-        return AttemptResult(False, stdout, stderr, code, "cancelled", cancelled=True)
+        return AttemptResult(
+            False, stdout, stderr, code, "cancelled", cancelled=True, raw_output=out, raw_stderr=err
+        )
     if timed_out:
         return AttemptResult(
-            False, stdout, stderr, code, f"timed out after {timeout:g}s", timed_out=True
+            False,
+            stdout,
+            stderr,
+            code,
+            f"timed out after {timeout:g}s",
+            timed_out=True,
+            raw_output=out,
+            raw_stderr=err,
         )
     if code != 0:
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
         message = f"exit code {code}" + (f": {detail}" if detail else "")
         if code < 0:
             message = f"killed by signal {-code}"
-        return AttemptResult(False, stdout, stderr, code, message)
-    return AttemptResult(True, stdout, stderr, 0)
+        return AttemptResult(False, stdout, stderr, code, message, raw_output=out, raw_stderr=err)
+    return AttemptResult(True, stdout, stderr, 0, raw_output=out, raw_stderr=err)
 
 
 class StepContext:

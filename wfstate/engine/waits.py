@@ -186,7 +186,12 @@ def _take_signal(executor: Executor, sdef: StateDef, entry: StepResult) -> StepR
             executor._checkpoint()
         store.remove_signal(state.workflow_id, signal_id)
         executor._emit(
-            {"event": "signal_received", "state": sdef.name, "signal": sdef.signal, "id": signal_id}
+            {
+                "event": "signal_received",
+                "state": sdef.name,
+                "signal": sdef.signal,
+                "signal_id": signal_id,
+            }
         )
         return entry
     return None

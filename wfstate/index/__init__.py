@@ -20,11 +20,11 @@ Three ways in:
 The modules, one concern each: ``projection`` (the columns of a row, from a document),
 ``rows`` (single-row writes), ``listener`` (the engine's coalescing hook), ``bulk``
 (``sync`` and ``inspect``) with ``_table`` (its per-database SQL) and ``reader`` (its
-fast file reader and forked worker), ``search`` (prefix search) and ``repair``
-(``quarantine``). No module is named as a function here, so importing one never hides
-the function of that name.
+fast file reader and forked worker) and ``search`` (prefix search). Moving a corrupt
+file aside is the store's (``StateStore.quarantine``). No module is named as a function
+here, so importing one never hides the function of that name.
 
-``sync``, ``inspect``, ``SyncReport`` and ``quarantine`` are imported on first use:
+``sync``, ``inspect`` and ``SyncReport`` are imported on first use:
 importing the projection (as the API's serializers do) never imports
 ``multiprocessing`` nor the store.
 """
@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 from wfstate.index.listener import IndexListener, make_listener
 from wfstate.index.projection import (
     ERROR_SUMMARY_CHARS,
-    REVISION_MAX,
     ROW_FIELDS,
     StepCounter,
     corrupt_fields,
@@ -47,10 +46,10 @@ from wfstate.index.projection import (
 )
 from wfstate.index.rows import index_corrupt, index_state, reindex, remove
 from wfstate.index.search import SEARCH_KEYS_LIMIT, prefix_range, search_q, search_runs
+from wfstate.state import REVISION_MAX
 
 if TYPE_CHECKING:
     from wfstate.index.bulk import Progress, SyncReport, inspect, sync
-    from wfstate.index.repair import quarantine, quarantine_dir
 
 __all__ = [
     "ERROR_SUMMARY_CHARS",
@@ -70,8 +69,6 @@ __all__ = [
     "make_listener",
     "prefix_range",
     "project",
-    "quarantine",
-    "quarantine_dir",
     "reindex",
     "remove",
     "row_fields",
@@ -86,8 +83,6 @@ _LAZY = {
     "SyncReport": "wfstate.index.bulk",
     "inspect": "wfstate.index.bulk",
     "sync": "wfstate.index.bulk",
-    "quarantine": "wfstate.index.repair",
-    "quarantine_dir": "wfstate.index.repair",
 }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from wfstate.index.reader import PlainReader, can_fork_worker, read_batches
 from wfstate.index.rows import CORRUPT_DEFAULTS, PROJECTION_ERRORS, write_row
 from wfstate.models import WorkflowRun
 from wfstate.stores.base import StateStore
-from wfstate.stores.jsonfile import JSONFileStore
 
 Progress = Callable[[int, int], None]
 
@@ -109,15 +107,9 @@ def _walk(
     if progress:
         progress(0, total)
     reader = None
-    # store contract: see stores/base.py (the file store's directory and size limit)
-    if isinstance(store, JSONFileStore):
-        reader = PlainReader(
-            os.path.join(os.fspath(store.directory), ""),
-            store.max_bytes,
-            steps,
-            table.text_times,
-            table.tz,
-        )
+    read_raw = store.raw_reader()
+    if read_raw is not None:
+        reader = PlainReader(read_raw, steps, table.text_times, table.tz)
     if workers is None:
         parallel = total >= SYNC_PARALLEL_MIN and can_fork_worker()
     else:

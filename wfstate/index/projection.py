@@ -13,15 +13,20 @@ from django.conf import settings
 from django.utils import timezone
 
 from wfstate.models import RunStatusChoices
-from wfstate.state import SCHEMA_VERSION, RunStatus, StepStatus, WorkflowState, parse_time
+
+# REVISION_MAX: a file outside it is outside the document's contract (docs/state-file.md):
+# reported corrupt, never clamped. The raw reader of ``sync`` meets such files unparsed.
+from wfstate.state import (
+    REVISION_MAX,
+    SCHEMA_VERSION,
+    RunStatus,
+    StepStatus,
+    WorkflowState,
+    parse_time,
+)
 
 # The error summary kept in a row; the whole error and traceback stay in the file.
 ERROR_SUMMARY_CHARS = 500
-
-# The revisions a row can hold: a revision counts the file's writes from 0, and the
-# column is a 32-bit integer on PostgreSQL. A file outside this range is outside the
-# document's contract (docs/state-file.md): it is reported corrupt, never clamped.
-REVISION_MAX = 2**31 - 1
 
 # Columns a sync writes (everything but the primary key and ``indexed_at``, which
 # ``bulk_create`` fills from ``auto_now`` on insert and we set ourselves on update).

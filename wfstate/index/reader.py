@@ -11,10 +11,9 @@ import multiprocessing.queues
 import os
 import queue
 import signal
-import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,40 +34,18 @@ SYNC_WORKER_AHEAD = 10
 SYNC_WORKER_TIMEOUT = 60.0
 
 
-def _read_plain(path: str, max_bytes: int) -> bytes | None:
-    """A plain state file's bytes in one ``os.read``, or None for anything unusual
-    (missing, a link, not a regular file, too big, growing, unreadable): the store's
-    own reader then says precisely what is wrong."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        size = st.st_size
-        if not stat.S_ISREG(st.st_mode) or size > max_bytes:
-            return None
-        data = os.read(fd, size + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data if len(data) <= size else None
-
-
 @dataclass(frozen=True)
 class PlainReader:
-    """Reads, parses and projects the file store's plain, current state files.
+    """Reads, parses and projects plain, current state documents.
 
-    One ``os.read`` per file, ``orjson``, and :func:`project` on the document: no
-    ``WorkflowState`` is built. A file that is anything but plain (missing, a link,
-    broken, an older schema, odd types) comes back as None, for ``store.load()`` to
-    upgrade or to name what is wrong. No database, no shared state: this is what the
-    worker process of a parallel sync runs.
+    The store's ``raw_reader()`` (one ``os.read`` per file for the file store), ``orjson``,
+    and :func:`project` on the document: no ``WorkflowState`` is built. A file that is
+    anything but plain (missing, a link, broken, an older schema, odd types) comes back
+    as None, for ``store.load()`` to upgrade or to name what is wrong. No database, no
+    shared state: this is what the worker process of a parallel sync runs.
     """
 
-    prefix: str  # the store's directory, with a trailing separator
-    max_bytes: int
+    read_raw: Callable[[str], bytes | None]  # the store's raw_reader()
     steps: StepCounter
     text_times: bool
     tz: dt.tzinfo
@@ -77,7 +54,7 @@ class PlainReader:
         out: list[tuple[str, Values | None]] = []
         for workflow_id in ids:
             values = None
-            data = _read_plain(f"{self.prefix}{workflow_id}.json", self.max_bytes)
+            data = self.read_raw(workflow_id)
             if data is not None:
                 try:
                     document = orjson.loads(data)

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from wfstate.engine.events import ProgressEvent
 from wfstate.exceptions import WFStateError
 from wfstate.state import RunStatus, WorkflowState
 
@@ -24,10 +25,10 @@ EXIT_RUN_FAILED = 3
 
 
 def error_payload(exc: WFStateError) -> dict[str, Any]:
-    payload: dict[str, Any] = {"code": exc.code, "message": str(exc)}
-    for attr in ("errors", "owner", "path"):
-        if getattr(exc, attr, None) is not None:
-            payload[attr] = getattr(exc, attr)
+    """The error's JSON (``WFStateError.as_dict()``, as the API's) for ``--json``, plus
+    ``message``: the same text as ``detail``, the key scripts of earlier versions read."""
+    payload: dict[str, Any] = dict(exc.as_dict())
+    payload["message"] = str(exc)
     return payload
 
 
@@ -64,7 +65,7 @@ class WFStateCommand(BaseCommand):
         isatty = getattr(self.stdout, "isatty", None)
         return bool(isatty and isatty())
 
-    def progress(self, event: dict[str, Any]) -> None:
+    def progress(self, event: ProgressEvent) -> None:
         """One line per step start and end: state, status, duration, attempt."""
         if self.as_json or self.verbosity == 0:
             return
@@ -82,6 +83,8 @@ class WFStateCommand(BaseCommand):
                     f"retrying in {event.get('delay', 0):.2f}s"
                 )
             )
+        elif kind == "step_kept":
+            self.stdout.write(f"  = {name}  kept: completed before the resume (attempt {attempt})")
         elif kind == "step_finished":
             status = event.get("status")
             seconds = (event.get("duration_ms") or 0) / 1000
@@ -139,5 +142,5 @@ class WFStateCommand(BaseCommand):
 def state_file(workflow_id: str) -> str | None:
     from wfstate.stores import get_store
 
-    path_for = getattr(get_store(), "path_for", None)
-    return str(path_for(workflow_id)) if path_for else None
+    path = get_store().path_for(workflow_id)
+    return str(path) if path is not None else None

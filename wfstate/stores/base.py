@@ -1,19 +1,31 @@
-"""The StateStore port (docs/storage.md).
+"""The StateStore port (docs/storage.md): the whole contract a store is held to.
 
 A store knows nothing of Django: it takes its options in its constructor, so it can be
-built in a spawned process, a benchmark or a test without settings.
+built in a spawned process, a benchmark or a test without settings. Everything the
+engine, the index, ``doctor``, the admin and the commands ask of a store is declared on
+:class:`StateStore`: the abstract methods every store implements, and the optional
+ones (files on disk, temp files, quarantine, a fast read for ``sync``) with safe
+defaults, so no caller probes a store with ``getattr`` or ``isinstance``.
+docs/storage.md ("Writing a store") walks through it; ``tests/contract_store.py`` is a
+store written from it alone.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+import os
 import re
+import socket
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
-from wfstate.exceptions import InvalidRunId, StorageError
+from wfstate.exceptions import InvalidRunId, RunLocked, StateTooLarge, StorageError
+from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState
 
 # The only form a run id may take: a canonical, lower-case UUID4. Checked before any
@@ -53,38 +65,118 @@ def validate_signal_id(signal_id: object) -> str:
 
 
 def validate_name(name: str) -> str:
+    """Return ``name`` if it is safe in a side file's name (a state or stream name).
+
+    Raises:
+        ValueError: anything else (a separator, ``..``, an odd character, too long).
+    """
     if not _SAFE_NAME.fullmatch(name) or ".." in name:
         raise ValueError(f"unsafe name for a side file: {name!r}")
     return name
 
 
+def check_size(workflow_id: str, data: bytes, max_bytes: int | None) -> None:
+    """Refuse a serialized state a store would refuse to read back.
+
+    Called by ``save()`` before anything is written: a store never writes what its own
+    ``load()`` would report corrupt.
+
+    Raises:
+        StateTooLarge: ``data`` is longer than ``max_bytes``.
+    """
+    if max_bytes is not None and len(data) > max_bytes:
+        raise StateTooLarge(
+            f"run {workflow_id}: the state would be {len(data)} bytes, more than the "
+            f"{max_bytes} a state may be; nothing was written (keep big outputs in files, "
+            "or raise the store's max_bytes option)",
+            workflow_id=workflow_id,
+            size=len(data),
+            limit=max_bytes,
+        )
+
+
 class StateStore(ABC):
-    """Where runs' states live. Subclasses implement the abstract methods."""
+    """Where runs' states live: the contract every store is held to.
+
+    **Building.** ``get_store()`` calls the class with ``WFSTATE["STORE"]["OPTIONS"]``
+    as keyword arguments. A store that also takes some of the top-level settings
+    (``STORAGE_DIR``, ``LOCK_TIMEOUT``...) says so in :attr:`setting_options`; no other
+    setting is ever passed, so a constructor needs no ``**kwargs`` catch-all.
+
+    **Must implement** (abstract): ``save``, ``load``, ``delete``, ``list``, ``exists``,
+    ``write_lock``, ``run_lock``, ``run_lock_owner``, the cancellation markers
+    (``request_cancel``, ``cancel_requested``, ``clear_cancel``) and the big outputs
+    (``save_output``, ``load_output``). Every method taking a ``workflow_id`` checks it
+    with :func:`validate_id` first; names of side files go through :func:`validate_name`.
+
+    **May override** (safe defaults here): ``update`` and ``iter_states`` (built on the
+    above), ``path_for`` and ``outputs_dir`` (where things are on disk, for messages:
+    None when the store has no files), ``temp_files`` and ``sweep`` (leftovers of
+    interrupted writes, for ``doctor``), ``quarantine`` (moving a corrupt state aside,
+    for ``doctor --fix``) and ``raw_reader`` (a fast read of the stored documents, for
+    ``sync``).
+
+    **Semantics** (tests/test_stores.py holds every store to them):
+
+    * a saved state is never aliased: ``load()`` returns a new object each time;
+    * ``save()`` raises ``revision`` by one, and raises ``StateTooLarge`` before writing
+      anything if the store would refuse to read the document back (:func:`check_size`);
+    * the write lock is re-entrant per thread, waits up to the store's lock timeout and
+      then raises ``StateLocked``; the run lock never waits (``RunLocked`` names the
+      holder) and is taken before any write lock, never inside one;
+    * ``delete()`` holds the run lock (so no executor can start meanwhile) and the write
+      lock while it removes the run and everything kept for it, and refuses with
+      ``StillRunning`` if an executor holds the run lock;
+    * nothing is left behind for a run that does not exist: taking a lock of an unknown
+      run (a 404 resume, a task for a deleted run) keeps nothing once released.
+    """
+
+    #: Constructor options this store takes from top-level ``WFSTATE`` settings, as
+    #: ``{option: setting}`` (e.g. ``{"root": "STORAGE_DIR"}``). ``STORE["OPTIONS"]``
+    #: wins over them. Empty: the store gets ``STORE["OPTIONS"]`` only.
+    setting_options: ClassVar[dict[str, str]] = {}
+
+    #: The largest serialized state the store accepts (None: no limit).
+    max_bytes: int | None = None
+
+    @classmethod
+    def options_from_settings(
+        cls, setting: Callable[[str], Any], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The constructor's keyword arguments: the :attr:`setting_options` read with
+        ``setting(name)``, then ``options`` (``STORE["OPTIONS"]``) over them."""
+        merged = {option: setting(name) for option, name in cls.setting_options.items()}
+        merged.update(options)
+        return merged
 
     @abstractmethod
     def save(self, state: WorkflowState, *, durable: bool = True) -> None:
         """Write ``state`` as the run's new revision (``state.revision`` += 1).
 
         With ``durable=False`` the write is atomic but not fsynced (see docs/storage.md
-        for which checkpoints use it).
+        for which checkpoints use it). On any error nothing was written and
+        ``state.revision`` is what it was.
 
         Raises:
             InvalidRunId: the state's id is not a UUID4.
             StateLocked: the write lock was not acquired within the lock timeout.
+            StateTooLarge: the document is larger than ``max_bytes``; nothing written.
             StorageError: the write failed; the previous file is intact.
         """
 
     @abstractmethod
     def load(self, workflow_id: str) -> WorkflowState:
-        """Read a run's state.
+        """Read a run's state (a new object each time).
 
         Raises:
-            InvalidRunId, RunNotFound, CorruptState, StorageError.
+            InvalidRunId, RunNotFound, CorruptState (naming where), StorageError.
         """
 
     @abstractmethod
     def delete(self, workflow_id: str) -> None:
-        """Remove the run's state and side files.
+        """Remove the run's state and everything kept for it (outputs, markers, locks).
+
+        Holds the run lock (taken without waiting) and the write lock while it does.
 
         Raises:
             RunNotFound, StillRunning (an executor holds the run lock), StateLocked.
@@ -95,7 +187,12 @@ class StateStore(ABC):
         """The ids of all stored runs, sorted."""
 
     @abstractmethod
-    def exists(self, workflow_id: str) -> bool: ...
+    def exists(self, workflow_id: str) -> bool:
+        """Whether the run has a stored state (corrupt or not).
+
+        Raises:
+            InvalidRunId.
+        """
 
     @abstractmethod
     def write_lock(self, workflow_id: str) -> AbstractContextManager[None]:
@@ -106,37 +203,53 @@ class StateStore(ABC):
         """
 
     @abstractmethod
-    def run_lock(self, workflow_id: str) -> AbstractContextManager[dict[str, Any]]:
-        """Hold the run lock for a whole execution; yields the recorded owner info.
+    def run_lock(self, workflow_id: str) -> AbstractContextManager[RunLockOwner]:
+        """Hold the run lock for a whole execution; yields the recorded owner info
+        (``pid``, ``host``, ``since``). Released, it keeps nothing for a run that does
+        not exist.
 
         Raises:
             RunLocked: another executor holds it; the message names its pid and host.
         """
 
     @abstractmethod
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
-        """Who executes the run right now (pid, host, since), or None."""
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
+        """Who executes the run right now (a ``wfstate.records.RunLockOwner``: pid, host,
+        since), ``wfstate.records.unknown_owner()`` (pid 0) when it is held by somebody
+        who says nothing (yet), or None when nobody does."""
 
     # --- cancellation requests (a marker the executor polls) ---------------------------
 
     @abstractmethod
-    def request_cancel(self, workflow_id: str) -> None: ...
+    def request_cancel(self, workflow_id: str) -> None:
+        """Leave a cancellation request for the run's executor (idempotent)."""
 
     @abstractmethod
-    def cancel_requested(self, workflow_id: str) -> bool: ...
+    def cancel_requested(self, workflow_id: str) -> bool:
+        """Whether a cancellation request is pending (polled by the executor)."""
 
     @abstractmethod
-    def clear_cancel(self, workflow_id: str) -> None: ...
+    def clear_cancel(self, workflow_id: str) -> None:
+        """Remove a cancellation request (idempotent)."""
 
     # --- big outputs -------------------------------------------------------------------
 
     @abstractmethod
     def save_output(self, workflow_id: str, state_name: str, stream: str, data: bytes) -> str:
-        """Keep a whole step output beside the state; returns where (for messages)."""
+        """Keep a whole step output beside the state, byte for byte; returns where (for
+        messages).
+
+        Raises:
+            StorageError: it could not be written.
+        """
 
     @abstractmethod
     def load_output(self, workflow_id: str, state_name: str, stream: str) -> bytes:
-        """Raises: RunNotFound when no such side file exists."""
+        """The bytes ``save_output`` kept.
+
+        Raises:
+            RunNotFound: no such output.
+        """
 
     # --- signals: a run's mailbox (see wfstate.engine.waits) -----------------------------
     #
@@ -162,11 +275,86 @@ class StateStore(ABC):
         """Forget a signal once its id is durably in the run's state (idempotent)."""
         return None
 
-    # --- maintenance ---------------------------------------------------------------------
+    # --- where things are (optional: None for a store without files) ------------------
+
+    def path_for(self, workflow_id: str) -> Path | None:
+        """The file holding the run's state, for messages and operators; None when the
+        store keeps no file per run.
+
+        Raises:
+            InvalidRunId.
+        """
+        validate_id(workflow_id)
+        return None
+
+    def outputs_dir(self, workflow_id: str) -> Path | None:
+        """The directory holding the run's whole outputs (``save_output``), for the
+        admin's run page; None when the store keeps them elsewhere.
+
+        Raises:
+            InvalidRunId.
+        """
+        validate_id(workflow_id)
+        return None
+
+    # --- maintenance (optional) ----------------------------------------------------------
+
+    def temp_files(self) -> builtins.list[Path]:
+        """Leftovers of interrupted writes that ``sweep()`` would remove (for ``doctor``)."""
+        return []
 
     def sweep(self) -> builtins.list[str]:
-        """Remove leftover temp files of interrupted writes; returns what was removed."""
+        """Remove leftover temp files of interrupted writes; returns what was removed.
+
+        A write in progress is never swept from under its writer.
+        """
         return []
+
+    def quarantine(self, workflow_id: str) -> str | None:
+        """Move a corrupt state aside (never deleting it), with what is kept for it.
+
+        Checks again under the write lock: a state that loads now (repaired, or
+        rewritten by a writer) stays, and None is returned; so does a run that is gone.
+        Returns where the state went. The default keeps it where it is (None): ``doctor``
+        then keeps reporting it.
+
+        Raises:
+            StorageError: it could not be moved.
+        """
+        validate_id(workflow_id)
+        return None
+
+    def slot_lock(self, name: str) -> AbstractContextManager[RunLockOwner]:
+        """A named lock taken without waiting, held like a run lock (a dead holder's is
+        free): a concurrency slot of ``wfstate.triggers.concurrency``. ``name`` is
+        ``slot-<hex>-<n>``, never a run id.
+
+        The default keeps slots in this process (enough for one process, as with
+        ``MemoryStore``); a store shared by processes or hosts overrides it with its
+        lock backend.
+
+        Raises:
+            RunLocked: somebody holds it.
+        """
+        return _local_slot(name)
+
+    def slot_free(self, name: str) -> bool:
+        """Nobody holds the slot ``name`` now (a hint: it may be taken the next moment)."""
+        lock = _local_slots.get(name)
+        return lock is None or not lock.locked()
+
+    def raw_reader(self) -> Callable[[str], bytes | None] | None:
+        """A fast read of stored documents for ``sync``, or None (the default) to have
+        ``sync`` call ``load()`` for every run.
+
+        The function takes a run id and returns the stored state document's bytes (the
+        JSON of SPEC §4), or None for anything unusual (missing, too big, odd), which
+        ``sync`` then hands to ``load()`` to report precisely. It takes no lock, and
+        must be safe to call in a forked child process (``sync`` reads in one).
+        """
+        return None
+
+    # --- built on the above ----------------------------------------------------------------
 
     def update(
         self, workflow_id: str, mutate: Callable[[WorkflowState], object], *, durable: bool = True
@@ -176,7 +364,7 @@ class StateStore(ABC):
         ``mutate`` changes the state in place; whatever it returns is ignored.
 
         Raises:
-            RunNotFound, CorruptState, StateLocked, StorageError.
+            RunNotFound, CorruptState, StateLocked, StateTooLarge, StorageError.
         """
         with self.write_lock(workflow_id):
             state = self.load(workflow_id)
@@ -191,3 +379,20 @@ class StateStore(ABC):
                 yield workflow_id, self.load(workflow_id)
             except Exception as exc:  # reported per run, never fatal
                 yield workflow_id, exc
+
+
+# The default slots (``StateStore.slot_lock``): in this process only.
+_local_slots: dict[str, threading.Lock] = {}
+_local_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _local_slot(name: str) -> Iterator[RunLockOwner]:
+    with _local_guard:
+        lock = _local_slots.setdefault(name, threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise RunLocked(f"slot {name} is held", workflow_id=name)
+    try:
+        yield {"pid": os.getpid(), "host": socket.gethostname(), "since": ""}
+    finally:
+        lock.release()

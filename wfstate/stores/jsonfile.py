@@ -9,6 +9,8 @@ Layout under ``<root>/states/``::
     <id>.outputs/        whole outputs of steps whose output was cut in the JSON
     <id>.mailbox/        signals not yet taken: <received-ns>-<signal id>.json each
     .<name>.<rand>.tmp   a write in progress, or left by a crash (swept)
+
+and ``<root>/quarantine/`` for corrupt state files ``doctor --fix`` moved aside.
 """
 
 from __future__ import annotations
@@ -21,13 +23,21 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
-from wfstate.exceptions import CorruptState, RunNotFound, StillRunning, StorageError
+from wfstate.exceptions import (
+    CorruptState,
+    RunLocked,
+    RunNotFound,
+    StillRunning,
+    StorageError,
+)
+from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState, utcnow
 from wfstate.stores._atomic import (
     _CLOEXEC,
@@ -37,7 +47,13 @@ from wfstate.stores._atomic import (
     make_private_dir,
     target_of_temp,
 )
-from wfstate.stores.base import StateStore, validate_id, validate_name, validate_signal_id
+from wfstate.stores.base import (
+    StateStore,
+    check_size,
+    validate_id,
+    validate_name,
+    validate_signal_id,
+)
 from wfstate.stores.locks import LockBackend, describe_owner
 
 # Lock backends by name; a dotted path to a LockBackend subclass works too.
@@ -70,8 +86,30 @@ class JSONFileStore(StateStore):
         lock_timeout: seconds a writer waits for a write lock before ``StateLocked``.
         lock_backend: ``"file"``, ``"redis"`` or a dotted path to a ``LockBackend``.
         lock_options: keyword arguments of the lock backend (e.g. ``redis_url``).
-        max_bytes: a state file larger than this is reported corrupt, not parsed.
+        max_bytes: a state file larger than this is reported corrupt, not parsed; and
+            ``save()`` refuses (``StateTooLarge``) to write one.
+
+    ``root``, ``file_mode``, ``lock_timeout`` and ``lock_backend`` default to the
+    ``STORAGE_DIR``, ``FILE_MODE``, ``LOCK_TIMEOUT`` and ``LOCK_BACKEND`` settings, and
+    ``lock_options`` to ``{"redis_url": REDIS_URL}`` with the Redis backend; anything in
+    ``STORE["OPTIONS"]`` wins.
     """
+
+    setting_options: ClassVar[dict[str, str]] = {
+        "root": "STORAGE_DIR",
+        "file_mode": "FILE_MODE",
+        "lock_timeout": "LOCK_TIMEOUT",
+        "lock_backend": "LOCK_BACKEND",
+    }
+
+    @classmethod
+    def options_from_settings(
+        cls, setting: Callable[[str], Any], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        merged = super().options_from_settings(setting, options)
+        if merged.get("lock_backend") == "redis" and "lock_options" not in options:
+            merged["lock_options"] = {"redis_url": setting("REDIS_URL")}
+        return merged
 
     def __init__(
         self,
@@ -88,7 +126,7 @@ class JSONFileStore(StateStore):
         self._directory_str = str(self.directory)
         self.file_mode = file_mode
         self.lock_timeout = lock_timeout
-        self.max_bytes = max_bytes
+        self.max_bytes: int = max_bytes
         backend_cls = _import(LOCK_BACKENDS.get(lock_backend, lock_backend))
         self.locks: LockBackend = backend_cls(
             self.directory, file_mode=file_mode, **(lock_options or {})
@@ -109,6 +147,11 @@ class JSONFileStore(StateStore):
     def mailbox_dir(self, workflow_id: str) -> Path:
         return self.directory / f"{validate_id(workflow_id)}.mailbox"
 
+    @property
+    def quarantine_directory(self) -> Path:
+        """Where ``quarantine()`` moves corrupt state files."""
+        return self.root / "quarantine"
+
     def _ensure_dir(self) -> None:
         if not self._dir_ready:
             make_private_dir(self.root)
@@ -122,12 +165,20 @@ class JSONFileStore(StateStore):
         self._ensure_dir()
         return self.locks.write_lock(workflow_id, self.lock_timeout)
 
-    def run_lock(self, workflow_id: str) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    @contextlib.contextmanager
+    def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
         validate_id(workflow_id)
         self._ensure_dir()
-        return self.locks.run_lock(workflow_id)
+        with self.locks.run_lock(workflow_id) as info:
+            try:
+                yield info
+            finally:
+                # A run that does not exist (a resume of an unknown id, a task for a
+                # deleted run) keeps no sidecar: removed while we still hold it.
+                if not self.exists(workflow_id):
+                    self.locks.forget(workflow_id)
 
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         validate_id(workflow_id)
         if not self.directory.exists():
             return None
@@ -151,6 +202,8 @@ class JSONFileStore(StateStore):
             state.updated_at = utcnow()
             try:
                 data = serialize(state)
+                # Never write what read_bytes() would refuse as corrupt.
+                check_size(state.workflow_id, data, self.max_bytes)
                 atomic_write(path, data, mode=self.file_mode, durable=durable)
             except BaseException:
                 # The save did not happen: the in-memory state must not claim it did,
@@ -205,32 +258,62 @@ class JSONFileStore(StateStore):
         path = self.path_for(workflow_id)
         if not path.exists() and not path.is_symlink():
             raise RunNotFound(f"no run {workflow_id} ({path} does not exist)")
-        owner = self.run_lock_owner(workflow_id)
-        if owner is not None:
+        # The run lock, without waiting, for the whole removal: an executor starting now
+        # fails at once instead of bringing the run back to life behind us.
+        try:
+            held = self.locks.run_lock(workflow_id)
+            held.__enter__()
+        except RunLocked as exc:
+            owner = exc.owner
             raise StillRunning(
                 f"run {workflow_id} is being executed by {describe_owner(owner)}; "
                 "cancel it before deleting it",
+                workflow_id=workflow_id,
                 owner=owner,
-            )
-        with self.write_lock(workflow_id):
-            try:
-                path.unlink()  # a planted symlink is removed itself, never its target
-                outputs = self.outputs_dir(workflow_id)
-                if outputs.is_symlink():
-                    outputs.unlink()
-                else:
-                    shutil.rmtree(outputs, ignore_errors=True)
-                with contextlib.suppress(FileNotFoundError):
-                    self._cancel_path(workflow_id).unlink()
-                mailbox = self.mailbox_dir(workflow_id)
-                if mailbox.is_symlink():
-                    mailbox.unlink()
-                else:
-                    shutil.rmtree(mailbox, ignore_errors=True)
-            except OSError as exc:
-                raise StorageError(f"could not delete {path}: {exc.strerror}") from exc
-        # The sidecars go last, once nobody can be waiting on a run that no longer exists.
-        self.locks.forget(workflow_id)
+            ) from None
+        try:
+            with self.write_lock(workflow_id):
+                if not path.exists() and not path.is_symlink():
+                    raise RunNotFound(f"no run {workflow_id} ({path} does not exist)")
+                self._remove_run_files(workflow_id, path)
+                # The sidecars last, while we hold both: whoever waits on them finds
+                # them unlinked once they get them, and then no run (locks.py).
+                self.locks.forget(workflow_id)
+        finally:
+            held.__exit__(None, None, None)
+
+    def _remove_run_files(self, workflow_id: str, path: Path) -> None:
+        try:
+            path.unlink()  # a planted symlink is removed itself, never its target
+            outputs = self.outputs_dir(workflow_id)
+            if outputs.is_symlink():
+                outputs.unlink()
+            else:
+                shutil.rmtree(outputs, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                self._cancel_path(workflow_id).unlink()
+            mailbox = self.mailbox_dir(workflow_id)
+            if mailbox.is_symlink():
+                mailbox.unlink()
+            else:
+                shutil.rmtree(mailbox, ignore_errors=True)
+        except OSError as exc:
+            raise StorageError(f"could not delete {path}: {exc.strerror}", path=str(path)) from exc
+
+    def update(
+        self,
+        workflow_id: str,
+        mutate: Callable[[WorkflowState], object],
+        *,
+        durable: bool = True,
+    ) -> WorkflowState:
+        try:
+            return super().update(workflow_id, mutate, durable=durable)
+        except RunNotFound:
+            # The write lock of an unknown run made a sidecar: it goes (if free).
+            if self.directory.exists() and not self.exists(workflow_id):
+                self.locks.forget(workflow_id)
+            raise
 
     def list(self) -> list[str]:
         return sorted(self._iter_ids())
@@ -377,6 +460,69 @@ class JSONFileStore(StateStore):
 
     # --- maintenance -----------------------------------------------------------------------
 
+    def slot_lock(self, name: str) -> contextlib.AbstractContextManager[RunLockOwner]:
+        """A run lock of the lock backend under the slot's name (see ``StateStore``)."""
+        self._ensure_dir()
+        return self.locks.run_lock(name)
+
+    def slot_free(self, name: str) -> bool:
+        return self.locks.run_lock_owner(name) is None
+
+    def raw_reader(self) -> Callable[[str], bytes | None]:
+        """Reads ``<id>.json`` in one ``os.read``, no lock (see ``StateStore``)."""
+        return partial(_read_plain, os.path.join(self._directory_str, ""), self.max_bytes)
+
+    def quarantine(self, workflow_id: str) -> str | None:
+        """Move a corrupt ``<id>.json`` to ``<root>/quarantine/`` with its outputs, and
+        drop its lock sidecars and cancel marker (see ``StateStore.quarantine``).
+
+        Raises:
+            StorageError: the file could not be moved.
+        """
+        source = self.path_for(workflow_id)
+        target_dir = self.quarantine_directory
+        held = self.locks.run_lock(workflow_id)
+        try:
+            held.__enter__()
+        except RunLocked:
+            return None  # an executor holds it: its next checkpoint rewrites the file
+        try:
+            with self.write_lock(workflow_id):
+                try:
+                    self.load(workflow_id)
+                except CorruptState:
+                    pass
+                except RunNotFound:
+                    return None
+                else:
+                    return None  # not corrupt (any more)
+                target = self._quarantine_move(source, target_dir)
+                outputs = self.outputs_dir(workflow_id)
+                if outputs.is_dir() and not outputs.is_symlink():
+                    self._quarantine_move(outputs, target_dir)
+                self.clear_cancel(workflow_id)
+                self.locks.forget(workflow_id)
+        finally:
+            held.__exit__(None, None, None)
+        return str(target)
+
+    def _quarantine_move(self, source: Path, target_dir: Path) -> Path:
+        try:
+            make_private_dir(target_dir)
+            target = target_dir / source.name
+            if target.exists() or target.is_symlink():
+                target = target_dir / f"{source.name}.{int(time.time() * 1000)}"
+            # A rename within the storage directory; a copy if quarantine is elsewhere.
+            try:
+                os.replace(source, target)
+            except OSError:
+                shutil.move(str(source), str(target))
+        except OSError as exc:
+            raise StorageError(
+                f"could not move {source} to quarantine: {exc.strerror or exc}", path=str(source)
+            ) from exc
+        return target
+
     def temp_files(self) -> builtins.list[Path]:
         """Temp files of interrupted writes (in the states and outputs directories)."""
         if not self.directory.exists():
@@ -408,6 +554,28 @@ class JSONFileStore(StateStore):
                 continue
             removed.append(str(path))
         return removed
+
+
+def _read_plain(prefix: str, max_bytes: int, workflow_id: str) -> bytes | None:
+    """A plain state file's bytes in one ``os.read``, or None for anything unusual
+    (missing, a link, not a regular file, too big, growing, unreadable, an odd id): the
+    store's ``load()`` then says precisely what is wrong."""
+    try:
+        validate_id(workflow_id)
+        fd = os.open(f"{prefix}{workflow_id}.json", os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except Exception:
+        return None
+    try:
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode) or size > max_bytes:
+            return None
+        data = os.read(fd, size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) <= size else None
 
 
 def parse_state(data: bytes, path: Path | str, workflow_id: str | None = None) -> WorkflowState:

@@ -13,7 +13,11 @@ while holding a write lock, so the two can never deadlock.
 
 The file backend locks sidecar files (``<id>.lock``, ``<id>.run.lock``) that are never
 replaced: locking the JSON file itself would be useless, since ``os.replace`` swaps the
-inode that holds the lock (filelock's documentation explains the trap).
+inode that holds the lock (filelock's documentation explains the trap). A sidecar is
+only ever unlinked by a process that holds its lock (``forget``), and whoever acquires
+a lock checks that its file still has a name (``st_nlink``): one that got the lock of
+an unlinked file opens the path again, so two processes never hold two different
+files of one name.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +37,7 @@ import orjson
 import portalocker
 
 from wfstate.exceptions import RunLocked, StateLocked, StorageError
+from wfstate.records import RunLockOwner, owner_from, unknown_owner
 from wfstate.state import utcnow
 
 # portalocker's flock locker, bound once: the module-level ``portalocker.lock()`` checks
@@ -45,12 +51,12 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def owner_info() -> dict[str, Any]:
+def owner_info() -> RunLockOwner:
     """Who we are, as a run lock records it."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "since": utcnow()}
 
 
-def _provably_dead(owner: dict[str, Any]) -> bool:
+def _provably_dead(owner: RunLockOwner) -> bool:
     """True when the recorded owner is a process of this host that no longer exists."""
     pid = owner.get("pid")
     if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
@@ -64,10 +70,18 @@ def _provably_dead(owner: dict[str, Any]) -> bool:
     return False
 
 
-def describe_owner(owner: dict[str, Any] | None) -> str:
-    if not owner:
+def _unlinked(fd: int) -> bool:
+    """True when the (locked) file has no name any more: a forget() removed it."""
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False
+
+
+def describe_owner(owner: RunLockOwner | None) -> str:
+    if not owner or not owner["pid"]:
         return "another process"
-    return f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
+    return f"pid {owner['pid']} on {owner['host']} since {owner['since']}"
 
 
 class LockBackend(ABC):
@@ -93,7 +107,7 @@ class LockBackend(ABC):
         """A context manager holding the (non re-entrant) write lock."""
 
     @abstractmethod
-    def run_lock(self, workflow_id: str) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> contextlib.AbstractContextManager[RunLockOwner]:
         """Hold the run lock for a whole execution; yields the owner info recorded.
 
         Raises:
@@ -101,11 +115,16 @@ class LockBackend(ABC):
         """
 
     @abstractmethod
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         """The live holder of the run lock, or None when nobody executes the run."""
 
     def forget(self, workflow_id: str) -> None:  # noqa: B027 - optional hook
-        """Drop whatever the backend keeps for a deleted run."""
+        """Drop whatever the backend keeps for a run that no longer exists.
+
+        Called with the run's locks held by this thread (``delete``), or with none: a
+        lock somebody else holds is left alone (their release, or the next ``forget``,
+        removes it), never pulled from under them.
+        """
 
 
 class _WriteLock:
@@ -162,31 +181,48 @@ def _poll(try_once: Any, timeout: float) -> bool:
 class _FlockHold:
     """flock on ``<id>.lock`` through a bare descriptor, for as long as it is entered."""
 
-    __slots__ = ("backend", "fd", "timeout", "workflow_id")
+    __slots__ = ("backend", "fd", "held", "timeout", "workflow_id")
 
     def __init__(self, backend: FileLockBackend, workflow_id: str, timeout: float) -> None:
         self.backend = backend
         self.workflow_id = workflow_id
         self.timeout = timeout
         self.fd = -1
+        self.held: dict[str, int] = {}
 
     def __enter__(self) -> None:
         backend, workflow_id = self.backend, self.workflow_id
-        fd = backend._open_fd(f"{workflow_id}.lock")
+        name = f"{workflow_id}.lock"
+        fd = backend._open_fd(name)
         try:
-            if not backend._try_lock(fd) and not _poll(lambda: backend._try_lock(fd), self.timeout):
+            if not backend._try_lock(fd) and not _poll(
+                partial(backend._try_lock, fd), self.timeout
+            ):
                 raise StateLocked(
                     f"run {workflow_id}: write lock not acquired within {self.timeout:g}s "
-                    f"({backend.directory / (workflow_id + '.lock')})",
+                    f"({backend.directory / name})",
                     workflow_id=workflow_id,
                 )
+            if os.fstat(fd).st_nlink == 0:
+                # forget() removed the file while we waited for it (rare): the lock that
+                # counts now is the file of that name, if anyone made it again.
+                backend._unlock(fd)
+                os.close(fd)
+                fd = -1
         except BaseException:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise
+        if fd < 0:
+            self.__enter__()
+            return
         self.fd = fd
+        self.held = backend._held()
+        self.held[name] = fd
 
     def __exit__(self, *exc_info: object) -> None:
         fd, self.fd = self.fd, -1
+        self.held.pop(f"{self.workflow_id}.lock", None)
         try:
             self.backend._unlock(fd)
         finally:
@@ -202,13 +238,24 @@ class FileLockBackend(LockBackend):
         self._directory_str = str(directory)
         self.file_mode = file_mode
 
-    def _open(self, name: str) -> IO[bytes]:
-        return os.fdopen(self._open_fd(name), "r+b", buffering=0)
+    def _held(self) -> dict[str, int]:
+        """The sidecars this thread holds locked: name -> descriptor (for forget)."""
+        held: dict[str, int] = self._local.__dict__.setdefault("held", {})
+        return held
 
-    def _open_fd(self, name: str) -> int:
+    def _open(self, name: str, *, create: bool = True) -> IO[bytes]:
+        return os.fdopen(self._open_fd(name, create=create), "r+b", buffering=0)
+
+    def _open_fd(self, name: str, *, create: bool = True) -> int:
+        """Open a sidecar (``create=False``: FileNotFoundError when there is none)."""
         path = os.path.join(self._directory_str, name)
+        flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | (os.O_CREAT if create else 0)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, self.file_mode)
+            fd = os.open(path, flags, self.file_mode)
+        except FileNotFoundError:
+            if not create:
+                raise
+            raise StorageError(f"could not open lock file {path}: no such directory") from None
         except OSError as exc:
             raise StorageError(f"could not open lock file {path}: {exc.strerror}") from exc
         # Only when the umask or an old file left other bits: an fchmod every time
@@ -242,31 +289,22 @@ class FileLockBackend(LockBackend):
         return _FlockHold(self, workflow_id, timeout)
 
     @contextlib.contextmanager
-    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
-        fh = self._open(f"{workflow_id}.run.lock")
+    def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
+        name = f"{workflow_id}.run.lock"
+        while True:
+            fh = self._open(name)
+            try:
+                self._take_run_lock(fh, workflow_id)
+            except BaseException:
+                fh.close()
+                raise
+            if not _unlinked(fh.fileno()):
+                break
+            # Removed by forget() (a delete) between our open and our lock: again.
+            self._unlock(fh)
+            fh.close()
+        held = self._held()
         try:
-            # ``run_lock_owner()`` probes by taking the lock for a few microseconds, and
-            # a holder writes its owner info just after locking: so a held lock with no
-            # owner info yet is worth a short wait, a held lock with an owner is not.
-            owner: dict[str, Any] | None = None
-
-            def attempt() -> bool:
-                nonlocal owner
-                if self._try_lock(fh):
-                    return True
-                owner = self._read_owner(fh)
-                if owner and _provably_dead(owner):
-                    # Info left by a SIGKILLed holder while a prober holds the lock for
-                    # a moment: it names nobody, so wait for the prober instead.
-                    owner = None
-                return bool(owner)
-
-            if not _poll(attempt, 0.2) or owner:
-                raise RunLocked(
-                    f"run {workflow_id} is being executed by {describe_owner(owner)}",
-                    workflow_id=workflow_id,
-                    owner=owner or {},
-                )
             info = owner_info()
             try:
                 # The owner info lives inside the lock file, which is never replaced:
@@ -274,8 +312,10 @@ class FileLockBackend(LockBackend):
                 fh.seek(0)
                 fh.truncate()
                 fh.write(orjson.dumps(info))
+                held[name] = fh.fileno()
                 yield info
             finally:
+                held.pop(name, None)
                 with contextlib.suppress(OSError):
                     fh.seek(0)
                     fh.truncate()
@@ -283,52 +323,137 @@ class FileLockBackend(LockBackend):
         finally:
             fh.close()
 
+    def _take_run_lock(self, fh: IO[bytes], workflow_id: str) -> None:
+        """Lock ``fh`` without waiting for a live holder.
+
+        ``run_lock_owner()`` probes by taking the lock for a few microseconds, and a
+        holder writes its owner info just after locking: so a held lock with no owner
+        info yet is worth a short wait, a held lock with an owner is not.
+
+        Raises:
+            RunLocked: somebody holds it (``owner`` says who, when they said).
+        """
+        owner: RunLockOwner | None = None
+
+        def attempt() -> bool:
+            nonlocal owner
+            if self._try_lock(fh):
+                return True
+            owner = self._read_owner(fh)
+            if owner and _provably_dead(owner):
+                # Info left by a SIGKILLed holder while a prober holds the lock for a
+                # moment: it names nobody, so wait for the prober instead.
+                owner = None
+            return bool(owner)
+
+        if not _poll(attempt, 0.2) or owner:
+            raise RunLocked(
+                f"run {workflow_id} is being executed by {describe_owner(owner)}",
+                workflow_id=workflow_id,
+                owner=owner,
+            )
+
     @staticmethod
-    def _read_owner(fh: IO[bytes]) -> dict[str, Any] | None:
+    def _read_owner(fh: IO[bytes]) -> RunLockOwner | None:
         try:
             fh.seek(0)
             raw = fh.read(4096)
             data = orjson.loads(raw) if raw else None
         except (OSError, orjson.JSONDecodeError):
             return None
-        return data if isinstance(data, dict) else None
+        return owner_from(data)
 
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
-        path = self.directory / f"{workflow_id}.run.lock"
-        if not path.exists():
-            return None
-        fh = self._open(f"{workflow_id}.run.lock")
-        try:
-            found: dict[str, Any] | None = None
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
+        for _ in range(100):
+            try:
+                # Never created here: a probe must not leave a sidecar behind.
+                fh = self._open(f"{workflow_id}.run.lock", create=False)
+            except FileNotFoundError:
+                return None
+            try:
+                found = self._probe_owner(fh)
+            finally:
+                fh.close()
+            if found is not _UNLINKED:
+                return found if found is None else owner_from(found)
+            # Removed by a delete while we probed: look at the file of that name now.
+        return None
 
-            def attempt() -> bool:
-                nonlocal found
-                if self._try_lock(fh):
-                    try:
-                        # Free: any owner info is what a killed holder left behind.
-                        # Clear it while we hold the lock, so nobody reads it as live.
-                        if os.fstat(fh.fileno()).st_size:
-                            fh.truncate(0)
-                    except OSError:
-                        pass
-                    finally:
-                        self._unlock(fh)
-                    found = None
-                    return True
-                found = self._read_owner(fh)
-                if found and _provably_dead(found):
-                    found = None
-                # Held, but no owner yet (just locked) or a dead one's info (another
-                # prober holds it for a moment): look again shortly.
-                return bool(found)
+    def _probe_owner(self, fh: IO[bytes]) -> RunLockOwner | object | None:
+        """The live owner recorded in ``fh``, None when it is free, ``unknown_owner()``
+        when held by somebody who says nothing (yet), or ``_UNLINKED``."""
+        found: object = None
 
-            if not _poll(attempt, 0.2):
-                return {}  # held by somebody who says nothing (yet)
-            return found
-        finally:
-            fh.close()
+        def attempt() -> bool:
+            nonlocal found
+            if self._try_lock(fh):
+                found = None
+                try:
+                    if _unlinked(fh.fileno()):
+                        found = _UNLINKED
+                    # Free: any owner info is what a killed holder left behind. Clear
+                    # it while we hold the lock, so nobody reads it as live.
+                    elif os.fstat(fh.fileno()).st_size:
+                        fh.truncate(0)
+                except OSError:
+                    pass
+                finally:
+                    self._unlock(fh)
+                return True
+            owner = self._read_owner(fh)
+            if owner and _provably_dead(owner):
+                owner = None
+            found = owner
+            # Held, but no owner yet (just locked) or a dead one's info (another prober
+            # holds it for a moment): look again shortly.
+            return bool(owner)
+
+        if not _poll(attempt, 0.2):
+            return unknown_owner()  # held by somebody who says nothing (yet)
+        return found
 
     def forget(self, workflow_id: str) -> None:
         for name in (f"{workflow_id}.run.lock", f"{workflow_id}.lock"):
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory / name).unlink()
+            self._unlink_sidecar(name)
+
+    def _unlink_sidecar(self, name: str) -> None:
+        """Unlink a lock file, only while holding its lock (ours, or taken now)."""
+        path = os.path.join(self._directory_str, name)
+        fd = self._held().get(name)
+        if fd is not None:
+            # Held by this thread (a delete): unlink it if the name is still our file.
+            with contextlib.suppress(OSError):
+                if _same_file(fd, path):
+                    os.unlink(path)
+            return
+        try:
+            fd = self._open_fd(name, create=False)
+        except (FileNotFoundError, StorageError):
+            return
+        try:
+            if not self._try_lock(fd):
+                return  # somebody holds it: theirs to use; the next forget removes it
+            try:
+                if _same_file(fd, path):
+                    os.unlink(path)
+            except OSError:
+                pass
+            finally:
+                self._unlock(fd)
+        except StorageError:
+            return
+        finally:
+            os.close(fd)
+
+
+_UNLINKED = object()  # what a probe found: a lock file removed meanwhile
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """True when ``path`` names the file open as ``fd`` (not a link, not a newer file)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)

@@ -2,6 +2,9 @@
 
 States are kept as serialized bytes, so a loaded state is never the object that was
 saved (the same aliasing rules as the file store). One process only.
+
+Its options come from ``WFSTATE["STORE"]["OPTIONS"]`` only (no top-level setting is
+passed to it): ``lock_timeout`` and ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -9,25 +12,40 @@ from __future__ import annotations
 import builtins
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from wfstate.exceptions import RunLocked, RunNotFound, StateLocked, StillRunning
+from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState, utcnow
-from wfstate.stores.base import StateStore, validate_id, validate_name, validate_signal_id
+from wfstate.stores.base import (
+    StateStore,
+    check_size,
+    validate_id,
+    validate_name,
+    validate_signal_id,
+)
 from wfstate.stores.jsonfile import parse_state, serialize
 from wfstate.stores.locks import describe_owner, owner_info
 
 
 class MemoryStore(StateStore):
-    def __init__(self, *, lock_timeout: float = 10.0, **_ignored: Any) -> None:
+    """Runs in a dict of this process.
+
+    Args:
+        lock_timeout: seconds a writer waits for a write lock before ``StateLocked``.
+        max_bytes: the largest serialized state ``save()`` accepts (None: no limit).
+    """
+
+    def __init__(self, *, lock_timeout: float = 10.0, max_bytes: int | None = None) -> None:
         self.lock_timeout = lock_timeout
+        self.max_bytes = max_bytes
         self._states: dict[str, bytes] = {}
         self._outputs: dict[tuple[str, str, str], bytes] = {}
         self._cancel: set[str] = set()
         self._mailboxes: dict[str, dict[str, dict[str, Any]]] = {}
         self._write_locks: dict[str, threading.RLock] = {}
-        self._run_owners: dict[str, dict[str, Any]] = {}
+        self._run_owners: dict[str, RunLockOwner] = {}
         self._guard = threading.Lock()
 
     def __repr__(self) -> str:
@@ -48,7 +66,7 @@ class MemoryStore(StateStore):
             lock.release()
 
     @contextlib.contextmanager
-    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
         validate_id(workflow_id)
         with self._guard:
             if workflow_id in self._run_owners:
@@ -64,15 +82,22 @@ class MemoryStore(StateStore):
             with self._guard:
                 self._run_owners.pop(workflow_id, None)
 
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         return self._run_owners.get(validate_id(workflow_id))
 
     def save(self, state: WorkflowState, *, durable: bool = True) -> None:
         validate_id(state.workflow_id)
         with self.write_lock(state.workflow_id):
+            previous = (state.revision, state.updated_at)
             state.revision += 1
             state.updated_at = utcnow()
-            self._states[state.workflow_id] = serialize(state)
+            try:
+                data = serialize(state)
+                check_size(state.workflow_id, data, self.max_bytes)
+            except BaseException:
+                state.revision, state.updated_at = previous
+                raise
+            self._states[state.workflow_id] = data
 
     def load(self, workflow_id: str) -> WorkflowState:
         validate_id(workflow_id)
@@ -88,19 +113,30 @@ class MemoryStore(StateStore):
     def delete(self, workflow_id: str) -> None:
         if not self.exists(workflow_id):
             raise RunNotFound(f"no run {workflow_id}")
-        owner = self._run_owners.get(workflow_id)
-        if owner is not None:
+        try:
+            held = self.run_lock(workflow_id)
+            held.__enter__()
+        except RunLocked as exc:
+            owner = exc.owner
             raise StillRunning(
                 f"run {workflow_id} is being executed by {describe_owner(owner)}; "
                 "cancel it before deleting it",
+                workflow_id=workflow_id,
                 owner=owner,
-            )
-        with self.write_lock(workflow_id):
-            self._states.pop(workflow_id, None)
-            self._cancel.discard(workflow_id)
-            self._mailboxes.pop(workflow_id, None)
-            for key in [k for k in self._outputs if k[0] == workflow_id]:
-                del self._outputs[key]
+            ) from None
+        try:
+            with self.write_lock(workflow_id):
+                if self._states.pop(workflow_id, None) is None:
+                    raise RunNotFound(f"no run {workflow_id}")
+                self._cancel.discard(workflow_id)
+                self._mailboxes.pop(workflow_id, None)
+                for key in [k for k in self._outputs if k[0] == workflow_id]:
+                    del self._outputs[key]
+        finally:
+            held.__exit__(None, None, None)
+
+    def raw_reader(self) -> Callable[[str], bytes | None]:
+        return self._states.get
 
     def list(self) -> list[str]:
         return sorted(self._states)

@@ -52,6 +52,7 @@ import redis
 from portalocker.redis import RedisLock, RedisLockMode
 
 from wfstate.exceptions import RunLocked, StateLocked, StorageError
+from wfstate.records import RunLockOwner, owner_from, unknown_owner
 from wfstate.stores.locks import LockBackend, describe_owner, owner_info
 
 logger = logging.getLogger("wfstate.stores")
@@ -207,7 +208,7 @@ class RedisLockBackend(LockBackend):
     # --- the run lock ---------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def run_lock(self, workflow_id: str) -> Iterator[dict[str, Any]]:
+    def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
         lock = self._lock(
             workflow_id,
             "run",
@@ -224,7 +225,7 @@ class RedisLockBackend(LockBackend):
             raise RunLocked(
                 f"run {workflow_id} is being executed by {describe_owner(owner)}",
                 workflow_id=workflow_id,
-                owner=owner or {},
+                owner=owner,
             ) from None
         except (redis.RedisError, portalocker.LockException) as exc:
             raise self._redis_error(f"take the run lock of run {workflow_id}", exc) from exc
@@ -262,7 +263,7 @@ class RedisLockBackend(LockBackend):
             except redis.WatchError:
                 return  # rewritten meanwhile by the next holder: theirs now
 
-    def run_lock_owner(self, workflow_id: str) -> dict[str, Any] | None:
+    def run_lock_owner(self, workflow_id: str) -> RunLockOwner | None:
         channel = self._channel(workflow_id, "run")
         key = self._owner_key(workflow_id)
         try:
@@ -275,24 +276,30 @@ class RedisLockBackend(LockBackend):
                 try:
                     holders = _live_holders(RedisLock(channel, connection=self.connection))
                 except portalocker.LockException:
-                    return {}  # a subscriber that does not answer: held, by nobody we know
+                    return unknown_owner()  # a subscriber that does not answer: held
                 if not holders:
                     return None
                 raw = self.connection.get(key)
                 if raw is not None and _holder_of(raw) in holders:
-                    owner = orjson.loads(raw).get("owner")
-                    return owner if isinstance(owner, dict) else {}
+                    return owner_from(orjson.loads(raw).get("owner")) or unknown_owner()
                 # Held, but the record is missing or a dead holder's: a holder writes it
                 # just after locking, so look again shortly.
                 if time.monotonic() >= deadline:
-                    return {}  # held by somebody who says nothing (yet)
+                    return unknown_owner()  # held by somebody who says nothing (yet)
                 time.sleep(0.01)
         except (redis.RedisError, portalocker.LockException, orjson.JSONDecodeError) as exc:
             raise self._redis_error(f"read the owner of run {workflow_id}", exc) from exc
 
     def forget(self, workflow_id: str) -> None:
-        with contextlib.suppress(redis.RedisError):
-            self.connection.delete(self._owner_key(workflow_id))
+        """Delete the run's owner record: ours if this process holds the run lock (a
+        delete), else only if nobody holds it (a live holder's record stays)."""
+        key = self._owner_key(workflow_id)
+        with contextlib.suppress(redis.RedisError, StorageError):
+            held = self._run_locks.get(workflow_id)
+            if held is not None:
+                self._delete_if_holder(key, held.holder_id)
+            elif self.run_lock_owner(workflow_id) is None:
+                self.connection.delete(key)
 
 
 def _holder_of(raw: str | bytes) -> str | None:

@@ -22,7 +22,7 @@ from wfstate import index
 from wfstate.management.base import WFStateCommand
 from wfstate.management.commands.sync_workflow_index import progress_bar
 from wfstate.models import WorkflowRun
-from wfstate.stores import get_store
+from wfstate.stores import StateStore, get_store
 
 SHOWN = 20  # problems listed per kind (all with -v 2)
 
@@ -47,8 +47,7 @@ class Command(WFStateCommand):
         bar = progress_bar(self, "checking")
         report = index.inspect(store, progress=bar)
         bar.finish()
-        # store contract: see stores/base.py (temp_files is the file store's)
-        temp_files = [str(p) for p in getattr(store, "temp_files", list)()]
+        temp_files = [str(p) for p in store.temp_files()]
         crashed = self._crashed(store)
         found = {
             "drifted": len(report.drifted),
@@ -84,7 +83,7 @@ class Command(WFStateCommand):
     # --- checks and fixes -------------------------------------------------------------
 
     @staticmethod
-    def _crashed(store: Any) -> list[str]:
+    def _crashed(store: StateStore) -> list[str]:
         """Rows that say running whose run lock nobody holds (crashed executors)."""
         crashed = []
         for workflow_id in WorkflowRun.objects.filter(status="running").values_list(
@@ -97,11 +96,13 @@ class Command(WFStateCommand):
                 continue
         return crashed
 
-    def _fix(self, store: Any, report: index.SyncReport, temp_files: list[str]) -> dict[str, Any]:
+    def _fix(
+        self, store: StateStore, report: index.SyncReport, temp_files: list[str]
+    ) -> dict[str, Any]:
         quarantined: dict[str, str] = {}
         for workflow_id in sorted(report.corrupt):
             try:
-                moved = index.quarantine(store, workflow_id)
+                moved = store.quarantine(workflow_id)
             except Exception as exc:  # reported, the rest goes on
                 self.stderr.write(f"could not quarantine {workflow_id}: {exc}")
                 continue
@@ -111,8 +112,7 @@ class Command(WFStateCommand):
         bar = progress_bar(self, "re-syncing")
         synced = index.sync(store, prune=True, progress=bar)
         bar.finish()
-        # store contract: see stores/base.py (temp_files is the file store's)
-        left_temp = [str(p) for p in getattr(store, "temp_files", list)()]
+        left_temp = [str(p) for p in store.temp_files()]
         left_corrupt = [w for w in synced.corrupt if w not in quarantined]
         return {
             "quarantined": quarantined,

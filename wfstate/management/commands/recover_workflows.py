@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from wfstate import runs
-from wfstate.management.base import WFStateCommand
+from wfstate.exceptions import WFStateError
+from wfstate.management.base import WFStateCommand, error_payload
 
 
 class Command(WFStateCommand):
@@ -28,18 +29,37 @@ class Command(WFStateCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         outcomes: dict[str, str] = {}
+        errors: dict[str, WFStateError] = {}
 
         def report(workflow_id: str, outcome: str) -> None:
-            outcomes[workflow_id] = outcome
+            if workflow_id not in errors:
+                outcomes[workflow_id] = outcome
             self.say(f"run {workflow_id}: {outcome}")
+
+        def report_error(workflow_id: str, exc: WFStateError) -> None:
+            errors[workflow_id] = exc
+            outcomes.pop(workflow_id, None)
 
         runs.recover_runs(
             detach=options["detach"],
             min_age=options["min_age"],
             progress=self.progress,
             on_run=report,
+            on_error=report_error,
         )
         if self.as_json:
-            self.emit_json({"recovered": outcomes})
-        elif not outcomes:
+            self.emit_json(
+                {
+                    "recovered": outcomes,
+                    "errors": {wid: error_payload(exc) for wid, exc in errors.items()},
+                }
+            )
+        elif not outcomes and not errors:
             self.say("no crashed run to recover")
+        if errors:
+            # Every other run was recovered; the exit code says some could not be
+            # (the worst of their codes: 1 refused, 2 invalid definition, 4 system).
+            raise CommandError(
+                f"{len(errors)} run(s) could not be recovered: {', '.join(errors)}",
+                returncode=max(exc.exit_code for exc in errors.values()),
+            )

@@ -34,6 +34,11 @@ class Command(WFStateCommand):
             action="store_true",
             help="enqueue the run for a worker and print its id at once",
         )
+        parser.add_argument(
+            "--idempotency-key",
+            metavar="KEY",
+            help="start at most one run per key: a repeat prints the run the key started",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         inputs: dict[str, Any] = {}
@@ -55,6 +60,8 @@ class Command(WFStateCommand):
                 progress=self.progress,
                 cancel_event=cancel_event,
                 on_created=created,
+                idempotency_key=options["idempotency_key"],
+                started_by=_started_by(),
             )
         if options["detach"]:
             if self.as_json:
@@ -69,6 +76,18 @@ class Command(WFStateCommand):
                 self.stdout.write(state.workflow_id)
             return
         self.report_run(state, state_file(state.workflow_id))
+
+
+def _started_by() -> dict[str, Any]:
+    import getpass
+    import os
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return {"kind": "command", "user": user, "host": socket.gethostname()}
 
 
 def _read_inputs_file(path: Path) -> dict[str, Any]:

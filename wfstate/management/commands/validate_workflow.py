@@ -26,15 +26,14 @@ class Command(WFStateCommand):
         except InvalidDefinition as exc:
             if not self.as_json:
                 raise
-            path = str(getattr(exc, "path", "") or options["name_or_path"])
-            name = getattr(exc, "workflow_name", None)
+            path = exc.path or options["name_or_path"]
             self.emit_json(
                 {
                     "valid": False,
-                    "name": name if isinstance(name, str) and name else Path(path).stem,
+                    "name": exc.workflow_name or Path(path).stem,
                     "path": path,
-                    "errors": list(getattr(exc, "errors", None) or []),
-                    "warnings": list(getattr(exc, "warnings", None) or []),
+                    "errors": exc.errors,
+                    "warnings": exc.warnings,
                     "error": error_payload(exc),
                 }
             )

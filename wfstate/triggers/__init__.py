@@ -1,0 +1,1 @@
+"""How runs start: schedules, idempotency keys and concurrency limits (issue 13)."""
