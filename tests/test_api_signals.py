@@ -14,6 +14,7 @@ import pytest
 from django.test import Client
 
 from tests.api_support import openapi_schema
+from tests.engine_helpers import wait_for
 from tests.test_api import API_, wait_for_status
 from tests.test_api import worker as worker
 from wfstate import runs
@@ -21,6 +22,18 @@ from wfstate.state import RunStatus
 from wfstate.stores import get_store
 
 pytestmark = pytest.mark.usefixtures("wfstate_settings")
+
+
+def index_follows(api: API_, run_id: str, status: str) -> None:
+    """Wait for the worker's index row (written after the run lock is released), so no
+    row lands after this test's tables are flushed."""
+    wait_for(
+        lambda: (
+            [r["status"] for r in api.get(f"runs/?search={run_id}").json()["results"]] == [status]
+        ),
+        30,
+        f"the index to say {status}",
+    )
 
 
 def api_for(user: Any) -> API_:
@@ -84,6 +97,7 @@ def test_a_waiting_run_is_answered_over_http_and_a_real_worker_finishes_it(
     again = api.post(f"runs/{run_id}/signal/", {"signal": "approval", "payload": {"approved": 0}})
     assert again.status_code == 409
     assert api.get(f"runs/{run_id}/").json()["states"]["approve"]["signal_id"] == record["id"]
+    index_follows(api, run_id, "completed")
 
 
 @pytest.mark.slow
@@ -101,9 +115,10 @@ def test_the_payload_chooses_the_other_branch(
     done = wait_for_status(api, run_id, {"completed", "failed", "cancelled"}, timeout=60)
     assert done["status"] == "failed" and done["current_state"] == "rejected"
     assert "ship" not in done["states"]
+    index_follows(api, run_id, "failed")
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the runs' index rows are committed
 def test_signal_errors(admin_client: Client) -> None:
     api = API_(admin_client, openapi_schema(admin_client))
     missing = api.post("runs/7d3c2a3e-1111-4222-8333-444455556666/signal/", {"signal": "x"})

@@ -81,6 +81,15 @@ def test_answering_a_waiting_run_in_chromium(
         page.wait_for_selector(".messagelist")
         assert "sent" in page.locator(".messagelist").inner_text()
         wait_for_page_status(page, "completed", timeout=60)
+        from wfstate.models import WorkflowRun
+
+        wait_for(
+            lambda: WorkflowRun.objects.filter(
+                workflow_id=state.workflow_id, status="completed"
+            ).exists(),
+            30,
+            "the index row to follow",
+        )
         assert page.locator('svg.wf-graph g.wf-current[data-state="shipped"]').count() == 1
         assert page.locator("#wf-signal-form").count() == 0
         shot(page, "waiting-answered")

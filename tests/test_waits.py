@@ -76,7 +76,16 @@ def status_of(workflow_id: str) -> RunStatus:
 
 
 def wait_status(workflow_id: str, status: RunStatus, timeout: float = 60) -> Any:
+    """Wait for the file to say ``status``, then for the worker's index row to follow
+    (it is written after the run lock is released): no row lands after this test."""
+    from wfstate.models import WorkflowRun
+
     wait_for(lambda: status_of(workflow_id) == status, timeout, f"run {workflow_id} {status}")
+    wait_for(
+        lambda: WorkflowRun.objects.filter(workflow_id=workflow_id, status=status).exists(),
+        30,
+        f"the index row of {workflow_id} to say {status}",
+    )
     return runs.load_run(workflow_id)
 
 
