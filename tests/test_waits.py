@@ -290,6 +290,14 @@ def test_signal_workflow_command(storage: Path) -> None:
     assert code == 1 and "refused" in message
 
 
+def test_workflow_status_says_what_a_run_waits_for(storage: Path) -> None:
+    state = runs.start_run("approval")
+    code, out, _ = call("workflow_status", state.workflow_id)
+    assert code == 0
+    assert "status    waiting" in out
+    assert "waiting   for signal 'approval' at 'approve' until " in out
+
+
 # --- definitions -------------------------------------------------------------------------------
 
 
