@@ -214,7 +214,11 @@ def round_for(workers: int) -> dict[str, Any]:
 def main() -> None:
     call_command("migrate", verbosity=0)
     try:
-        rounds = [round_for(int(n)) for n in ARGS.workers.split(",")]
+        rounds = []
+        for n in ARGS.workers.split(","):
+            rounds.append(round_for(int(n)))
+            # Each round as it ends, on stderr: a long run that is cut short keeps these.
+            print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(TMP, ignore_errors=True)
     print(
