@@ -286,7 +286,9 @@ def test_create_with_wrong_types_is_400_with_field_errors(
         assert field in reply["errors"]
         for sub in subfields or []:
             assert sub in reply["errors"][field], reply
-    assert not WorkflowRun.objects.exists()
+    assert not WorkflowRun.objects.exists(), list(
+        WorkflowRun.objects.values("workflow_name", "status", "started_at")
+    )
     assert get_store().list() == []
 
 

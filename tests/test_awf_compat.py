@@ -42,13 +42,14 @@ def test_example_simple_validates_with_warnings():
     assert d.inputs[0].required
     assert d.inputs[0].validation == {}
     assert d.inputs[1].default is False
-    assert _warned_keys(d.warnings) == {"author", "hooks", "capture", "validation.file_exists"}
+    # hooks are supported now (workflow and step); capture is not
+    assert _warned_keys(d.warnings) == {"author", "capture", "validation.file_exists"}
     file = str(AWF / "example-simple.yaml")
-    assert f"{file}:33: state 'validate': key 'hooks' is not supported and is ignored" in d.warnings
     assert (
         f"{file}:44: state 'extract': key 'capture' is not supported and is ignored" in d.warnings
     )
-    assert f"{file}:68: key 'hooks' is not supported and is ignored" in d.warnings
+    assert [a.kind for a in d.states["validate"].hooks["pre"]] == ["log"]
+    assert set(d.hooks) == {"workflow_start", "workflow_end", "workflow_error"}
     assert any("input 'file_path'" in w and "validation.file_exists" in w for w in d.warnings)
 
 
@@ -89,42 +90,79 @@ def test_other_files_that_validate():
     assert child.states["process"].command == (
         'echo "Child processed: {{inputs.message}} (count={{inputs.count}})"'
     )
-    assert _warned_keys(child.warnings) == {"outputs"}
+    assert child.warnings == ()
+    assert [(o.name, o.from_) for o in child.outputs] == [("result", "states.process.output")]
+    parent = _load("subworkflow-simple.yaml")
+    call = parent.states["call_child"]
+    assert call.type == "call_workflow"
+    assert call.workflow == "subworkflow-child"
+    assert call.call_inputs == {
+        "message": "{{inputs.input_message}}",
+        "count": "{{inputs.repeat_count}}",
+    }
+    assert call.call_outputs == {"result": "child_result"}
+    assert call.timeout == 60.0
+    assert parent.warnings == ()
     full = _load("valid-full.yaml")
+    # operation: shell is awf's explicit default; hooks are supported
     assert _warned_keys(full.warnings) == {
         "author",
         "tags",
         "env",
-        "hooks",
-        "operation",
         "capture",
         "validation.file_exists",
     }
+    assert set(full.hooks) == {"workflow_start", "workflow_end", "workflow_error"}
+    assert full.hooks["workflow_error"][0].text == "Error: {{error.message}}"
     hooks = _load("valid-with-hooks.yaml")
-    assert _warned_keys(hooks.warnings) == {"hooks", "capture"}
+    assert _warned_keys(hooks.warnings) == {"capture"}
+    assert [a.kind for a in hooks.hooks["workflow_cancel"]] == ["command", "log"]
+    assert [a.text for a in hooks.states["step1"].hooks["post"]] == ['echo "POST_STEP1"']
 
 
-@pytest.mark.parametrize(
-    ("name", "line", "state", "kind"),
-    [
-        ("loop-foreach.yaml", 8, "process_files", "for_each"),
-        ("loop-while.yaml", 8, "countdown", "while"),
-        ("subworkflow-simple.yaml", 26, "call_child", "call_workflow"),
-    ],
-)
-def test_unsupported_state_types_fail_clearly(name: str, line: int, state: str, kind: str):
+def test_loop_fixtures_validate_cleanly():
+    foreach = _load("loop-foreach.yaml")
+    assert foreach.warnings == ()
+    loop = foreach.states["process_files"]
+    assert loop.type == "for_each"
+    assert loop.items == '["a.txt", "b.txt", "c.txt"]'
+    assert loop.body == ("echo_file",)
+    assert loop.max_iterations == 10
+    assert loop.on_success == "done"  # on_complete
+    assert foreach.states["echo_file"].command == (
+        'echo "Processing {{loop.Item}} ({{loop.Index}}/{{loop.Length}})"'
+    )
+    while_ = _load("loop-while.yaml")
+    assert while_.warnings == ()
+    countdown = while_.states["countdown"]
+    assert countdown.type == "while"
+    assert countdown.while_ == "states.decrement.exit_code == 0"
+    assert countdown.body == ("decrement",)
+
+
+def test_agent_steps_fail_clearly(tmp_path: Path):
+    # Loops, sub-workflows and operations load now; awf's AI-provider steps stay a clear
+    # load error naming the state, never a silent skip.
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "name: agent\n"
+        "states:\n"
+        "  initial: think\n"
+        "  think:\n"
+        "    type: agent\n"
+        "    on_success: done\n"
+        "  done:\n"
+        "    type: terminal\n"
+    )
     with pytest.raises(InvalidDefinition) as info:
-        _load(name)
-    # only the unsupported state is reported: its body/targets still count as routes,
-    # so no noise about "unreachable" loop bodies
+        load_definition(path)
     assert info.value.errors == [
         {
-            "file": str(AWF / name),
-            "line": line,
-            "state": state,
-            "message": f"state type '{kind}' is not supported: "
-            + f"awf '{kind}' {'sub-workflows' if kind == 'call_workflow' else 'loops'} "
-            + "are not supported yet",
+            "file": str(path),
+            "line": 5,
+            "state": "think",
+            "message": "state type 'agent' is not supported: "
+            "awf 'agent' steps (AI providers) are not supported",
         }
     ]
 

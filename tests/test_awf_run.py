@@ -29,7 +29,14 @@ pytestmark = pytest.mark.skipif(
 def awf_dir(settings: Any, tmp_path: Path) -> Path:
     workflows = tmp_path / "awf"
     workflows.mkdir()
-    for name in ("signal-multi-step", "example-simple", "valid-parallel", "retry-audit"):
+    for name in (
+        "signal-multi-step",
+        "example-simple",
+        "valid-parallel",
+        "retry-audit",
+        "loop-foreach",
+        "loop-while",
+    ):
         shutil.copy(FIXTURES / f"{name}.yaml", workflows)
     settings.WFSTATE = {
         **settings.WFSTATE,
@@ -54,7 +61,7 @@ def test_example_simple_runs_with_awf_template_spelling(awf_dir: Path, tmp_path:
     target = tmp_path / "some file.txt"
     target.write_text("one\ntwo\nthree\n")
     definition = load_definition(awf_dir / "example-simple.yaml")
-    assert any("hooks" in w for w in definition.warnings)
+    assert not any("hooks" in w for w in definition.warnings)  # supported
     assert any("capture" in w for w in definition.warnings)
     state = runs.start_run("analyze-file", {"file_path": str(target)}, coerce_strings=True)
     assert state.status == RunStatus.COMPLETED, state.error
@@ -77,3 +84,47 @@ def test_retry_audit_runs(awf_dir: Path) -> None:
     state = runs.start_run("retry-audit")
     assert state.status == RunStatus.COMPLETED, state.error
     assert state.states["run"].attempt == 1 and state.states["run"].output == "ok\n"
+
+
+def _iteration_outputs(state: Any, loop: str, step: str) -> list[Any]:
+    from wfstate.stores import get_store
+    from wfstate.stores.records import decode
+
+    summary = state.states[loop].loop
+    found, _ = decode(get_store().read_records(state.workflow_id, summary["file"]))
+    return [r["states"][step]["output"] for r in found if r["kind"] == "iteration"]
+
+
+def test_loop_foreach_runs_every_iteration(awf_dir: Path) -> None:
+    state = runs.start_run("test-foreach")
+    assert state.status == RunStatus.COMPLETED, state.error
+    # What awf prints, one line per iteration ({{.loop.Index}} is 0-based) and, unlike
+    # awf, every iteration's result is kept.
+    assert _iteration_outputs(state, "process_files", "echo_file") == [
+        "Processing a.txt (0/3)\n",
+        "Processing b.txt (1/3)\n",
+        "Processing c.txt (2/3)\n",
+    ]
+    assert state.states["echo_file"].output == "Processing c.txt (2/3)\n"  # the latest
+    assert state.states["process_files"].output == {
+        "iterations": 3,
+        "broke_at": None,
+        "stopped": None,
+    }
+    assert state.current_state == "done"
+
+
+def test_loop_while_runs_until_its_condition_fails(awf_dir: Path) -> None:
+    state = runs.start_run("test-while")
+    assert state.status == RunStatus.COMPLETED, state.error
+    # test 0..4 -lt 5 succeed; index 5 fails, so states.decrement.ExitCode != 0 ends it.
+    summary = state.states["countdown"].loop
+    assert summary is not None and summary["done"] == 6
+    from wfstate.stores import get_store
+    from wfstate.stores.records import decode
+
+    found, _ = decode(get_store().read_records(state.workflow_id, summary["file"]))
+    codes = [r["states"]["decrement"]["exit_code"] for r in found if r["kind"] == "iteration"]
+    assert codes == [0, 0, 0, 0, 0, 1]
+    assert state.states["decrement"].status == StepStatus.FAILED
+    assert state.current_state == "done"

@@ -199,7 +199,9 @@ def test_a_crash_between_reservation_and_creation_leaves_a_usable_key(tmp_path: 
     assert len(list((storage / "states").glob("*.json"))) == 1
 
 
-@pytest.mark.django_db
+# transaction=True: the run executes here, and its index listener writes the row on a
+# connection of its own, outside a test transaction that would otherwise be rolled back.
+@pytest.mark.django_db(transaction=True)
 def test_run_workflow_in_process_with_a_key_runs_once() -> None:
     code, out, err = call("run_workflow", "api_quick", "--json", "--idempotency-key", "cli")
     assert code == 0, err

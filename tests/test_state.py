@@ -38,6 +38,12 @@ TOP_KEYS = [
     "revision",
     "error",
     "history",
+    # sub-workflows, hooks, outputs (issue 11)
+    "parent_run_id",
+    "outputs",
+    "hooks",
+    "warnings",
+    "exit_code",
     "waiting_for",
 ]
 STEP_KEYS = [
@@ -54,6 +60,9 @@ STEP_KEYS = [
     "output_truncated",
     "traceback",
     "process",
+    "loop",
+    "child_run_id",
+    "hooks",
     "signal",
     "signal_id",
     "payload",

@@ -81,6 +81,7 @@ def test_doctor_reports_every_kind_of_problem_and_exits_1() -> None:
         "stale_rows": 1,
         "corrupt": 1,
         "temp_files": 1,
+        "orphan_side_files": 0,
     }
     (drift,) = report["drifted"]
     assert drift["workflow_id"] == drifted.workflow_id

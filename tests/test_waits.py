@@ -324,7 +324,8 @@ states:
 def test_wait_steps_are_drawn_with_their_timeout_route() -> None:
     definition = runs.get_definition("approval")
     graph = definition.graph()
-    assert {"id": "approve", "type": "wait", "terminal_status": None} in graph["nodes"]
+    (node,) = [n for n in graph["nodes"] if n["id"] == "approve"]
+    assert node["type"] == "wait"
     assert {"source": "approve", "target": "expired", "kind": "timeout", "label": ""} in (
         graph["edges"]
     )

@@ -661,13 +661,22 @@ class WorkflowRunAdmin(_ModelAdmin):
         runs: Iterable[WorkflowRun],
         call: Callable[[str], str | None],
     ) -> dict[str, str]:
+        from wfstate import audit
+
         outcomes: dict[str, str] = {}
-        for obj in runs:
-            try:
-                outcomes[obj.workflow_id] = call(obj.workflow_id) or "ok"
-            except WFStateError as exc:
-                outcomes[obj.workflow_id] = "error"
-                self.message_user(request, f"{obj.workflow_id[:8]}: {exc}", messages.ERROR)
+        action = getattr(call, "__name__", "change")  # resume, cancel, reindex, delete
+        # The run's history names the admin user and IP; Django's LogEntry says it too.
+        with audit.acting_as(lambda: audit.request_actor(request, "admin")):
+            for obj in runs:
+                try:
+                    outcomes[obj.workflow_id] = call(obj.workflow_id) or "ok"
+                except WFStateError as exc:
+                    outcomes[obj.workflow_id] = "error"
+                    self.message_user(request, f"{obj.workflow_id[:8]}: {exc}", messages.ERROR)
+                else:
+                    self.log_change(
+                        request, obj, f"wfstate: {action} ({outcomes[obj.workflow_id]})"
+                    )
         return outcomes
 
     def _resume(

@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from wfstate.definitions import get_registry
+from wfstate.engine.loops import read_iterations
 from wfstate.exceptions import WFStateError
 from wfstate.formatting import human_duration, pretty_json
 from wfstate.graph import graph_from_states, render_svg, timeline
-from wfstate.state import RunStatus, parse_time
+from wfstate.state import RunStatus, WorkflowState, parse_time
 from wfstate.stores import get_store
 
 
@@ -26,6 +27,28 @@ def _definition_graph(workflow_name: str) -> tuple[dict[str, Any] | None, str]:
     except Exception as exc:  # missing or invalid: drawn from the file
         return None, str(exc) or type(exc).__name__
     return definition.graph(), ""
+
+
+def _hook_rows(hooks: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per hook action that ran: event, kind, status, output or error."""
+    rows = []
+    for event, records in hooks.items():
+        for record in records if isinstance(records, list) else []:
+            if isinstance(record, dict):
+                rows.append(
+                    {
+                        "event": event,
+                        "kind": record.get("kind", ""),
+                        "action": record.get("action", ""),
+                        "status": record.get("status", ""),
+                        "text": pretty_json(
+                            record.get("output")
+                            if record.get("status") == "completed"
+                            else record.get("error")
+                        ),
+                    }
+                )
+    return rows
 
 
 def run_page(workflow_id: str) -> dict[str, Any]:
@@ -64,7 +87,11 @@ def run_page(workflow_id: str) -> dict[str, Any]:
         graph = graph_from_states(state)
     statuses = {name: str(step.status) for name, step in state.states.items()}
     page["graph_svg"] = render_svg(
-        graph, statuses, state.current_state, title=f"{state.workflow_name} {workflow_id}"
+        graph,
+        statuses,
+        state.current_state,
+        title=f"{state.workflow_name} {workflow_id}",
+        captions=_loop_captions(state),
     )
     page["timeline"] = timeline(state)
 
@@ -82,9 +109,25 @@ def run_page(workflow_id: str) -> dict[str, Any]:
                 "duration": human_duration(step.duration_ms),
                 "started": parse_time(step.started_at),
                 "side_files": side,
+                "child_run_id": step.child_run_id,
+                "hooks": _hook_rows(step.hooks or {}),
             }
         )
     page["steps"] = steps
+    page["loops"] = [
+        _loop_panel(store, state, name) for name, step in state.states.items() if step.loop
+    ]
+    # Sub-workflows, both ways; hooks and warnings (engine/calls.py, engine/hooks.py).
+    page["parent_run_id"] = state.parent_run_id
+    page["started_by"] = state.started_by
+    page["children"] = [
+        {"state": step.name, "child_run_id": step.child_run_id, "status": str(step.status)}
+        for step in state.states.values()
+        if step.child_run_id
+    ]
+    page["hooks"] = _hook_rows(state.hooks)
+    page["warnings"] = list(state.warnings)
+    page["outputs"] = [(k, pretty_json(v)) for k, v in state.outputs.items()]
     page["history"] = [
         {
             "event": entry.get("event", ""),
@@ -92,8 +135,10 @@ def run_page(workflow_id: str) -> dict[str, Any]:
             "summary": ", ".join(
                 f"{k}={v}"
                 for k, v in entry.items()
-                if k not in ("event", "at", "rewound") and v not in (None, "", {}, [])
+                if k not in ("event", "at", "rewound", "actor") and v not in (None, "", {}, [])
             ),
+            # Who did it (wfstate.audit): the actor's own sentence.
+            "by": entry["actor"].get("by", "") if isinstance(entry.get("actor"), dict) else "",
             "rewound": [r.get("name") for r in entry.get("rewound") or [] if isinstance(r, dict)],
             "raw": pretty_json(entry),
         }
@@ -104,6 +149,53 @@ def run_page(workflow_id: str) -> dict[str, Any]:
     page["resume_choices"] = ["current", "previous", *state.states]
     page["is_final"] = RunStatus(state.status).is_final
     return page
+
+
+# Iterations shown on the page; the API pages through the rest (GET runs/{id}/loops/{loop}/).
+LOOP_PAGE = 200
+
+
+def _loop_captions(state: WorkflowState) -> dict[str, str]:
+    """``6/10`` (iterations done / items) under each loop's node."""
+    captions = {}
+    for name, step in state.states.items():
+        if step.loop:
+            done, length = step.loop.get("done", 0), step.loop.get("length")
+            captions[name] = f"{done}/{length}" if length is not None else f"{done} done"
+    return captions
+
+
+def _loop_panel(store: Any, state: WorkflowState, name: str) -> dict[str, Any]:
+    """One loop of the run: its summary, the iterations in flight, the first finished ones
+    (read from the loop's side file; an unreadable one is reported, not raised)."""
+    panel: dict[str, Any] = {"name": name, "error": None, "iterations": [], "running": []}
+    try:
+        data = read_iterations(store, state, name, limit=LOOP_PAGE)
+    except WFStateError as exc:
+        panel["error"] = str(exc)
+        return panel
+    panel.update({k: v for k, v in data.items() if k not in ("iterations",)})
+    panel["more"] = max(0, data["count"] - LOOP_PAGE)
+    panel["iterations"] = [
+        {
+            "index": record["index"],
+            "item": pretty_json(record.get("item")),
+            "status": record.get("status"),
+            "exit_to": record.get("exit_to"),
+            "steps": [
+                {
+                    "name": step_name,
+                    "status": result.get("status"),
+                    "output": pretty_json(result.get("output")),
+                    "error": result.get("error"),
+                    "inner_file": (result.get("loop") or {}).get("file"),
+                }
+                for step_name, result in (record.get("states") or {}).items()
+            ],
+        }
+        for record in data["iterations"]
+    ]
+    return panel
 
 
 def _waiting(state: Any) -> dict[str, Any] | None:

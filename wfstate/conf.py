@@ -38,6 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "TASK_BACKEND": "default",
     "TASK_QUEUE": "default",
     "IDEMPOTENCY_RETENTION": 86400.0,  # seconds an Idempotency-Key keeps naming its run
+    "RETENTION": {},  # keep every run (prune_workflow_runs --older-than still works)
+    "SECRET_KEYS": [],  # default: a key derived from Django's SECRET_KEY
 }
 
 # The keys of WFSTATE["STORE"].
@@ -269,7 +271,38 @@ class Settings:
 
     @property
     def IDEMPOTENCY_RETENTION(self) -> float:
-        return float(self._get("IDEMPOTENCY_RETENTION"))
+        """Seconds an ``Idempotency-Key`` keeps naming the run it started (a number > 0);
+        after that the key starts a new run. Default: ``86400.0`` (one day)."""
+        value = self._get("IDEMPOTENCY_RETENTION")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise _wrong("IDEMPOTENCY_RETENTION", "a number of seconds > 0 (int or float)", value)
+        return float(value)
+
+    @property
+    def RETENTION(self) -> dict[str, Any]:
+        """How long finished runs are kept, by status and per workflow.
+
+        ``{"completed": "30d", "failed": "90d", "workflows": {"NAME": {"completed": "7d"}}}``;
+        a missing status or ``None`` keeps those runs. Applied by ``prune_workflow_runs``
+        (without ``--older-than``) and by the scheduler when one runs
+        (docs/operations.md). Default: ``{}`` (keep every run).
+        """
+        value = self._get("RETENTION") or {}
+        if not isinstance(value, dict):
+            raise _wrong("RETENTION", "a dict of status -> age (and 'workflows')", value)
+        return dict(value)
+
+    @property
+    def SECRET_KEYS(self) -> list[str]:
+        """Fernet keys for inputs declared ``secret: true``: the first encrypts, all decrypt.
+
+        Rotate by putting a new key first and keeping the old ones while runs sealed
+        with them remain. Default: ``[]``, one key derived from Django's ``SECRET_KEY``.
+        """
+        value = self._get("SECRET_KEYS") or []
+        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+            raise _wrong("SECRET_KEYS", "a list of Fernet keys (strings)", value)
+        return [str(k) for k in value]
 
 
 conf = Settings()

@@ -35,7 +35,7 @@ NODE_GAP = 28  # horizontal space between nodes of a layer
 MARGIN = 24
 LOOP_LANE = 36  # room on the right for edges that go back up
 
-EDGE_KINDS = ("success", "failure", "branch", "when", "default", "timeout")
+EDGE_KINDS = ("success", "failure", "branch", "when", "default", "body", "timeout")
 
 
 # --- the graph's shape ------------------------------------------------------------------------
@@ -46,6 +46,7 @@ class Node:
     id: str
     type: str = "step"
     terminal_status: str | None = None
+    workflow: str | None = None  # a call_workflow state: the workflow it calls
     layer: int = 0
     x: float = 0.0
     y: float = 0.0
@@ -94,7 +95,10 @@ def layout(graph: dict[str, Any]) -> Layout:
     result = Layout()
     for raw in graph.get("nodes", []):
         result.nodes[raw["id"]] = Node(
-            id=raw["id"], type=raw.get("type") or "step", terminal_status=raw.get("terminal_status")
+            id=raw["id"],
+            type=raw.get("type") or "step",
+            terminal_status=raw.get("terminal_status"),
+            workflow=raw.get("workflow"),
         )
     for raw in graph.get("edges", []):
         if raw["source"] in result.nodes and raw["target"] in result.nodes:
@@ -257,11 +261,14 @@ def render_svg(
     current: str | None = None,
     *,
     title: str = "",
+    captions: dict[str, str] | None = None,
 ) -> SafeString:
     """The graph as an inline ``<svg>``: status-coloured nodes, the current one outlined.
 
     Edge styles: success green, failure red, parallel branch dashed, conditional (when)
-    blue with its condition as a tooltip, default grey. Loops go up a lane on the right.
+    blue with its condition as a tooltip, default grey, a loop's body dotted (a loop
+    node is drawn with a double outline, ``captions`` under it: its iterations).
+    Edges back to an earlier layer go up a lane on the right.
     """
     drawing = layout(graph)
     step_status = step_status or {}
@@ -323,9 +330,19 @@ def render_svg(
         if node.current:
             classes.append("wf-current")
         radius = NODE_H / 2 if node.type == "terminal" else 8
+        if node.type == "call_workflow":
+            # A call is a box within a box: the child run is a workflow of its own.
+            parts.append(
+                f'<rect class="wf-call-frame" x="{node.x - 3:.1f}" y="{node.y - 3:.1f}" '
+                f'width="{NODE_W + 6}" height="{NODE_H + 6}" rx="11" ry="11"/>'
+            )
         caption = node.type if node.type != "step" else ""
         if node.type == "terminal" and node.terminal_status:
             caption = f"end: {node.terminal_status}"
+        if node.type == "call_workflow":
+            caption = f"calls {node.workflow or '?'}"  # the sub-workflow, drawn as a call
+        if captions and node.id in captions:
+            caption = f"{caption} {captions[node.id]}".strip()
         status_text = node.status or "not reached"
         current_attr = ' aria-current="step"' if node.current else ""
         class_attr = " ".join(classes)
@@ -337,6 +354,11 @@ def render_svg(
             f'<rect x="{node.x:.1f}" y="{node.y:.1f}" width="{NODE_W}" height="{NODE_H}" '
             f'rx="{radius:.0f}" ry="{radius:.0f}"/>'
         )
+        if node.type in ("for_each", "while"):
+            parts.append(
+                f'<rect class="wf-loop-inner" x="{node.x + 3:.1f}" y="{node.y + 3:.1f}" '
+                f'width="{NODE_W - 6}" height="{NODE_H - 6}" rx="6" ry="6"/>'
+            )
         cx = node.x + NODE_W / 2
         if caption or node.status:
             parts.append(

@@ -2,6 +2,12 @@
 
 Each function glues the definition registry, the store, the engine and the index for
 one operation. Faces parse their input, call one of these, and format the result.
+
+``wfstate.tasks`` (a face: the task a worker runs) imports this module; the functions
+here that hand a run to a worker import ``wfstate.tasks`` only when they are called.
+That is on purpose, not a cycle to untangle: declaring the task checks the ``TASKS``
+setting, and importing the service layer (from a command, a test, a spawned process)
+must not need a task backend configured.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from wfstate import audit, events, secrets, tracing
 from wfstate.conf import conf
 from wfstate.definitions import get_registry, validate_inputs
 from wfstate.definitions.model import WorkflowDefinition
@@ -40,6 +47,22 @@ def list_definitions() -> list[WorkflowDefinition]:
 def load_run(workflow_id: str) -> WorkflowState:
     """The run's state, from its file. Raises: RunNotFound, CorruptState."""
     return get_store().load(workflow_id)
+
+
+def loop_iterations(
+    workflow_id: str, loop: str, *, file: str | None = None, offset: int = 0, limit: int = 100
+) -> dict[str, Any]:
+    """A loop's iterations in a run (see ``wfstate.engine.loops.read_iterations``).
+
+    Raises:
+        RunNotFound: no such run, or no such loop in it. CorruptState, StorageError.
+    """
+    from wfstate.engine.loops import read_iterations
+
+    store = get_store()
+    return read_iterations(
+        store, store.load(workflow_id), loop, file=file, offset=offset, limit=limit
+    )
 
 
 def run_owner(workflow_id: str) -> RunLockOwner | None:
@@ -231,18 +254,22 @@ def _execute(
                     store.save(state)
                     _index(state)
                 return state
-            executor = Executor(
-                store,
-                definition,
-                listeners=listeners,
-                progress=progress,
-                max_inline_output=conf.MAX_INLINE_OUTPUT,
-                cancel_event=cancel_event,
-            )
-            try:
-                return executor.execute(state)
-            finally:
-                store.clear_cancel(workflow_id)
+            with tracing.spans() as traced, events.logging_events(store) as logged:
+                executor = Executor(
+                    store,
+                    definition,
+                    # traced: OpenTelemetry (wfstate.tracing); logged: the SSE log
+                    # (wfstate.events)
+                    listeners=[*listeners, *traced, *logged],
+                    progress=progress,
+                    max_inline_output=conf.MAX_INLINE_OUTPUT,
+                    cancel_event=cancel_event,
+                    resolve=get_definition,
+                )
+                try:
+                    return _record_cancel_request(store, executor.execute(state))
+                finally:
+                    store.clear_cancel(workflow_id)
 
 
 # How long a resume waits for a run lock whose holder already recorded the run's end
@@ -322,9 +349,30 @@ def create_run(
         definition_sha256=definition.sha256,
         started_by=dict(started_by) if started_by else None,
     )
-    get_store().save(state)
+    state.inputs = secrets.seal_inputs(definition, values)  # before the first write
+    state.history.append(audit.entry("start"))  # who started it, in its first write
+    store = get_store()
+    store.save(state)
+    events.append(store, state, [])  # the live stream's first event
     _index(state)
     return state, definition
+
+
+def plan_run(
+    name: str, inputs: Mapping[str, Any] | None = None, *, coerce_strings: bool = False
+) -> dict[str, Any]:
+    """A dry run: validate the inputs and return the plan of a run; nothing is written,
+    no lock is taken, no command or callable runs (see ``wfstate.engine.plan``).
+
+    Raises:
+        WorkflowNotFound, InvalidDefinition, InvalidInputs.
+    """
+    from wfstate.engine.plan import plan
+
+    definition = get_definition(name)
+    return plan(
+        definition, dict(inputs or {}), resolve=get_definition, coerce_strings=coerce_strings
+    )
 
 
 def start_run(
@@ -393,12 +441,16 @@ def resume_run(
     """
 
     def prepare(state: WorkflowState, definition: WorkflowDefinition) -> None:
+        # Refused before anything changes when a secret input's key was dropped.
+        opened = secrets.open_inputs(state.inputs)
         overrides: dict[str, Any] = {}
         if inputs:
             merged = validate_inputs(
-                definition, {**state.inputs, **inputs}, coerce_strings=coerce_strings
+                definition,
+                {**opened, **inputs},
+                coerce_strings=coerce_strings,
             )
-            overrides = {k: merged[k] for k in inputs}
+            overrides = secrets.seal_inputs(definition, {k: merged[k] for k in inputs})
         prepare_resume(
             state,
             definition,
@@ -406,7 +458,9 @@ def resume_run(
             inputs=overrides,
             allow_changed_definition=allow_changed_definition,
         )
+        state.history[-1]["actor"] = audit.actor()  # the resume entry names who asked
         get_store().clear_cancel(workflow_id)
+        audit.take_cancel_request(get_store(), workflow_id)  # a stale one, from a crash
 
     if not detach:
         return execute(workflow_id, progress=progress, cancel_event=cancel_event, prepare=prepare)
@@ -447,21 +501,52 @@ def cancel_run(workflow_id: str) -> tuple[str, WorkflowState]:
     state = store.load(workflow_id)
     if state.status.is_final:
         raise RunFinished(f"run {workflow_id} already ended {state.status}")
+    children = _active_children(state)
     try:
         with store.run_lock(workflow_id):
             state = store.update(workflow_id, _reap_and_mark_cancelled)
             store.clear_cancel(workflow_id)
     except RunLocked:
+        audit.note_cancel_request(store, workflow_id)  # recorded when the executor stops
         store.request_cancel(workflow_id)
+        # The child polls its parent's request too; its own makes it plain in its files.
+        for child_id in children:
+            store.request_cancel(child_id)
         return "requested", store.load(workflow_id)
     _index(state)
+    for child_id in children:
+        # Nobody executes the parent, so nobody executes its child either (it ran in
+        # the parent's process): mark it cancelled too.
+        with contextlib.suppress(RunFinished, WFStateError):
+            cancel_run(child_id)
     return "cancelled", state
+
+
+def _active_children(state: WorkflowState) -> list[str]:
+    """The child runs of the parent's unfinished call_workflow steps."""
+    return [
+        step.child_run_id
+        for step in state.states.values()
+        if step.child_run_id and not step.completed_at
+    ]
 
 
 def _reap_and_mark_cancelled(state: WorkflowState) -> WorkflowState:
     if not state.status.is_final:
         reap_orphans(state)
-    return mark_cancelled(state)
+    mark_cancelled(state)
+    state.history.append(audit.entry("cancel"))  # who cancelled it (wfstate.audit)
+    return state
+
+
+def _record_cancel_request(store: Any, state: WorkflowState) -> WorkflowState:
+    """After an execution (run lock still held): who asked it to cancel, in its history."""
+    note = audit.take_cancel_request(store, state.workflow_id)
+    if note is None or state.status != RunStatus.CANCELLED:
+        return state
+    state = store.update(state.workflow_id, lambda s: s.history.append(note))
+    _index(state)
+    return state
 
 
 def delete_run(workflow_id: str) -> None:
@@ -472,6 +557,9 @@ def delete_run(workflow_id: str) -> None:
     """
     store = get_store()
     store.delete(workflow_id)
+    # The run's history goes with it: the record of who deleted it is the log's (and
+    # the admin's LogEntry).
+    logger.info("run %s deleted by %s", workflow_id, audit.actor()["by"])
     if conf.INDEX_ON_WRITE:
         from wfstate import index
 
@@ -483,6 +571,19 @@ def _recover(state: WorkflowState, definition: WorkflowDefinition) -> None:
         raise NotResumable(f"run {state.workflow_id} already ended {state.status}")
     prepare_resume(state, definition, from_state="current")
     state.history[-1]["event"] = "recover"
+    state.history[-1]["actor"] = audit.actor()
+
+
+def _recovered_by_parent(store: Any, state: WorkflowState) -> bool:
+    """A child whose parent is unfinished is resumed by its parent's recovery (in the
+    parent's process, as it ran), never on its own."""
+    if not state.parent_run_id:
+        return False
+    try:
+        parent = store.load(state.parent_run_id)
+    except WFStateError:
+        return False  # no parent any more: recover the child on its own
+    return not parent.status.is_final
 
 
 def recover_runs(
@@ -539,6 +640,8 @@ def recover_runs(
                 continue
             if store.run_lock_owner(workflow_id) is not None:
                 continue
+            if _recovered_by_parent(store, state):
+                continue
             if detach:
                 from wfstate.tasks import enqueue_execution
 
@@ -582,6 +685,7 @@ __all__ = [
     "get_definition",
     "list_definitions",
     "load_run",
+    "plan_run",
     "recover_runs",
     "resume_run",
     "run_owner",

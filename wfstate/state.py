@@ -84,6 +84,13 @@ class StepResult:
     # dies (pgid, pid, start_time, boot_id, host, token; see wfstate.engine.processes).
     # Cleared when the step ends.
     process: dict[str, Any] | None = None
+    # A for_each / while loop's progress (wfstate.engine.loops): its side file, how many
+    # of its records the document acknowledges, the iterations in flight. None otherwise.
+    loop: dict[str, Any] | None = None
+    # A call_workflow step: the child run's id, recorded before the child starts.
+    child_run_id: str | None = None
+    # The step's pre/post hooks, as they ran (see wfstate.engine.hooks).
+    hooks: dict[str, Any] | None = None
     # A wait step's signal, once taken (see wfstate.engine.waits): its name, the id of
     # the mailbox file it came from (how a crash never applies it twice), its payload,
     # who sent it from where, and when it was received.
@@ -108,6 +115,9 @@ class StepResult:
             "output_truncated": self.output_truncated,
             "traceback": self.traceback,
             "process": self.process,
+            "loop": self.loop,
+            "child_run_id": self.child_run_id,
+            "hooks": self.hooks,
             "signal": self.signal,
             "signal_id": self.signal_id,
             "payload": self.payload,
@@ -131,6 +141,9 @@ class StepResult:
             output_truncated=bool(data.get("output_truncated", False)),
             traceback=data.get("traceback"),
             process=data.get("process"),
+            loop=data.get("loop"),
+            child_run_id=data.get("child_run_id"),
+            hooks=data.get("hooks"),
             signal=data.get("signal"),
             signal_id=data.get("signal_id"),
             payload=data.get("payload"),
@@ -161,6 +174,16 @@ class WorkflowState:
     # What started the run (SPEC §11): {"kind": "command"|"api"|"admin"|"schedule"|
     # "parent", ...}. Optional, so a file without it is still a valid document.
     started_by: dict[str, Any] | None = None
+    # The run that started this one with a call_workflow step (None for a top-level run).
+    parent_run_id: str | None = None
+    # The workflow's declared outputs, evaluated when the run completes.
+    outputs: dict[str, Any] = field(default_factory=dict)
+    # Workflow hooks as they ran, by event (see wfstate.engine.hooks).
+    hooks: dict[str, Any] = field(default_factory=dict)
+    # Problems that did not fail the run (a failed workflow_end hook...).
+    warnings: list[str] = field(default_factory=list)
+    # A failed run's exit status when the definition names one (inline on_failure.status).
+    exit_code: int | None = None
     # What wakes a parked (waiting) run: {"kind": "signal"|"time", "state", "signal",
     # "until", "since"}; null otherwise. Optional like started_by (no schema bump).
     waiting_for: dict[str, Any] | None = None
@@ -174,10 +197,12 @@ class WorkflowState:
         workflow_version: str = "",
         definition_sha256: str = "",
         workflow_id: str | None = None,
+        parent_run_id: str | None = None,
         started_by: dict[str, Any] | None = None,
     ) -> WorkflowState:
         now = utcnow()
         return cls(
+            parent_run_id=parent_run_id,
             workflow_id=workflow_id or new_workflow_id(),
             workflow_name=workflow_name,
             workflow_version=workflow_version,
@@ -217,6 +242,11 @@ class WorkflowState:
             "revision": self.revision,
             "error": self.error,
             "history": self.history,
+            "parent_run_id": self.parent_run_id,
+            "outputs": self.outputs,
+            "hooks": self.hooks,
+            "warnings": self.warnings,
+            "exit_code": self.exit_code,
             "waiting_for": self.waiting_for,
         }
 
@@ -257,6 +287,11 @@ class WorkflowState:
                 error=data.get("error"),
                 history=list(history),
                 started_by=_started_by(data.get("started_by")),
+                parent_run_id=data.get("parent_run_id"),
+                outputs=dict(data.get("outputs") or {}),
+                hooks=dict(data.get("hooks") or {}),
+                warnings=list(data.get("warnings") or []),
+                exit_code=data.get("exit_code"),
                 waiting_for=data.get("waiting_for"),
             )
         except KeyError as exc:

@@ -19,6 +19,7 @@ try:  # Django 6.0+
 except ImportError:  # Django 5.2: the backport
     from django_tasks import task  # type: ignore[no-redef]
 
+from wfstate import runs
 from wfstate.conf import conf
 from wfstate.exceptions import RunLocked
 
@@ -28,8 +29,6 @@ logger = logging.getLogger("wfstate.tasks")
 @task()
 def execute_workflow(workflow_id: str) -> str:
     """Execute (or go on with) a run; returns its final status, or "already running"."""
-    from wfstate import runs
-
     try:
         return str(runs.execute(workflow_id).status)
     except RunLocked as exc:

@@ -150,6 +150,9 @@ LOCATION = OpenApiParameter(
 WORKFLOW_NAME = OpenApiParameter(
     "name", OpenApiTypes.STR, OpenApiParameter.PATH, description="The workflow's name."
 )
+LOOP_NAME = OpenApiParameter(
+    "loop", OpenApiTypes.STR, OpenApiParameter.PATH, description="A loop state's name."
+)
 
 
 # --- runs (RunViewSet) ---------------------------------------------------------------------
@@ -245,6 +248,24 @@ document_runs = extend_schema_view(
                 "(`run_locked`, with its `owner`) or corrupt (`corrupt_state`).",
                 s.ConflictErrorSerializer,
             ),
+            **UNAVAILABLE,
+        },
+    ),
+    loop=extend_schema(
+        summary="A loop's iterations",
+        description=(
+            "A for_each or while loop of the run: its finished iterations (each with "
+            "every body step's result), read from the loop's side file, and the "
+            "iterations in flight. `file` picks an earlier run of the loop (a nested "
+            "loop's, as its outer iteration's record names it)."
+        ),
+        parameters=[RUN_ID, LOOP_NAME, s.LoopPageSerializer],
+        responses={
+            200: s.LoopIterationsSerializer,
+            **BAD_REQUEST,
+            **AUTH_ERRORS,
+            **NOT_FOUND,
+            409: _error("The state or the loop's side file is corrupt.", s.ConflictErrorSerializer),
             **UNAVAILABLE,
         },
     ),

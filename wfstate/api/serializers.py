@@ -111,6 +111,68 @@ class StepResultSerializer(serializers.Serializer[dict[str, Any]]):
         '"user", "remote_addr"}',
     )
     received_at = serializers.DateTimeField(allow_null=True)
+    loop = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        required=False,
+        help_text=(
+            "a for_each/while loop's progress: its side file, the records the state "
+            "counts, done, the iterations in flight (`running`); null for other states. "
+            "The iterations themselves: GET runs/{id}/loops/{loop}/"
+        ),
+    )
+    child_run_id = serializers.UUIDField(
+        format="hex_verbose",
+        allow_null=True,
+        required=False,
+        help_text="a call_workflow step: the child run's id",
+    )
+    child_url = serializers.SerializerMethodField(help_text="the child run's URL, if any")
+    hooks = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        required=False,
+        help_text='the step\'s hooks as they ran: {"pre": [...], "post": [...]}',
+    )
+
+    def get_child_url(self, obj: dict[str, Any]) -> str | None:
+        child = obj.get("child_run_id")
+        return run_url(child, self.context.get("request")) if child else None
+
+
+class LoopPageSerializer(serializers.Serializer[dict[str, Any]]):
+    """The query of GET runs/{id}/loops/{loop}/."""
+
+    file = serializers.RegexField(
+        r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        required=False,
+        help_text="one run of the loop (a nested loop's, named by its outer iteration)",
+    )
+    offset = serializers.IntegerField(min_value=0, default=0)
+    limit = serializers.IntegerField(min_value=1, max_value=1000, default=100)
+
+
+class LoopIterationsSerializer(serializers.Serializer[dict[str, Any]]):
+    """A loop's iterations, read from its side file (docs/state-file.md, "Loops")."""
+
+    loop = serializers.CharField()
+    file = serializers.CharField(help_text="the run of the loop shown (its side file)")
+    type = serializers.ChoiceField(choices=["for_each", "while"])
+    status = serializers.CharField(allow_null=True)
+    count = serializers.IntegerField(help_text="iterations finished")
+    length = serializers.IntegerField(allow_null=True, help_text="items of a for_each")
+    max_iterations = serializers.IntegerField(allow_null=True)
+    broke_at = serializers.IntegerField(allow_null=True)
+    running = serializers.ListField(
+        child=serializers.DictField(child=AnyJSONField()),
+        help_text="iterations in flight: index, item, the body step at, the steps done",
+    )
+    offset = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    iterations = serializers.ListField(
+        child=serializers.DictField(child=AnyJSONField()),
+        help_text="finished iterations by index: index, item, status, exit_to, times, states",
+    )
 
 
 class RunSerializer(serializers.Serializer[dict[str, Any]]):
@@ -152,6 +214,29 @@ class RunSerializer(serializers.Serializer[dict[str, Any]]):
         child=serializers.DictField(child=AnyJSONField()),
         help_text="step results a resume rewound past, and each resume's options",
     )
+    parent_run_id = serializers.UUIDField(
+        format="hex_verbose",
+        allow_null=True,
+        required=False,
+        help_text="the run whose call_workflow step started this one; null for a top-level run",
+    )
+    parent_url = serializers.SerializerMethodField(help_text="the parent run's URL, if any")
+    started_by = serializers.DictField(child=AnyJSONField(), allow_null=True, required=False)
+    outputs = serializers.DictField(
+        child=AnyJSONField(), required=False, help_text="the workflow's declared outputs"
+    )
+    hooks = serializers.DictField(
+        child=AnyJSONField(), required=False, help_text="workflow hooks as they ran, by event"
+    )
+    warnings = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="e.g. a failed hook"
+    )
+    exit_code = serializers.IntegerField(allow_null=True, required=False)
+
+    def get_parent_url(self, obj: dict[str, Any]) -> str | None:
+        parent = obj.get("parent_run_id")
+        return run_url(parent, self.context.get("request")) if parent else None
+
     waiting_for = serializers.DictField(
         child=AnyJSONField(),
         allow_null=True,
@@ -264,15 +349,33 @@ class InputDefSerializer(serializers.Serializer[Any]):
 
 class GraphNodeSerializer(serializers.Serializer[dict[str, Any]]):
     id = serializers.CharField()
-    type = serializers.ChoiceField(choices=["step", "parallel", "terminal", "wait", "sleep"])
+    type = serializers.ChoiceField(
+        choices=[
+            "step",
+            "parallel",
+            "terminal",
+            "for_each",
+            "while",
+            "call_workflow",
+            "operation",
+            "wait",
+            "sleep",
+        ]
+    )
     terminal_status = serializers.ChoiceField(choices=["success", "failure"], allow_null=True)
+    workflow = serializers.CharField(
+        allow_null=True, required=False, help_text="a call_workflow state: the child workflow"
+    )
+    hooks = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="the state's hooks (pre, post)"
+    )
 
 
 class GraphEdgeSerializer(serializers.Serializer[dict[str, Any]]):
     source = serializers.CharField()  # type: ignore[assignment]
     target = serializers.CharField()
     kind = serializers.ChoiceField(
-        choices=["success", "failure", "when", "default", "branch", "timeout"]
+        choices=["success", "failure", "when", "default", "branch", "body", "timeout"]
     )
     label = serializers.CharField(allow_blank=True)  # type: ignore[assignment]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from wfstate.api import schema, views
+from wfstate.api import events, schema, views
 from wfstate.api.schedules import ScheduleViewSet
 
 app_name = "wfstate-api"
@@ -16,6 +16,7 @@ router.register("workflows", views.WorkflowViewSet, basename="workflow")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 
 urlpatterns = [
+    path("runs/<str:workflow_id>/events/", events.RunEventsView.as_view(), name="run-events"),
     path("", include(router.urls)),
     path("schema/", schema.SchemaView.as_view(), name="schema"),
 ]

@@ -26,7 +26,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from wfstate import runs
+from wfstate import audit, runs
 from wfstate.api import schema
 from wfstate.api import serializers as s
 from wfstate.api.exceptions import exception_handler
@@ -50,6 +50,24 @@ class WFStateAPIMixin(schema.SchemaMixin, AccessMixin):
 
     def get_exception_handler(self) -> Callable[..., Response | None]:
         return exception_handler
+
+    # The audit trail: what a request changes is recorded as done by its user (or API
+    # key) from its IP; DRF calls finalize_response whatever happened, which resets it.
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        self._acting = audit.acting_as(lambda: audit.request_actor(request, "api"))
+        self._acting.__enter__()
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        acting = self.__dict__.pop("_acting", None)
+        if acting is not None:
+            acting.__exit__(None, None, None)
+        final: Response = super().finalize_response(  # type: ignore[misc]
+            request, response, *args, **kwargs
+        )
+        return final
 
 
 def _etag(state: WorkflowState) -> str:
@@ -123,6 +141,11 @@ class RunViewSet(WFStateAPIMixin, mixins.ListModelMixin, viewsets.GenericViewSet
     def create(self, request: Request) -> Response:
         body = self.get_serializer(data=request.data)
         body.is_valid(raise_exception=True)
+        if request.query_params.get("dry_run") in ("1", "true", "yes"):
+            plan = runs.plan_run(
+                body.validated_data["workflow_name"], body.validated_data["inputs"]
+            )
+            return Response(plan, status=status.HTTP_200_OK)
         # Idempotency-Key (header, or "idempotency_key" in the body): a retry returns the
         # run the first request created, with 200 instead of 202.
         key = request.headers.get("Idempotency-Key") or body.validated_data.get("idempotency_key")
@@ -163,6 +186,13 @@ class RunViewSet(WFStateAPIMixin, mixins.ListModelMixin, viewsets.GenericViewSet
             detach=True,
         )
         return Response(self._run(state), status=status.HTTP_202_ACCEPTED)
+
+    @action(detail=True, methods=["get"], url_path=r"loops/(?P<loop>[^/]+)")
+    def loop(self, request: Request, workflow_id: str, loop: str) -> Response:
+        page = s.LoopPageSerializer(data=request.query_params)
+        page.is_valid(raise_exception=True)
+        data = runs.loop_iterations(workflow_id, loop, **page.validated_data)
+        return Response(s.LoopIterationsSerializer(data).data)
 
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, workflow_id: str) -> Response:

@@ -19,23 +19,51 @@ STATE_FIELD_ALIASES = {
     "Attempt": "attempt",
     "Error": "error",
 }
-WORKFLOW_FIELD_ALIASES = {"ID": "id", "Id": "id", "Name": "name", "Version": "version"}
+WORKFLOW_FIELD_ALIASES = {
+    "ID": "id",
+    "Id": "id",
+    "Name": "name",
+    "Version": "version",
+    "Duration": "duration",
+}
+# awf's {{error.Message}} in a workflow_error hook.
+ERROR_FIELD_ALIASES = {"Message": "message", "State": "state", "Type": "type"}
 
 # --- keys ---------------------------------------------------------------------------
 
 TOP_LEVEL_KEYS = frozenset(
     {"name", "version", "description", "inputs", "states", "schedule", "concurrency"}
+    | {"hooks", "outputs"}
 )
-AWF_TOP_LEVEL_KEYS = frozenset({"author", "tags", "hooks", "env", "outputs", "metadata"})
+AWF_TOP_LEVEL_KEYS = frozenset({"author", "tags", "env", "metadata"})
+WORKFLOW_HOOK_EVENTS = ("workflow_start", "workflow_end", "workflow_error", "workflow_cancel")
+STEP_HOOK_EVENTS = ("pre", "post")
+HOOK_ACTION_KEYS = frozenset({"command", "log", "call", "with"})
 
 COMMON_STATE_KEYS = frozenset({"type", "description"})
 ROUTING_KEYS = frozenset({"on_success", "on_failure", "transitions"})
 STATE_KEYS: dict[str, frozenset[str]] = {
     "step": COMMON_STATE_KEYS
     | ROUTING_KEYS
-    | {"command", "call", "with", "dir", "env", "timeout", "retry", "continue_on_error"},
+    | {"command", "call", "with", "dir", "env", "timeout", "retry", "continue_on_error"}
+    | {"script_file", "operation", "hooks", "use_template", "parameters"},
     "parallel": COMMON_STATE_KEYS | ROUTING_KEYS | {"parallel", "strategy", "max_concurrent"},
     "terminal": COMMON_STATE_KEYS | {"status", "message"},
+    # loops (definitions/loops.py): on_complete is on_success; break_condition is awf's
+    # spelling of break_when
+    "for_each": COMMON_STATE_KEYS
+    | ROUTING_KEYS
+    | {"items", "body", "max_iterations", "max_concurrent", "break_when", "break_condition"}
+    | {"on_complete"},
+    "while": COMMON_STATE_KEYS
+    | ROUTING_KEYS
+    | {"while", "body", "max_iterations", "break_when", "break_condition", "on_complete"},
+    "call_workflow": COMMON_STATE_KEYS
+    | ROUTING_KEYS
+    | {"workflow", "inputs", "outputs", "timeout", "hooks"},
+    "operation": COMMON_STATE_KEYS
+    | ROUTING_KEYS
+    | {"operation", "inputs", "with", "timeout", "retry", "continue_on_error", "hooks"},
     "wait": COMMON_STATE_KEYS
     | ROUTING_KEYS
     | {"signal", "schema", "timeout", "on_timeout", "assignees"},
@@ -74,15 +102,13 @@ AWF_STATE_KEYS = frozenset(
 # awf state types wfstate cannot run: these states are errors, not warnings, because
 # skipping them would change what the workflow does.
 AWF_STATE_TYPES = {
-    "for_each": "awf 'for_each' loops are not supported yet",
-    "while": "awf 'while' loops are not supported yet",
-    "call_workflow": "awf 'call_workflow' sub-workflows are not supported yet",
-    "agent": "awf 'agent' steps are not supported",
-    "operation": "awf 'operation' steps are not supported",
+    "agent": "awf 'agent' steps (AI providers) are not supported",
 }
 
-INPUT_KEYS = frozenset({"name", "type", "required", "description", "default", "validation"})
-AWF_INPUT_KEYS = frozenset({"secret", "example", "prompt"})
+INPUT_KEYS = frozenset(
+    {"name", "type", "required", "description", "default", "validation", "secret"}
+)
+AWF_INPUT_KEYS = frozenset({"example", "prompt"})
 VALIDATION_KEYS = frozenset({"pattern", "enum", "min", "max"})
 AWF_VALIDATION_KEYS = frozenset({"file_exists", "file_extension", "min_length", "max_length"})
 RETRY_KEYS = frozenset(
@@ -109,6 +135,7 @@ _STATE_FIELD = re.compile(
     r"\b(states\.[A-Za-z_][\w-]*\.)(" + "|".join(STATE_FIELD_ALIASES) + r")\b"
 )
 _WORKFLOW_FIELD = re.compile(r"\b(workflow\.)(" + "|".join(WORKFLOW_FIELD_ALIASES) + r")\b")
+_ERROR_FIELD = re.compile(r"\b(error\.)(" + "|".join(ERROR_FIELD_ALIASES) + r")\b")
 
 
 def _normalise_code(code: str) -> str:
@@ -126,7 +153,8 @@ def _normalise_code(code: str) -> str:
 def _normalise_bare(code: str) -> str:
     code = _LEADING_DOT.sub("", code)
     code = _STATE_FIELD.sub(lambda m: m.group(1) + STATE_FIELD_ALIASES[m.group(2)], code)
-    return _WORKFLOW_FIELD.sub(lambda m: m.group(1) + WORKFLOW_FIELD_ALIASES[m.group(2)], code)
+    code = _WORKFLOW_FIELD.sub(lambda m: m.group(1) + WORKFLOW_FIELD_ALIASES[m.group(2)], code)
+    return _ERROR_FIELD.sub(lambda m: m.group(1) + ERROR_FIELD_ALIASES[m.group(2)], code)
 
 
 def normalise_template(text: str) -> str:

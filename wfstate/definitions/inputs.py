@@ -170,7 +170,7 @@ def validate_inputs(
             try:
                 value = coerce_string(spec, value)
             except ValueError as exc:
-                errors.setdefault(name, []).append(str(exc))
+                errors.setdefault(name, []).append(_hide(spec, value, str(exc)))
                 continue
         if (
             spec.type == "integer"
@@ -181,7 +181,7 @@ def validate_inputs(
             value = int(value)
         problems = check_value(spec, value)
         if problems:
-            errors.setdefault(name, []).extend(problems)
+            errors.setdefault(name, []).extend(_hide(spec, value, p) for p in problems)
         else:
             values[name] = value
     if errors:
@@ -250,3 +250,10 @@ def input_json_schema(definition: WorkflowDefinition) -> dict[str, Any]:
         "required": required,
         "additionalProperties": False,
     }
+
+
+def _hide(spec: InputDef, value: Any, message: str) -> str:
+    """A message about a ``secret: true`` input never echoes its value."""
+    if not spec.secret:
+        return message
+    return message.replace(repr(value), "********").replace(str(value), "********")

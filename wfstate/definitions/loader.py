@@ -31,7 +31,9 @@ from typing import Any, cast
 import jsonschema
 
 from wfstate.definitions import awf, templates
+from wfstate.definitions import calls as call_defs
 from wfstate.definitions._yaml import SourceMap, YAMLSyntaxError, load_yaml, path_str
+from wfstate.definitions.loops import LOOP_TYPES, body_owners, build_loop, check_loops
 from wfstate.definitions.model import (
     InputDef,
     RetryPolicy,
@@ -166,7 +168,8 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
         value = error.instance
         if isinstance(value, str) and value in awf.AWF_STATE_TYPES:
             return f"state type {value!r} is not supported: {awf.AWF_STATE_TYPES[value]}"
-        return f"unknown state type {value!r}: expected step, parallel, terminal, wait or sleep"
+        known = ", ".join(awf.STATE_KEYS)
+        return f"unknown state type {value!r}: expected one of {known}"
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
     where = path_str(path[2:] if path[:1] == ["states"] and len(path) > 2 else path)
@@ -296,6 +299,7 @@ def _build_input(out: _Collector, index: int, raw: Any) -> InputDef | None:
         has_default="default" in raw and raw["default"] is not None,
         description=str(raw.get("description") or ""),
         validation=dict(validation) if isinstance(validation, Mapping) else {},
+        secret=raw.get("secret") is True,
     )
     if definition.has_default:
         from wfstate.definitions.inputs import check_value
@@ -378,12 +382,23 @@ def _build_state(out: _Collector, name: str, raw: Any) -> StateDef | None:
         "line": out.source.line(path) if out.source else 0,
         "description": str(get("description", "")),
     }
-    if kind in ("step", "parallel", "wait", "sleep"):
+    if kind in LOOP_TYPES:
+        return build_loop(out, path, raw, get, fields)
+    if kind in ("step", "parallel", "call_workflow", "operation", "wait", "sleep"):
         fields["on_success"] = get("on_success")
         fields["on_failure"] = get("on_failure")
         fields["transitions"] = tuple(_build_transitions(out, path, get("transitions", [])))
+        call_defs.inline_failure(out, path, raw, fields)
     if kind == "step":
         _build_step(out, path, raw, get, fields)
+    elif kind == "call_workflow":
+        call_defs.build_call_workflow(out, path, raw, get, fields, _template_value, _duration)
+    elif kind == "operation":
+        call_defs.build_operation(out, path, raw, get, fields, _template_value)
+        fields["timeout"] = _duration(out, (*path, "timeout"), raw.get("timeout"))
+        if get("retry") is not None:
+            fields["retry"] = _build_retry(out, (*path, "retry"), get("retry"))
+        fields["continue_on_error"] = bool(get("continue_on_error", False))
     elif kind in ("wait", "sleep"):
         from wfstate.definitions.waits import build_wait
 
@@ -427,13 +442,18 @@ def _build_step(
     get: Callable[..., Any],
     fields: dict[str, Any],
 ) -> None:
+    script = call_defs.script_file_command(out, path, raw, _base_path(out))
+    if script is not None:
+        raw = {**raw, "command": script}
     has_command = raw.get("command") is not None
     has_call = raw.get("call") is not None
-    if has_command and has_call:
+    if "script_file" in raw and script is None:
+        pass  # its error is reported
+    elif has_command and has_call:
         out.error(path, "a step has either 'command' or 'call', not both")
     elif not has_command and not has_call:
         out.error(path, "a step needs 'command' (a shell command) or 'call' (a Python callable)")
-    command = get("command")
+    command = script if script is not None else get("command")
     if command is not None:
         fields["command"] = _template(out, (*path, "command"), command, templates.check_command)
     fields["call"] = get("call")
@@ -453,6 +473,11 @@ def _build_step(
     if retry is not None:
         fields["retry"] = _build_retry(out, (*path, "retry"), retry)
     fields["continue_on_error"] = bool(get("continue_on_error", False))
+    call_defs.build_step_extras(out, path, raw, fields)
+
+
+def _base_path(out: _Collector) -> Path | None:
+    return None if out.file.startswith("<") else Path(out.file)
 
 
 # --- pass 3: graph checks ---------------------------------------------------------------
@@ -503,7 +528,11 @@ def _check_graph(
                 out.error(bpath, f"parallel branch '{branch}' does not exist")
             elif branch == state.name:
                 out.error(bpath, "a parallel block cannot be its own branch")
-            elif branch in built and built[branch].type != "step":
+            elif branch in built and built[branch].type not in (
+                "step",
+                "call_workflow",
+                "operation",
+            ):
                 out.error(
                     bpath,
                     f"parallel branch '{branch}' is a {built[branch].type} state; "
@@ -512,10 +541,15 @@ def _check_graph(
 
     if not any(s.type == "terminal" for s in built.values()) and not opaque:
         out.error(("states",), "no terminal state: add a state with type: terminal")
+    check_loops(out, built, names)
+    # A body step with no route of its own goes back to its loop (the next body step,
+    # or the iteration's end).
+    owners = body_owners(built)
 
     def routes(name: str) -> set[str]:
         if name in built:
-            return {t for t in built[name].targets() if t in names}
+            back = {owners[name]} if name in owners else set()
+            return {t for t in built[name].targets() if t in names} | back
         return _opaque_targets(raw_states.get(name), names) - {name}
 
     # Reachability: routes from the initial state; a parallel block's branches are
@@ -550,7 +584,7 @@ def _check_graph(
         return  # already reported: no terminal at all
     for name in sorted(routed - can_end):
         state = built[name]
-        if not state.targets():
+        if not state.targets() and name not in owners:
             message = (
                 f"state '{name}' has no on_success, on_failure or transitions, "
                 "so the run cannot go on after it"
@@ -601,6 +635,15 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
 
     schedules = triggers.build_schedules(out, str(data.get("name")), data.get("schedule"))
     concurrency = triggers.build_concurrency(out, data.get("concurrency"))
+    for state in built.values():
+        if state.workflow is not None and state.workflow == data.get("name"):
+            out.error(
+                ("states", state.name, "workflow"),
+                f"circular sub-workflow call: '{state.workflow}' calls itself",
+            )
+    hooks = call_defs.build_hooks(out, ("hooks",), data.get("hooks"), awf.WORKFLOW_HOOK_EVENTS)
+    outputs = call_defs.build_outputs(out, data.get("outputs"))
+
     if out.errors:
         return None
     version = data.get("version")
@@ -614,6 +657,8 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
         warnings=tuple(out.warnings),
         schedules=schedules,
         concurrency=concurrency,
+        hooks=hooks,
+        outputs=outputs,
     )
 
 
@@ -641,6 +686,7 @@ def _finish(
     path: Path | None,
     sha256: str,
 ) -> WorkflowDefinition:
+    data = call_defs.expand_templates(out, data, path)
     _schema_errors(data, out)
     definition = _build(data, out)
     name = data.get("name") if isinstance(data, Mapping) else None

@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-StateType = Literal["step", "parallel", "terminal", "wait", "sleep"]
+StateType = Literal[
+    "step",
+    "parallel",
+    "terminal",
+    "for_each",
+    "while",
+    "call_workflow",
+    "operation",
+    "wait",
+    "sleep",
+]
 Backoff = Literal["constant", "linear", "exponential"]
 Strategy = Literal["all_succeed", "any_succeed", "best_effort"]
 
@@ -63,6 +73,24 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class HookAction:
+    """One action of a hook: a shell ``command``, a ``log`` line or a Python ``call``."""
+
+    kind: Literal["command", "log", "call"]
+    text: str  # the command or log template, or the dotted path of the callable
+    with_: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputDef:
+    """A workflow output (awf ``outputs: [{name, from}]``): ``from`` is an expression."""
+
+    name: str
+    from_: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class StateDef:
     name: str
     type: StateType
@@ -88,6 +116,23 @@ class StateDef:
     # terminal
     status: Literal["success", "failure"] = "success"
     message: str | None = None
+    # loops (for_each / while; see wfstate.engine.loops). on_complete is on_success.
+    items: Any = None
+    while_: str | None = None
+    body: tuple[str, ...] = ()
+    max_iterations: int | str = 100
+    break_when: str | None = None
+    # call_workflow (see wfstate.engine.calls)
+    workflow: str | None = None
+    call_inputs: dict[str, Any] = field(default_factory=dict)
+    call_outputs: dict[str, str] = field(default_factory=dict)  # child output -> parent name
+    # operation (see wfstate.engine.operations); its inputs are ``with_``
+    operation: str | None = None
+    # step hooks: {"pre": (...), "post": (...)}
+    hooks: dict[str, tuple[HookAction, ...]] = field(default_factory=dict)
+    # inline on_failure: {message, status}: the run fails with this message and exit code
+    failure_message: str | None = None
+    failure_status: int | None = None
     # wait (a named signal, its payload's JSON Schema, who may answer) and sleep
     # (``duration`` seconds or an ``until`` template); both park the run (engine/waits.py).
     # A wait's ``timeout`` is the step's ``timeout``; ``on_timeout`` routes it.
@@ -102,6 +147,7 @@ class StateDef:
         """Every state this one can go to (for graphs and reachability)."""
         out = [t.goto for t in self.transitions]
         out += [s for s in (self.on_success, self.on_failure, self.on_timeout) if s]
+        out += list(self.body)
         return list(dict.fromkeys(out))
 
 
@@ -114,6 +160,8 @@ class InputDef:
     has_default: bool = False
     description: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
+    # Sealed in the state, opened only for steps, masked in outputs (wfstate.secrets).
+    secret: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +201,9 @@ class WorkflowDefinition:
     warnings: tuple[str, ...] = ()
     schedules: tuple[ScheduleDef, ...] = ()
     concurrency: ConcurrencyDef | None = None
+    # workflow_start / workflow_end / workflow_error / workflow_cancel
+    hooks: dict[str, tuple[HookAction, ...]] = field(default_factory=dict)
+    outputs: tuple[OutputDef, ...] = ()
 
     def graph(self) -> dict[str, Any]:
         """Nodes and edges, for the admin's SVG and the API."""
@@ -161,6 +212,8 @@ class WorkflowDefinition:
                 "id": s.name,
                 "type": s.type,
                 "terminal_status": s.status if s.type == "terminal" else None,
+                "workflow": s.workflow,
+                "hooks": sorted(s.hooks),
             }
             for s in self.states.values()
         ]
@@ -189,4 +242,17 @@ class WorkflowDefinition:
                 )
             for branch in s.parallel:
                 edges.append({"source": s.name, "target": branch, "kind": "branch", "label": ""})
+            if s.body:
+                # Into the body, along it (a body step without routes goes on to the
+                # next one) and, from its last such step, back to the loop.
+                label = "for each" if s.type == "for_each" else f"while {s.while_ or ''}"
+                edges.append(
+                    {"source": s.name, "target": s.body[0], "kind": "body", "label": label}
+                )
+                for here, nxt in zip(s.body, [*s.body[1:], s.name], strict=True):
+                    step = self.states.get(here)
+                    if step is not None and not (
+                        step.on_success or step.on_failure or step.transitions
+                    ):
+                        edges.append({"source": here, "target": nxt, "kind": "body", "label": ""})
         return {"initial": self.initial, "nodes": nodes, "edges": edges}

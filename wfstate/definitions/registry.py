@@ -242,6 +242,13 @@ class Registry:
         found = self.entry(name)
         if found.definition is None:
             raise found.error or InvalidDefinition(f"workflow '{name}' is invalid", errors=[])
+        if any(s.workflow for s in found.definition.states.values()):
+            from wfstate.definitions.calls import check_call_graph
+
+            entries = self._scan()
+            check_call_graph(
+                found.definition, lambda n: entries[n].definition if n in entries else None
+            )
         return found.definition
 
     def all(self) -> list[WorkflowDefinition]:

@@ -241,10 +241,14 @@ def build_context(state: WorkflowState, cache: ContextCache | None = None) -> di
         "id": state.workflow_id,
         "name": state.workflow_name,
         "version": state.workflow_version,
+        "duration": (state.duration_ms() or 0) / 1000,
     }
     for alias, field in WORKFLOW_FIELD_ALIASES.items():
         workflow[alias] = workflow[field]
-    return {"inputs": dict(state.inputs), "states": states, "workflow": workflow}
+    from wfstate.secrets import open_inputs
+
+    # Secret inputs are opened here, for the step only (wfstate.secrets).
+    return {"inputs": open_inputs(state.inputs), "states": states, "workflow": workflow}
 
 
 # --- rendering --------------------------------------------------------------------------

@@ -15,7 +15,9 @@ EventKind = Literal[
     "step_retry",
     "step_finished",
     "step_kept",
+    "iteration_finished",
     "run_finished",
+    "hook",
     "run_waiting",
     "signal_received",
 ]
@@ -28,9 +30,16 @@ class ProgressEvent(TypedDict):
     - ``step_retry``: ``state``, ``attempt`` (the one that failed), ``error``, ``delay`` (s)
     - ``step_finished``: ``state``, ``status``, ``attempt``, ``duration_ms``, ``error``
     - ``step_kept``: ``state``, ``attempt`` (a parallel branch a resume did not re-run)
+    - ``iteration_finished``: ``state`` (the loop), ``index``, ``status`` (an iteration
+      of a for_each/while recorded in its side file)
     - ``run_finished``: ``status``, ``error``
     - ``run_waiting``: ``state``, ``signal`` (or None: a sleep), ``until`` (or None): parked
     - ``signal_received``: ``state``, ``signal``, ``signal_id``: a wait step took a signal
+    - ``hook``: ``hook`` (the event: ``workflow_start``, ``pre``...), ``state`` (a step
+      hook's), ``kind`` (command, log, call), ``status``, ``output``, ``error``
+
+    A child run's events (a ``call_workflow`` step) come through its parent's callback
+    with ``state`` as ``parent_state/child_state`` and ``run`` the child's id.
     """
 
     event: EventKind
@@ -40,6 +49,11 @@ class ProgressEvent(TypedDict):
     error: NotRequired[str | None]
     delay: NotRequired[float]
     duration_ms: NotRequired[int | None]
+    index: NotRequired[int]
+    hook: NotRequired[str]
+    kind: NotRequired[str]
+    output: NotRequired[object]
+    run: NotRequired[str]
     signal: NotRequired[str | None]
     signal_id: NotRequired[str]
     until: NotRequired[str | None]

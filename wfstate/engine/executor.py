@@ -38,7 +38,11 @@ from wfstate.definitions.templates import (
     render_text,
     render_value,
 )
+from wfstate.engine import calls as sub_calls
+from wfstate.engine import hooks as step_hooks
 from wfstate.engine.events import Progress, ProgressEvent
+from wfstate.engine.loops import LOOP_TYPES, IterationScope, LoopsView, run_loop, scope_context
+from wfstate.engine.operations import operation_target
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
 from wfstate.engine.waits import WAIT_TYPES, run_wait
@@ -81,6 +85,9 @@ class Executor:
         max_inline_output: int = 65536,
         cancel_event: threading.Event | None = None,
         rng: random.Random | None = None,
+        resolve: Callable[[str], WorkflowDefinition] | None = None,
+        parent_stop: Callable[[], bool] | None = None,
+        call_chain: tuple[str, ...] = (),
     ) -> None:
         self.store = store
         self.definition = definition
@@ -97,6 +104,13 @@ class Executor:
         self._context_cache: ContextCache = {}
         # Set once the run's outcome is durable: nothing may overwrite it after that.
         self._ended = False
+        # Loops' finished iterations by side file, read once (see engine/loops.py).
+        self._loop_records: dict[str, list[dict[str, Any]]] = {}
+        # Sub-workflows (engine/calls.py): how a child's definition is found, the
+        # parent's stop (a child stops with its parent), the workflows above this run.
+        self.resolve = resolve
+        self.parent_stop = parent_stop
+        self.call_chain = call_chain
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -121,6 +135,9 @@ class Executor:
     def should_stop(self) -> bool:
         """True when the run was asked to stop (signal, or a cancel request file)."""
         if self.cancel_event.is_set():
+            return True
+        if self.parent_stop is not None and self.parent_stop():
+            self.cancel_event.set()
             return True
         state = self._state
         if state is None:
@@ -163,6 +180,10 @@ class Executor:
         # half done: its completed branches are kept (see prepare_resume).
         first = True
         try:
+            failed = step_hooks.workflow_hook(self, "workflow_start", fail_fast=True)
+            if failed is not None:
+                self._finish(RunStatus.FAILED, failed, hooks=False)
+                return state
             while True:
                 sdef = definition.states.get(current)
                 if sdef is None:
@@ -178,8 +199,12 @@ class Executor:
                 if self.should_stop():
                     self._finish_cancelled(current)
                     return state
+                exit_to: str | None = None
                 if sdef.type == "parallel":
                     result = self._run_parallel(sdef, reuse=first)
+                elif sdef.type in LOOP_TYPES:
+                    # Only the state a run resumes at goes on from recorded loop progress.
+                    result, exit_to = run_loop(self, sdef, resume=first)
                 elif sdef.type in WAIT_TYPES:
                     parked = run_wait(self, sdef)
                     if parked is None:
@@ -191,7 +216,9 @@ class Executor:
                 if result.status == StepStatus.CANCELLED:
                     self._finish_cancelled(current)
                     return state
-                nxt = self._route(sdef, result)
+                nxt = exit_to or self._route(sdef, result)
+                if nxt is None and self._inline_failure(sdef, result):
+                    return state
                 if nxt is None:
                     if result.status == StepStatus.COMPLETED or sdef.continue_on_error:
                         self._finish(RunStatus.COMPLETED, None)
@@ -253,6 +280,23 @@ class Executor:
                     entry.duration_ms = _elapsed_ms(entry.started_at, now)
         self._finish(RunStatus.FAILED, message)
 
+    def _inline_failure(self, sdef: StateDef, result: StepResult) -> bool:
+        """awf's ``on_failure: {message, status}``: end the run failed with them."""
+        if result.status == StepStatus.COMPLETED or sdef.continue_on_error:
+            return False
+        if sdef.failure_message is None and sdef.failure_status is None:
+            return False
+        message = f"state '{sdef.name}' failed ({result.error})"
+        if sdef.failure_message:
+            try:
+                message = render_text(sdef.failure_message, self._context())
+            except WFStateError as exc:
+                message = f"{sdef.failure_message} (message could not be rendered: {exc})"
+        assert self._state is not None
+        self._state.exit_code = sdef.failure_status
+        self._finish(RunStatus.FAILED, message)
+        return True
+
     def _route(self, sdef: StateDef, result: StepResult) -> str | None:
         if sdef.type in WAIT_TYPES:
             from wfstate.engine import waits
@@ -274,7 +318,9 @@ class Executor:
         """The template context now; under the lock, so no branch is half-way through
         recording its result (which a cached entry would otherwise keep)."""
         with self._lock:
-            return build_context(self._state_snapshot(), self._context_cache)
+            context = build_context(self._state_snapshot(), self._context_cache)
+        context["loops"] = LoopsView(self, None)
+        return context
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -287,6 +333,7 @@ class Executor:
         durable: bool = True,
         process: dict[str, Any] | None = None,
         started_at: str | None = None,
+        key: str | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -298,7 +345,7 @@ class Executor:
                 started_at=started_at or utcnow(),
                 process=process,
             )
-            state.states[name] = entry
+            state.states[key or name] = entry
             if set_current:
                 state.current_state = name
             self._checkpoint(durable=durable)
@@ -306,7 +353,12 @@ class Executor:
         return entry
 
     def _run_step(
-        self, sdef: StateDef, *, set_current: bool = True, stop: Callable[[], bool] | None = None
+        self,
+        sdef: StateDef,
+        *,
+        set_current: bool = True,
+        stop: Callable[[], bool] | None = None,
+        scope: IterationScope | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -319,10 +371,13 @@ class Executor:
         # are found if this executor dies (see processes.py).
         token = new_token()
         process = step_record(token) if sdef.command is not None else None
-        entry = self._begin(sdef.name, attempt, set_current=set_current, process=process)
+        key = scope.key(sdef.name) if scope else None
+        entry = self._begin(sdef.name, attempt, set_current=set_current, process=process, key=key)
+        step_hooks.step_hook(self, sdef, entry, "pre", should_stop)
         first_started = entry.started_at
         while True:
-            outcome = self._attempt(sdef, attempt, should_stop, token)
+            # Whatever the step printed, returned or raised, with secret inputs masked.
+            outcome = _masked(self._attempt(sdef, attempt, should_stop, token, scope), state)
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -353,7 +408,10 @@ class Executor:
                 entry.attempt = attempt
                 entry.error = outcome.error
                 self._checkpoint(durable=False)
-        return self._end(sdef, entry, outcome, attempt, first_started)
+        spill = scope.spill(sdef.name) if scope else None
+        result = self._end(sdef, entry, outcome, attempt, first_started, spill)
+        step_hooks.step_hook(self, sdef, result, "post", should_stop)
+        return result
 
     def _sleep(self, seconds: float, should_stop: Callable[[], bool]) -> bool:
         """Wait ``seconds``; True if stopped meanwhile."""
@@ -372,11 +430,15 @@ class Executor:
         attempt: int,
         should_stop: Callable[[], bool],
         token: str | None = None,
+        scope: IterationScope | None = None,
     ) -> AttemptResult:
         state = self._state
         assert state is not None
         try:
-            context = self._context()
+            if sdef.type == "call_workflow":
+                entry = state.states[scope.key(sdef.name) if scope else sdef.name]
+                return sub_calls.run_call_workflow(self, sdef, entry, should_stop)
+            context = self._context() if scope is None else scope_context(self, scope)
             if sdef.command is not None:
                 command = render_command(sdef.command, context)
                 cwd = render_text(sdef.dir, context) if sdef.dir else None
@@ -397,14 +459,13 @@ class Executor:
                 workflow_id=state.workflow_id,
                 workflow_name=state.workflow_name,
                 state_name=sdef.name,
-                inputs=state.inputs,
+                inputs=context["inputs"],  # secret inputs opened (wfstate.secrets)
                 states=context["states"],
                 attempt=attempt,
                 should_stop=should_stop,
             )
-            return run_call(
-                str(sdef.call), kwargs, ctx, timeout=sdef.timeout, should_stop=should_stop
-            )
+            target = operation_target(sdef.operation) if sdef.operation else str(sdef.call)
+            return run_call(target, kwargs, ctx, timeout=sdef.timeout, should_stop=should_stop)
         except WFStateError as exc:
             # A template that does not render fails the step (retrying will not help).
             return AttemptResult(ok=False, error=str(exc))
@@ -432,6 +493,7 @@ class Executor:
         outcome: AttemptResult,
         attempt: int,
         started_at: str | None,
+        spill: str | None = None,
     ) -> StepResult:
         state = self._state
         assert state is not None
@@ -452,11 +514,12 @@ class Executor:
             outcome.ok = False
             outcome.error = f"the output of {what} is not JSON-serialisable: {exc}"
         # Spilled outputs keep the bytes the process wrote, not a re-encoded text.
+        name = spill or sdef.name  # a loop's body step keeps each iteration's output
         output, truncated = self._inline(
-            state.workflow_id, sdef.name, "stdout", output, outcome.raw_output
+            state.workflow_id, name, "stdout", output, outcome.raw_output
         )
         stderr, err_truncated = self._inline(
-            state.workflow_id, sdef.name, "stderr", _clean(outcome.stderr), outcome.raw_stderr
+            state.workflow_id, name, "stderr", _clean(outcome.stderr), outcome.raw_stderr
         )
         completed = utcnow()
         with self._lock:
@@ -693,7 +756,8 @@ class Executor:
                     entry.status = StepStatus.FAILED
                     entry.error = f"its output was moved to side files: {error}"
             try:
-                self._finish(RunStatus.FAILED, f"state '{entry.name}': {error}")
+                # No hooks: their records would only make the state larger.
+                self._finish(RunStatus.FAILED, f"state '{entry.name}': {error}", hooks=False)
                 return state
             except StateTooLarge:
                 continue
@@ -705,9 +769,25 @@ class Executor:
                 data = value.encode() if isinstance(value, str) else orjson.dumps(value)
                 self.store.save_output(workflow_id, entry.name, stream, data)
 
-    def _finish(self, status: RunStatus, error: str | None) -> None:
+    def _finish(self, status: RunStatus, error: str | None, *, hooks: bool = True) -> None:
         state = self._state
         assert state is not None
+        if status == RunStatus.COMPLETED and self.definition.outputs:
+            try:
+                outputs = sub_calls.collect_outputs(self.definition, self._context())
+            except WFStateError as exc:
+                status, error = RunStatus.FAILED, f"workflow outputs: {exc}"
+            else:
+                with self._lock:
+                    state.outputs = outputs
+        if hooks:
+            # Before the final checkpoint: a crash in between re-enters here on recovery,
+            # and the hooks' records (checkpointed one by one) keep them to once.
+            event = {
+                RunStatus.COMPLETED: "workflow_end",
+                RunStatus.CANCELLED: "workflow_cancel",
+            }.get(status, "workflow_error")
+            step_hooks.workflow_hook(self, event, error=error)
         with self._lock:
             state.status = status
             state.error = _clean(error)
@@ -793,3 +873,16 @@ def _clean(text: str | None) -> str | None:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _masked(outcome: AttemptResult, state: WorkflowState) -> AttemptResult:
+    """The outcome with every secret input's value masked (wfstate.secrets)."""
+    from wfstate import secrets
+
+    values = secrets.clear_values(state.inputs)
+    if values:
+        outcome.output = secrets.mask(outcome.output, values)
+        outcome.stderr = secrets.mask(outcome.stderr, values)
+        outcome.error = secrets.mask(outcome.error, values)
+        outcome.traceback = secrets.mask(outcome.traceback, values)
+    return outcome

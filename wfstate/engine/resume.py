@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from wfstate.definitions.model import WorkflowDefinition
+from wfstate.engine.loops import keeps_progress
 from wfstate.exceptions import DefinitionChanged, NotResumable, RunFinished
 from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time, utcnow
 
@@ -26,6 +27,8 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
         NotResumable: the run cannot go on from there.
     """
     branches = {b for s in definition.states.values() for b in s.parallel}
+    # A loop's body steps are re-run through their loop, as branches through their block.
+    branches |= {b for s in definition.states.values() for b in s.body}
     executed = [n for n in _executed_order(state) if n in definition.states]
     # Top-level steps only: a parallel block's branches are re-run through their block.
     steps = [n for n in executed if definition.states[n].type != "terminal" and n not in branches]
@@ -67,6 +70,12 @@ def resume_target(state: WorkflowState, definition: WorkflowDefinition, from_sta
         )
     if definition.states[from_state].type == "terminal":
         raise NotResumable(f"run {state.workflow_id}: '{from_state}' is a terminal state")
+    owner = next((s.name for s in definition.states.values() if from_state in s.body), None)
+    if owner is not None:
+        raise NotResumable(
+            f"run {state.workflow_id}: '{from_state}' is in the body of loop '{owner}'; "
+            "resume from the loop"
+        )
     if from_state in branches:
         raise NotResumable(
             f"run {state.workflow_id}: '{from_state}' is a branch of a parallel block; "
@@ -135,11 +144,14 @@ def prepare_resume(
             f"(sha256 {state.definition_sha256[:12]} -> {definition.sha256[:12]}); "
             "pass --allow-changed-definition to resume it with the new definition"
         )
+    from wfstate.engine.hooks import rewind_end_hooks
+
     target = resume_target(state, definition, from_state) if state.states else definition.initial
+    hooks = rewind_end_hooks(state)
     order = _executed_order(state)
     kept = _kept_branches(state, definition, target) if from_state == "current" else []
     rewound: list[dict[str, Any]] = []
-    if target in state.states:
+    if target in state.states and not keeps_progress(state, target, from_state):
         cut = order.index(target)
         for name in order[cut:]:
             if name not in kept:
@@ -157,6 +169,7 @@ def prepare_resume(
             "rewound": rewound,
             # Completed branches of the interrupted parallel block: not run again.
             "kept": kept,
+            **({"hooks": hooks} if hooks else {}),
         }
     )
     if inputs:
@@ -168,6 +181,7 @@ def prepare_resume(
     state.waiting_for = None  # a wait step resumed is reached afresh
     state.status = RunStatus.PENDING
     state.error = None
+    state.exit_code = None
     state.completed_at = None
     return state
 

@@ -44,8 +44,12 @@ class WFStateCommand(BaseCommand):
     def execute(self, *args: Any, **options: Any) -> Any:
         self.as_json = bool(options.get("json"))
         self.verbosity = int(options.get("verbosity", 1))
+        from wfstate import audit
+
         try:
-            return super().execute(*args, **options)
+            # What the command changes is recorded as done by this host's OS user.
+            with audit.acting_as(audit.command_actor):
+                return super().execute(*args, **options)
         except WFStateError as exc:
             if self.as_json:
                 self.emit_json({"error": error_payload(exc)})
@@ -85,6 +89,8 @@ class WFStateCommand(BaseCommand):
             )
         elif kind == "step_kept":
             self.stdout.write(f"  = {name}  kept: completed before the resume (attempt {attempt})")
+        elif kind == "iteration_finished":
+            self.stdout.write(f"  ⟳ {name}  iteration {event.get('index')} {event.get('status')}")
         elif kind == "step_finished":
             status = event.get("status")
             seconds = (event.get("duration_ms") or 0) / 1000
@@ -94,6 +100,16 @@ class WFStateCommand(BaseCommand):
                 line += f"  {event['error']}"
             style = self.style.SUCCESS if status == "completed" else self.style.ERROR
             self.stdout.write(style(line))
+        elif kind == "hook":
+            # A hook's own lines (a command's stdout, a log message), in the order run.
+            where = f"{name} {event.get('hook')}" if name else str(event.get("hook"))
+            text = event.get("output") if event.get("status") == "completed" else event.get("error")
+            for text_line in str(text or "").splitlines() or [""]:
+                line = f"  ⚓ {where}: {text_line}"
+                if event.get("status") == "completed":
+                    self.stdout.write(line)
+                else:
+                    self.stdout.write(self.style.WARNING(line))
 
     def report_run(self, state: WorkflowState, path: str | None) -> None:
         """The closing lines of run/resume: id, status, state file; exit 3 when not completed."""

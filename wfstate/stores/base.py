@@ -19,12 +19,12 @@ import re
 import socket
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from wfstate.exceptions import InvalidRunId, RunLocked, StateTooLarge, StorageError
+from wfstate.exceptions import InvalidRunId, RunLocked, RunNotFound, StateTooLarge, StorageError
 from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState
 
@@ -251,6 +251,45 @@ class StateStore(ABC):
             RunNotFound: no such output.
         """
 
+    # --- append-only side files: a loop's finished iterations (optional) ---------------
+    #
+    # The defaults keep the records as an output (``save_output``/``load_output``), so a
+    # store that implements only the abstract methods still runs loops; each append then
+    # rewrites the whole file, which a real store avoids (JSONFileStore appends).
+
+    def append_records(self, workflow_id: str, name: str, data: bytes) -> None:
+        """Append framed records (:mod:`wfstate.stores.records`) to the side file ``name``,
+        durably (fsynced before returning), under the run's write lock.
+
+        Raises:
+            InvalidRunId, StateLocked, StorageError.
+        """
+        with self.write_lock(workflow_id):
+            old = self.read_records(workflow_id, name)
+            self.save_output(workflow_id, name, "records", old + data)
+
+    def read_records(self, workflow_id: str, name: str) -> bytes:
+        """The bytes of the side file ``name`` (empty if it does not exist).
+
+        Raises:
+            InvalidRunId, StorageError.
+        """
+        try:
+            return self.load_output(workflow_id, name, "records")
+        except RunNotFound:
+            return b""
+
+    def truncate_records(self, workflow_id: str, name: str, size: int) -> None:
+        """Cut the side file ``name`` to ``size`` bytes (drops a torn or unacknowledged tail).
+
+        Raises:
+            InvalidRunId, StateLocked, StorageError.
+        """
+        with self.write_lock(workflow_id):
+            data = self.read_records(workflow_id, name)
+            if len(data) > size:
+                self.save_output(workflow_id, name, "records", data[:size])
+
     # --- signals: a run's mailbox (see wfstate.engine.waits) -----------------------------
     #
     # Not abstract: a store without a mailbox still runs every workflow that does not
@@ -297,6 +336,17 @@ class StateStore(ABC):
         validate_id(workflow_id)
         return None
 
+    def loops_dir(self, workflow_id: str) -> Path | None:
+        """The directory holding the run's loop side files (``append_records``), for
+        operators; None when the store keeps them elsewhere (the default: with the
+        outputs).
+
+        Raises:
+            InvalidRunId.
+        """
+        validate_id(workflow_id)
+        return None
+
     # --- maintenance (optional) ----------------------------------------------------------
 
     def temp_files(self) -> builtins.list[Path]:
@@ -323,6 +373,21 @@ class StateStore(ABC):
         """
         validate_id(workflow_id)
         return None
+
+    def orphan_side_files(self, *, grace: float = 2.0) -> dict[str, builtins.list[str]]:
+        """What a run left beside it (outputs, markers, lock sidecars) when it has no
+        state any more (a delete or a prune killed midway): run id -> paths, for
+        ``doctor``. Files touched in the last ``grace`` seconds are left out (a run being
+        created makes its sidecar just before its state). Default: none."""
+        return {}
+
+    def remove_orphan_side_files(
+        self, orphans: Mapping[str, builtins.list[str]]
+    ) -> builtins.list[str]:
+        """Remove what ``orphan_side_files`` found, each run under its write lock (taken
+        without waiting) and only while it still has no state. Returns the run ids
+        cleaned. Default: nothing to remove."""
+        return []
 
     def slot_lock(self, name: str) -> AbstractContextManager[RunLockOwner]:
         """A named lock taken without waiting, held like a run lock (a dead holder's is

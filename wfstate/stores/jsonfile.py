@@ -7,6 +7,7 @@ Layout under ``<root>/states/``::
     <id>.run.lock        run-lock sidecar, holding the executor's pid, host and start
     <id>.cancel          a cancellation request, polled by the executor
     <id>.outputs/        whole outputs of steps whose output was cut in the JSON
+    <id>.loops/<name>.log  a loop's finished iterations: append-only framed records
     <id>.mailbox/        signals not yet taken: <received-ns>-<signal id>.json each
     .<name>.<rand>.tmp   a write in progress, or left by a crash (swept)
 
@@ -23,7 +24,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,8 +33,10 @@ import orjson
 
 from wfstate.exceptions import (
     CorruptState,
+    InvalidRunId,
     RunLocked,
     RunNotFound,
+    StateLocked,
     StillRunning,
     StorageError,
 )
@@ -44,6 +47,7 @@ from wfstate.stores._atomic import (
     _NOFOLLOW,
     TEMP_SUFFIX,
     atomic_write,
+    fsync_dir,
     make_private_dir,
     target_of_temp,
 )
@@ -143,6 +147,10 @@ class JSONFileStore(StateStore):
 
     def outputs_dir(self, workflow_id: str) -> Path:
         return self.directory / f"{validate_id(workflow_id)}.outputs"
+
+    def loops_dir(self, workflow_id: str) -> Path:
+        """Where the run's loop iterations are appended (see :mod:`wfstate.stores.records`)."""
+        return self.directory / f"{validate_id(workflow_id)}.loops"
 
     def mailbox_dir(self, workflow_id: str) -> Path:
         return self.directory / f"{validate_id(workflow_id)}.mailbox"
@@ -290,6 +298,11 @@ class JSONFileStore(StateStore):
                 outputs.unlink()
             else:
                 shutil.rmtree(outputs, ignore_errors=True)
+            loops = self.loops_dir(workflow_id)
+            if loops.is_symlink():
+                loops.unlink()
+            else:
+                shutil.rmtree(loops, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 self._cancel_path(workflow_id).unlink()
             mailbox = self.mailbox_dir(workflow_id)
@@ -394,6 +407,87 @@ class JSONFileStore(StateStore):
         finally:
             os.close(fd)
 
+    # --- loop iterations (append-only side files) ------------------------------------------
+
+    def _records_path(self, workflow_id: str, name: str) -> Path:
+        directory = self.loops_dir(workflow_id)
+        if directory.is_symlink():
+            raise StorageError(f"refusing to use {directory}: it is a symlink", path=str(directory))
+        return directory / f"{validate_name(name)}.log"
+
+    def append_records(self, workflow_id: str, name: str, data: bytes) -> None:
+        # A real append: the cost of an iteration never depends on how many came before.
+        path = self._records_path(workflow_id, name)
+        with self.write_lock(workflow_id):
+            try:
+                created = not path.parent.exists()
+                if created:
+                    make_private_dir(path.parent)
+                fd = os.open(
+                    path,
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC,
+                    self.file_mode,
+                )
+            except OSError as exc:
+                raise StorageError(
+                    f"could not open {path}: {exc.strerror}", path=str(path)
+                ) from exc
+            try:
+                new = os.fstat(fd).st_size == 0
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError as exc:
+                raise StorageError(
+                    f"could not append to {path}: {exc.strerror}", path=str(path)
+                ) from exc
+            finally:
+                os.close(fd)
+            if new:  # the file's name must survive a power cut too
+                with contextlib.suppress(OSError):
+                    fsync_dir(path.parent)
+                    if created:
+                        fsync_dir(self.directory)
+
+    def read_records(self, workflow_id: str, name: str) -> bytes:
+        path = self._records_path(workflow_id, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
+        try:
+            with open(fd, "rb", closefd=False) as fh:
+                return fh.read()
+        except OSError as exc:
+            raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
+        finally:
+            os.close(fd)
+
+    def truncate_records(self, workflow_id: str, name: str, size: int) -> None:
+        path = self._records_path(workflow_id, name)
+        with self.write_lock(workflow_id):
+            try:
+                fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                raise StorageError(
+                    f"could not open {path}: {exc.strerror}", path=str(path)
+                ) from exc
+            try:
+                if os.fstat(fd).st_size > size:
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+            except OSError as exc:
+                raise StorageError(
+                    f"could not truncate {path}: {exc.strerror}", path=str(path)
+                ) from exc
+            finally:
+                os.close(fd)
+
     # --- signals -------------------------------------------------------------------------------
 
     def _checked_mailbox(self, workflow_id: str) -> Path:
@@ -460,6 +554,54 @@ class JSONFileStore(StateStore):
 
     # --- maintenance -----------------------------------------------------------------------
 
+    def orphan_side_files(self, *, grace: float = 2.0) -> dict[str, builtins.list[str]]:
+        found: dict[str, builtins.list[str]] = {}
+        newest: dict[str, float] = {}
+        try:
+            entries = os.scandir(self.directory)
+        except FileNotFoundError:
+            return {}
+        names: set[str] = set()
+        with entries:
+            for entry in entries:
+                names.add(entry.name)
+                workflow_id = _side_id(entry.name)
+                if workflow_id is None:
+                    continue
+                found.setdefault(workflow_id, []).append(entry.path)
+                with contextlib.suppress(OSError):
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                    newest[workflow_id] = max(newest.get(workflow_id, 0.0), mtime)
+        limit = time.time() - grace
+        return {
+            workflow_id: sorted(paths)
+            for workflow_id, paths in sorted(found.items())
+            if f"{workflow_id}.json" not in names and newest.get(workflow_id, 0.0) <= limit
+        }
+
+    def remove_orphan_side_files(
+        self, orphans: Mapping[str, builtins.list[str]]
+    ) -> builtins.list[str]:
+        removed = []
+        for workflow_id, paths in orphans.items():
+            try:
+                with self.locks.write_lock(workflow_id, 0):
+                    if (self.directory / f"{workflow_id}.json").exists():
+                        continue
+                    for raw in paths:
+                        path = Path(raw)
+                        if path.name.endswith(".lock"):
+                            continue  # the sidecars go last, below
+                        if path.is_dir() and not path.is_symlink():
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            path.unlink(missing_ok=True)
+            except (StateLocked, OSError):
+                continue
+            self.locks.forget(workflow_id)
+            removed.append(workflow_id)
+        return removed
+
     def slot_lock(self, name: str) -> contextlib.AbstractContextManager[RunLockOwner]:
         """A run lock of the lock backend under the slot's name (see ``StateStore``)."""
         self._ensure_dir()
@@ -500,6 +642,9 @@ class JSONFileStore(StateStore):
                 outputs = self.outputs_dir(workflow_id)
                 if outputs.is_dir() and not outputs.is_symlink():
                     self._quarantine_move(outputs, target_dir)
+                loops = self.loops_dir(workflow_id)
+                if loops.is_dir() and not loops.is_symlink():
+                    self._quarantine_move(loops, target_dir)
                 self.clear_cancel(workflow_id)
                 self.locks.forget(workflow_id)
         finally:
@@ -553,6 +698,28 @@ class JSONFileStore(StateStore):
             except Exception:  # noqa: S112 - busy or odd: leave it for the next sweep
                 continue
             removed.append(str(path))
+        removed += self._sweep_orphaned_loops()
+        return removed
+
+    def _sweep_orphaned_loops(self) -> builtins.list[str]:
+        """``<id>.loops/`` directories whose run is gone (a delete interrupted half-way)."""
+        removed = []
+        for directory in self.directory.glob("*.loops"):
+            workflow_id = directory.name[: -len(".loops")]
+            try:
+                validate_id(workflow_id)
+                with self.locks.write_lock(workflow_id, 0):
+                    if self.path_for(workflow_id).exists():
+                        continue
+                    if directory.is_symlink():
+                        directory.unlink()
+                    else:
+                        shutil.rmtree(directory)
+                    # No run, so no sidecar either (taking the lock made one).
+                    self.locks.forget(workflow_id)
+            except Exception:  # noqa: S112 - busy or odd: leave it for the next sweep
+                continue
+            removed.append(str(directory))
         return removed
 
 
@@ -606,3 +773,17 @@ def parse_state(data: bytes, path: Path | str, workflow_id: str | None = None) -
             f"{path} holds run {state.workflow_id!r}, not {workflow_id}", path=str(path)
         )
     return state
+
+
+# What sits beside ``<id>.json`` for a run (``orphan_side_files``).
+_SIDE_SUFFIXES = (".run.lock", ".lock", ".cancel", ".outputs", ".loops", ".mailbox")
+
+
+def _side_id(name: str) -> str | None:
+    for suffix in _SIDE_SUFFIXES:
+        if name.endswith(suffix):
+            try:
+                return validate_id(name[: -len(suffix)])
+            except InvalidRunId:
+                return None
+    return None

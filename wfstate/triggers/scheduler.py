@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from django.db import close_old_connections
 
+from wfstate.exceptions import WFStateError
 from wfstate.triggers import schedules
 
 logger = logging.getLogger("wfstate.scheduler")
@@ -49,7 +50,25 @@ def one_pass(*, housekeeping: bool = True, prune: bool = True) -> PassResult:
     if prune:
         schedules.prune_ticks()
         idempotency.prune_expired()
+        _apply_retention()
     return result
+
+
+def _apply_retention() -> None:
+    """``WFSTATE["RETENTION"]``, when set: the scheduler prunes as it goes (a run is
+    removed under its own run lock, so two schedulers pruning at once never clash)."""
+    from wfstate import retention
+    from wfstate.conf import conf
+
+    if not conf.RETENTION:
+        return
+    try:
+        report = retention.prune_with_settings()
+    except WFStateError as exc:
+        logger.error("retention not applied: %s", exc)
+        return
+    if report.pruned:
+        logger.info("retention: %d runs pruned", len(report.pruned))
 
 
 def run_forever(

@@ -1,7 +1,9 @@
 """``doctor``: report (and with ``--fix`` repair) what drifted between files and index.
 
 Problems: rows that disagree with their file (revision, status...), files without a
-row, rows without a file, corrupt state files, temp files left by interrupted writes.
+row, rows without a file, corrupt state files, temp files left by interrupted writes,
+side files (outputs, lock sidecars) of runs whose state file is gone (what a kill in the
+middle of a delete or a prune leaves; ``wfstate.retention.orphan_side_files``).
 ``--fix`` re-syncs the index from the files and prunes rows without files, deletes the
 orphan temp files (``store.sweep()``, each under its run's write lock) and moves
 corrupt files to ``<STORAGE_DIR>/quarantine/`` (never deleting them).
@@ -18,7 +20,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from wfstate import index
+from wfstate import index, retention
 from wfstate.management.base import WFStateCommand
 from wfstate.management.commands.sync_workflow_index import progress_bar
 from wfstate.models import WorkflowRun
@@ -49,12 +51,14 @@ class Command(WFStateCommand):
         bar.finish()
         temp_files = [str(p) for p in store.temp_files()]
         crashed = self._crashed(store)
+        orphans = retention.orphan_side_files(store)
         found = {
             "drifted": len(report.drifted),
             "missing_rows": len(report.missing_rows),
             "stale_rows": len(report.stale_rows),
             "corrupt": len(report.corrupt),
             "temp_files": len(temp_files),
+            "orphan_side_files": len(orphans),
         }
         result: dict[str, Any] = {
             "files": report.files,
@@ -62,6 +66,7 @@ class Command(WFStateCommand):
             "found": found,
             **{k: v for k, v in report.as_dict().items() if k in found},
             "temp_files": temp_files,
+            "orphan_side_files": orphans,
             "crashed_runs": crashed,
         }
         remaining = result["problems"]
@@ -112,6 +117,8 @@ class Command(WFStateCommand):
         bar = progress_bar(self, "re-syncing")
         synced = index.sync(store, prune=True, progress=bar)
         bar.finish()
+        orphans_removed = retention.remove_orphan_side_files(store)
+        left_orphans = retention.orphan_side_files(store)
         left_temp = [str(p) for p in store.temp_files()]
         left_corrupt = [w for w in synced.corrupt if w not in quarantined]
         return {
@@ -120,7 +127,8 @@ class Command(WFStateCommand):
             "rows_created": synced.created,
             "rows_updated": synced.updated,
             "rows_pruned": synced.pruned,
-            "remaining": len(left_temp) + len(left_corrupt),
+            "orphan_side_files_removed": orphans_removed,
+            "remaining": len(left_temp) + len(left_corrupt) + len(left_orphans),
         }
 
     # --- output --------------------------------------------------------------------------
@@ -157,6 +165,10 @@ class Command(WFStateCommand):
             "corrupt state files", [f"{c['workflow_id']}: {c['error']}" for c in result["corrupt"]]
         )
         listing("orphan temp files", result["temp_files"])
+        listing(
+            "side files of runs without a state file",
+            [f"{w}: {', '.join(p)}" for w, p in result["orphan_side_files"].items()],
+        )
         if result["crashed_runs"]:
             listing(
                 "running runs with no live executor (recover_workflows resumes them)",
@@ -168,7 +180,8 @@ class Command(WFStateCommand):
                 f"fixed: {len(fixed['quarantined'])} corrupt files quarantined, "
                 f"{len(fixed['temp_files_removed'])} temp files removed, "
                 f"{fixed['rows_created']} rows created, {fixed['rows_updated']} updated, "
-                f"{fixed['rows_pruned']} pruned"
+                f"{fixed['rows_pruned']} pruned, side files of "
+                f"{len(fixed['orphan_side_files_removed'])} deleted runs removed"
             )
         if result["remaining"] == 0:
             self.say("no problems" if not fix else "all fixed", self.style.SUCCESS)

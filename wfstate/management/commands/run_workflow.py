@@ -39,6 +39,11 @@ class Command(WFStateCommand):
             metavar="KEY",
             help="start at most one run per key: a repeat prints the run the key started",
         )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="validate the inputs and print the plan; write nothing, run nothing",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         inputs: dict[str, Any] = {}
@@ -46,6 +51,17 @@ class Command(WFStateCommand):
         if options["inputs_file"]:
             inputs.update(_read_inputs_file(options["inputs_file"]))
         inputs.update(parse_input_pairs(options["input"]))
+        if options["dry_run"]:
+            plan = runs.plan_run(options["name"], inputs, coerce_strings=coerce)
+            if self.as_json:
+                self.emit_json(plan)
+            else:
+                from wfstate.engine.plan import format_plan
+
+                self.stdout.write("dry run: nothing is written and nothing runs")
+                for line in format_plan(plan):
+                    self.stdout.write(line)
+            return
 
         def created(state: WorkflowState) -> None:
             if not options["detach"]:
