@@ -170,6 +170,7 @@ def test_a_second_signal_for_the_same_step_is_kept_never_applied_twice(storage: 
     state = runs.start_run("approval")
     first, _ = runs.signal_run(state.workflow_id, "approval", {"approved": True, "comment": "1"})
     second, _ = runs.signal_run(state.workflow_id, "approval", {"approved": False})
+    assert first["sender"] == {"kind": "python", "user": None}  # the default sender
     done = runs.execute(state.workflow_id)
     assert done.status == RunStatus.COMPLETED
     assert done.states["approve"].signal_id == first["id"]

@@ -176,7 +176,8 @@ def signal_run(
 
     The signal is kept durably in the run's mailbox before this returns; a run parked
     waiting for it is enqueued at once through the Tasks API. A run not yet at its wait
-    step takes it when it gets there. Returns (the signal's record, the run's state).
+    step takes it when it gets there. ``sender`` is recorded with it (who, from where;
+    ``{"kind": "python"}`` by default). Returns (the signal's record, the run's state).
 
     Raises:
         RunNotFound, CorruptState; WorkflowNotFound, InvalidDefinition (its workflow);
@@ -189,9 +190,8 @@ def signal_run(
     store = get_store()
     state = store.load(workflow_id)
     definition = get_definition(state.workflow_name)
-    record, state = waits.deliver_signal(
-        store, definition, workflow_id, signal, payload, dict(sender or {})
-    )
+    who = dict(sender) if sender is not None else {"kind": "python", "user": None}
+    record, state = waits.deliver_signal(store, definition, workflow_id, signal, payload, who)
     waiting = state.waiting_for or {}
     if state.status == RunStatus.WAITING and waiting.get("signal") == signal:
         from wfstate.tasks import enqueue_execution
