@@ -141,6 +141,8 @@ def test_signal_wakes_and_the_payload_chooses_the_branch(storage: Path) -> None:
     assert "ship" not in done.states
     assert done.waiting_for is None
     assert get_store().pending_signals(state.workflow_id) == []
+    # Nothing is left of the mailbox once its signals are taken.
+    assert not get_store().mailbox_dir(state.workflow_id).exists()  # type: ignore[attr-defined]
 
 
 def test_a_payload_failing_the_schema_is_refused_and_changes_nothing(storage: Path) -> None:

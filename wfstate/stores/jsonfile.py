@@ -499,13 +499,14 @@ class JSONFileStore(StateStore):
     def post_signal(self, workflow_id: str, record: dict[str, Any]) -> str:
         signal_id = validate_signal_id(record.get("id"))
         directory = self._checked_mailbox(workflow_id)
-        self._ensure_dir()
-        make_private_dir(directory)
-        # The time first, so that a directory listing sorted by name is arrival order;
-        # the id in the name, so that a taken signal is recognised by name alone.
-        path = directory / f"{time.time_ns():020d}-{signal_id}.json"
-        # Durable before the sender is told "accepted" (a 202 is a promise).
-        atomic_write(path, orjson.dumps(record), mode=self.file_mode, durable=True)
+        # Under the write lock: remove_signal drops the emptied directory under it too.
+        with self.write_lock(workflow_id):
+            make_private_dir(directory)
+            # The time first, so that a directory listing sorted by name is arrival
+            # order; the id in the name, so that a taken signal is known by name alone.
+            path = directory / f"{time.time_ns():020d}-{signal_id}.json"
+            # Durable before the sender is told "accepted" (a 202 is a promise).
+            atomic_write(path, orjson.dumps(record), mode=self.file_mode, durable=True)
         return str(path)
 
     def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
@@ -551,6 +552,9 @@ class JSONFileStore(StateStore):
             if name.endswith(f"-{signal_id}.json") and not name.startswith("."):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(directory / name)
+        # An empty mailbox goes (a parked run keeps nothing but its files and locks).
+        with self.write_lock(workflow_id), contextlib.suppress(OSError):
+            os.rmdir(directory)
 
     # --- maintenance -----------------------------------------------------------------------
 
