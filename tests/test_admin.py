@@ -10,7 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from tests.fixtures_index import make_state
+from tests.helpers import make_state
 from wfstate import index
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus, StepStatus, WorkflowState

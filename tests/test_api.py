@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import connection
 from django.test import Client, override_settings
 
-from tests.api_support import API, assert_conforms, openapi_schema
+from tests.helpers import API, assert_conforms, openapi_schema, wait_for
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus, WorkflowState
 from wfstate.stores import get_store
@@ -90,17 +90,6 @@ def saved_run(
     get_store().save(state)
     index.index_state(state)
     return state
-
-
-def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- the list, from the index ------------------------------------------------------------
@@ -595,7 +584,7 @@ def wait_for_status(
         return body if body["status"] in statuses else None
 
     try:
-        return poll(check, timeout, f"run {workflow_id} to reach {statuses}")
+        return wait_for(check, timeout, f"run {workflow_id} to reach {statuses}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; statuses seen: {seen}") from None
 
@@ -637,7 +626,7 @@ def test_start_follow_resume_and_cancel_runs_with_a_real_worker(
     # 3. a live run, cancelled over HTTP: the worker's executor stops it
     slow = api.post("runs/", {"workflow_name": "api_slow"})
     slow_id = slow.json()["workflow_id"]
-    poll(
+    wait_for(
         lambda: (
             api.get(f"runs/{slow_id}/").json()["current_state"] == "wait"
             and get_store().run_lock_owner(slow_id) is not None

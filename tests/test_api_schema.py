@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import ignored_auth
 
-from tests.api_support import API
+from tests.helpers import API
 from wfstate.state import RunStatus, WorkflowState
 from wfstate.stores import get_store
 

@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tests.api_support import API, openapi_schema
+from tests.helpers import API, openapi_schema
 from wfstate.api.views import WFStateAPIMixin
 
 

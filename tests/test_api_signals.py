@@ -8,20 +8,78 @@ Every response is checked against the served OpenAPI schema (tests/test_api.py's
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import Client
 
-from tests.api_support import openapi_schema
-from tests.engine_helpers import wait_for
-from tests.test_api import API_, wait_for_status
-from tests.test_api import worker as worker
+from tests.helpers import API, assert_conforms, openapi_schema, spawn, wait_for
 from wfstate import runs
 from wfstate.state import RunStatus
 from wfstate.stores import get_store
 
 pytestmark = pytest.mark.usefixtures("wfstate_settings")
+
+
+class API_:
+    """A JSON client that checks every response against the served OpenAPI schema."""
+
+    def __init__(self, client: Client, schema: dict[str, Any]) -> None:
+        self.client = client
+        self.schema = schema
+
+    def call(self, method: str, path: str, body: Any = None, **extra: Any) -> Any:
+        url = path if path.startswith("/") else API + path
+        kwargs: dict[str, Any] = dict(extra)
+        if body is not None:
+            kwargs.update(data=body, content_type="application/json")
+        response = getattr(self.client, method.lower())(url, **kwargs)
+        assert response.status_code < 500, response.content
+        assert_conforms(self.schema, method, url, response)
+        return response
+
+    def get(self, path: str, **extra: Any) -> Any:
+        return self.call("GET", path, **extra)
+
+    def post(self, path: str, body: Any = None, **extra: Any) -> Any:
+        return self.call("POST", path, {} if body is None else body, **extra)
+
+
+@pytest.fixture
+def worker(
+    transactional_db: None, wfstate_settings: dict[str, Any]
+) -> Iterator[subprocess.Popen[str]]:
+    """``manage.py db_worker`` on this test's database and storage."""
+    proc = spawn(
+        Path(wfstate_settings["STORAGE_DIR"]),
+        "db_worker",
+        "--interval",
+        "0.05",
+        "--no-startup-delay",
+        "--no-reload",
+        WFSTATE_INDEX_ON_WRITE="1",
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def wait_for_status(
+    api: API_, workflow_id: str, statuses: set[str], timeout: float = 30.0
+) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        body = api.get(f"runs/{workflow_id}/").json()
+        return body if body["status"] in statuses else None
+
+    return wait_for(check, timeout, f"run {workflow_id} to reach {statuses}")
 
 
 def index_follows(api: API_, run_id: str, status: str) -> None:
@@ -45,7 +103,7 @@ def api_for(user: Any) -> API_:
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_waiting_run_is_answered_over_http_and_a_real_worker_finishes_it(
-    admin_user: Any, worker: subprocess.Popen[bytes]
+    admin_user: Any, worker: subprocess.Popen[str]
 ) -> None:
     api = api_for(admin_user)
     started = api.post("runs/", {"workflow_name": "approval", "inputs": {"item": "crate"}})
@@ -103,7 +161,7 @@ def test_a_waiting_run_is_answered_over_http_and_a_real_worker_finishes_it(
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_payload_chooses_the_other_branch(
-    admin_user: Any, worker: subprocess.Popen[bytes]
+    admin_user: Any, worker: subprocess.Popen[str]
 ) -> None:
     api = api_for(admin_user)
     run_id = api.post("runs/", {"workflow_name": "approval"}).json()["workflow_id"]

@@ -15,7 +15,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from tests.engine_helpers import call, manage, spawn, wait_for
+from tests.helpers import call, manage, spawn, wait_for
 from wfstate import audit, runs
 from wfstate.stores import get_store
 

@@ -14,14 +14,35 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 
-from tests.fixtures_index import wait_for
-from tests.test_browser import browser_page as browser_page
-from tests.test_browser import manage, shot, status_on_page, stop
-from tests.test_browser import wait_for_status as wait_for_page_status
+from tests.helpers import shot, spawn, wait_for
 from wfstate import runs
 from wfstate.state import RunStatus
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def status_on_page(page: Any) -> str:
+    return str(page.locator("#wf-run-status").inner_text()).strip().lower()
+
+
+def wait_for_page_status(page: Any, wanted: str, timeout: float = 20.0) -> None:
+    def reloaded() -> bool:
+        page.reload()
+        return status_on_page(page) == wanted
+
+    wait_for(reloaded, timeout=timeout, what=f"the page to say {wanted}")
+
+
+def stop(proc: Any) -> str:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except Exception:
+            proc.kill()
+            proc.wait(10)
+    out, err = proc.communicate()
+    return f"{out}{err}"
 
 
 def staff_user(username: str, *, groups: tuple[str, ...] = ()) -> User:
@@ -47,7 +68,15 @@ def test_answering_a_waiting_run_in_chromium(
     storage = Path(wfstate_settings["STORAGE_DIR"])
     staff_user("clerk")
     staff_user("manager", groups=("managers",))
-    worker = manage(storage, "db_worker", "--interval", "0.1", "--no-reload", "--no-startup-delay")
+    worker = spawn(
+        storage,
+        "db_worker",
+        "--interval",
+        "0.1",
+        "--no-reload",
+        "--no-startup-delay",
+        WFSTATE_INDEX_ON_WRITE="1",
+    )
     try:
         state, _ = runs.create_run("approval", {"item": "crate"})
         from wfstate.tasks import enqueue_execution

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.engine_helpers import call
+from tests.helpers import call
 from wfstate import bundles
 from wfstate.models import WorkflowRun
 from wfstate.stores import get_store

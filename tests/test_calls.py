@@ -24,7 +24,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from tests.engine_helpers import manage, pid_alive, spawn, wait_for
+from tests.helpers import manage, pid_alive, spawn, wait_for
 from wfstate import runs
 from wfstate.definitions import get_registry, load_definition, loads_definition
 from wfstate.exceptions import InvalidDefinition

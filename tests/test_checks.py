@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from django.core import checks as django_checks
 
-from tests.engine_helpers import REPO
-from tests.tmpfs import mounted_tmpfs
+from tests.helpers import REPO, mounted_tmpfs
 from wfstate import checks
 
 pytestmark = pytest.mark.usefixtures("wfstate_settings")

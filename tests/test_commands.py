@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.engine_helpers import call
+from tests.helpers import call
 
 BAD = Path(__file__).parent / "bad_workflows" / "broken.yaml"
 

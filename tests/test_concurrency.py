@@ -23,7 +23,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests import scale_steps
-from tests.engine_helpers import spawn, wait_for
+from tests.helpers import spawn, wait_for
 from wfstate import runs
 from wfstate.definitions import loads_definition
 from wfstate.exceptions import InvalidDefinition
@@ -270,7 +270,7 @@ def test_a_slot_held_by_a_killed_executor_frees_with_its_lock(lab: Lab, tmp_path
 
 @pytest.fixture
 def cluster(settings: Any, tmp_path: Path) -> Iterator[Any]:
-    from tests.test_scale import Cluster
+    from tests.helpers import Cluster
 
     made = Cluster(tmp_path)
     made.settings(settings)
@@ -348,7 +348,7 @@ def test_a_killed_worker_frees_its_slot_and_the_rest_complete(cluster: Any) -> N
         stderr=subprocess.DEVNULL,
     )
     try:
-        from tests.test_scale import parent_of
+        from tests.helpers import parent_of
 
         os.kill(started["pid"], signal.SIGKILL)
         os.kill(parent_of(started["pid"]), signal.SIGKILL)

@@ -9,9 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.engine_helpers import pid_alive, wait_for
-from tests.test_state import STEP_KEYS, TOP_KEYS
-from tests.test_templates import HOSTILE as TEMPLATE_HOSTILE
+from tests.helpers import HOSTILE as TEMPLATE_HOSTILE
+from tests.helpers import STEP_KEYS, TOP_KEYS, pid_alive, wait_for
 from wfstate import runs
 from wfstate.definitions import get_registry
 from wfstate.engine import Executor

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.engine_helpers import call, wait_for
+from tests.helpers import call, wait_for
 from wfstate import runs
 from wfstate.definitions.model import RetryPolicy
 from wfstate.engine import executor as executor_module

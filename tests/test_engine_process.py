@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.engine_helpers import manage, pid_alive, spawn, wait_for
+from tests.helpers import manage, pid_alive, spawn, wait_for
 from wfstate import runs
 
 pytestmark = pytest.mark.slow

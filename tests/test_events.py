@@ -21,7 +21,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from tests.engine_helpers import REPO, child_env, spawn, wait_for
+from tests.helpers import REPO, child_env, spawn, wait_for
 from wfstate import runs
 from wfstate.stores import get_store
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine_helpers import spawn, wait_for
-from tests.test_browser import browser_page, shot  # noqa: F401 - the fixture
+from tests.helpers import shot, spawn, wait_for
 from wfstate import runs
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -23,7 +22,7 @@ def status(page: Any) -> str:
 
 
 def test_the_run_page_moves_with_no_reload(
-    browser_page: Any,  # noqa: F811
+    browser_page: Any,
     live_server: Any,
     admin_user: Any,
     wfstate_settings: dict[str, Any],

@@ -19,8 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import Client
 
-from tests.api_support import API, assert_conforms, openapi_schema
-from tests.engine_helpers import call, manage, spawn
+from tests.helpers import API, assert_conforms, call, manage, openapi_schema, spawn
 from wfstate import runs
 from wfstate.exceptions import IdempotencyConflict, InvalidInputs
 from wfstate.stores import get_store

@@ -17,7 +17,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connections
 
-from tests.fixtures_index import make_state, rows, wait_for
+from tests.helpers import make_state, rows, wait_for
 from wfstate import index, runs
 from wfstate.exceptions import CorruptState
 from wfstate.index import bulk, reader

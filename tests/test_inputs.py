@@ -10,8 +10,7 @@ import orjson
 import pytest
 from django.test import Client
 
-from tests.api_support import API
-from tests.engine_helpers import call
+from tests.helpers import API, call
 from wfstate.definitions import (
     WorkflowDefinition,
     input_json_schema,

@@ -20,8 +20,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from tests.api_support import API, assert_conforms, openapi_schema
-from tests.engine_helpers import REPO, call
+from tests.helpers import API, REPO, assert_conforms, call, openapi_schema
 
 # A bad target: the YAML parses, the definition does not validate (line 4).
 BROKEN = (

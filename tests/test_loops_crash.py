@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.engine_helpers import manage, spawn, wait_for
+from tests.helpers import manage, spawn, wait_for
 from wfstate.stores import records
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from tests.api_support import API, assert_conforms, openapi_schema
+from tests.helpers import API, assert_conforms, openapi_schema
 from wfstate import runs
 from wfstate.definitions import get_registry
 from wfstate.state import RunStatus, WorkflowState

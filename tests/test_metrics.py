@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.engine_helpers import call
+from tests.helpers import call
 from wfstate import runs
 from wfstate.metrics import collector as collector_module
 from wfstate.metrics.collector import RUN_BUCKETS, STEP_BUCKETS

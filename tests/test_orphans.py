@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.engine_helpers import manage, pid_alive, spawn, wait_for
+from tests.helpers import manage, pid_alive, spawn, wait_for
 from wfstate import runs
 from wfstate.engine import processes
 from wfstate.engine.processes import TOKEN_VARIABLE, kill_orphan, new_token, step_record

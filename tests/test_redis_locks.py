@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from multiprocessing.context import SpawnContext
 from pathlib import Path
@@ -24,30 +23,15 @@ import pytest
 import redis
 
 from tests import store_workers
+from tests.helpers import REDIS_URL, delete_prefix, unique_prefix
 from wfstate.exceptions import RunLocked, StorageError
 from wfstate.state import WorkflowState
 from wfstate.stores import JSONFileStore
 from wfstate.stores.redis_locks import UNAVAILABLE_TIMEOUT, RedisLockBackend
 
-REDIS_URL = os.environ.get("WFSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CTX: SpawnContext = multiprocessing.get_context("spawn")
 
 pytestmark = pytest.mark.redis
-
-
-def unique_prefix() -> str:
-    """A key and channel prefix of one test (channels are server-wide, not per DB)."""
-    return f"wfstate-test-{uuid.uuid4().hex[:12]}"
-
-
-def delete_prefix(prefix: str, url: str = REDIS_URL) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture

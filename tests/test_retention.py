@@ -14,7 +14,7 @@ import orjson
 import pytest
 from django.core.management import call_command
 
-from tests.engine_helpers import call, manage, spawn, wait_for
+from tests.helpers import call, manage, spawn, wait_for
 from wfstate import bundles, index, retention
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState

@@ -10,26 +10,18 @@ and orphans included, whether the test passed or not.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import StringIO
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from django.core.management import call_command
-from django.db import connection
 
 from tests import scale_steps
-from tests.engine_helpers import REPO, pid_alive, wait_for
-from tests.test_redis_locks import REDIS_URL, delete_prefix
+from tests.helpers import Cluster, parent_of, wait_for
 from wfstate import runs, tasks
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus
@@ -41,156 +33,6 @@ pytestmark = [
     pytest.mark.postgres,  # also runs in the PostgreSQL pass of `make test`
     pytest.mark.django_db(transaction=True),
 ]
-
-
-def tagged_pids(tag: str) -> list[int]:
-    """Every live process whose environment carries ``tag`` (ours, and only ours)."""
-    found = []
-    needle = tag.encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
-
-
-def parent_of(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    return int(stat.rsplit(") ", 1)[1].split()[1])
-
-
-class Cluster:
-    """A queue, a lock prefix, a storage directory and the workers serving them."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        token = uuid.uuid4().hex[:10]
-        self.queue = f"wfstate-test-{token}"
-        self.prefix = f"wfstate-test-{token}"
-        self.tag = f"WFSTATE_TEST_RQ_QUEUE={self.queue}"
-        self.storage = tmp_path / "storage"
-        self.workflows = tmp_path / "workflows"
-        self.log = tmp_path / "steps.log"
-        self.output = tmp_path / "workers"
-        self.output.mkdir()
-        scale_steps.write_workflow(self.workflows)
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.redis = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-
-    def settings(self, settings: Any) -> None:
-        """Point this (test) process at the same queue, locks and storage."""
-        settings.WFSTATE = {
-            **settings.WFSTATE,
-            "STORAGE_DIR": self.storage,
-            "WORKFLOW_DIRS": [*settings.WFSTATE["WORKFLOW_DIRS"], self.workflows],
-            "LOCK_BACKEND": "redis",
-            "STORE": {
-                "BACKEND": "wfstate.stores.JSONFileStore",
-                "OPTIONS": {"lock_options": {"redis_url": REDIS_URL, "prefix": self.prefix}},
-            },
-            "TASK_BACKEND": "default",
-            "TASK_QUEUE": self.queue,
-            "INDEX_ON_WRITE": True,
-        }
-        # "default" must stay a valid queue: wfstate's task is declared on it, and the
-        # Tasks API validates that when wfstate.tasks is imported. Nothing is put on it.
-        settings.TASKS = {
-            "default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default", self.queue]}
-        }
-        settings.RQ_QUEUES = {
-            name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": -1} for name in ("default", self.queue)
-        }
-
-    def env(self) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "PYTHONUNBUFFERED": "1",
-            "WFSTATE_STORAGE_DIR": str(self.storage),
-            "WFSTATE_INDEX_ON_WRITE": "1",
-            "WFSTATE_TEST_TASKS": "rq",
-            "WFSTATE_TEST_RQ_QUEUE": self.queue,
-            "WFSTATE_TEST_REDIS_URL": REDIS_URL,
-            "WFSTATE_TEST_LOCK_BACKEND": "redis",
-            "WFSTATE_TEST_REDIS_PREFIX": self.prefix,
-            "WFSTATE_TEST_WORKFLOW_DIR": str(self.workflows),
-        }
-        if connection.vendor == "postgresql":
-            # The workers use the test database pytest-django made, not its model.
-            env["WFSTATE_TEST_PG_NAME"] = str(connection.settings_dict["NAME"])
-        return env
-
-    def start_workers(self, count: int) -> None:
-        for _ in range(count):
-            index = len(self.workers)
-            out = open(self.output / f"worker{index}.log", "wb")  # noqa: SIM115
-            self.workers.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "manage.py",
-                        "rqworker",
-                        "--job-class",
-                        "django_tasks_rq.Job",
-                        "--name",
-                        f"{self.queue}-w{index}",
-                        self.queue,
-                    ],
-                    cwd=REPO,
-                    env=self.env(),
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-            out.close()
-        # Ready when registered in Redis: nothing is enqueued before all can take it.
-        wait_for(
-            lambda: self.redis.scard(f"rq:workers:{self.queue}") >= len(self.workers),
-            90,
-            f"{count} RQ workers to register",
-        )
-
-    def worker_output(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-            for path in sorted(self.output.iterdir())
-        )
-
-    def close(self) -> None:
-        # Workers, their work horses (own process groups) and any orphaned horse.
-        for _ in range(3):
-            pids = tagged_pids(self.tag)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            for proc in self.workers:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(10)
-            with contextlib.suppress(AssertionError):
-                wait_for(lambda pids=pids: not any(map(pid_alive, pids)), 10, "the kills")
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-        delete_prefix(self.prefix)
-        scale_steps.delete_rq_queue(self.redis, self.queue)
-        self.redis.close()
-
-
-@pytest.fixture
-def cluster(settings: Any, tmp_path: Path) -> Iterator[Cluster]:
-    made = Cluster(tmp_path)
-    made.settings(settings)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def wait_or_explain(

@@ -22,7 +22,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from tests.engine_helpers import call, manage, spawn, wait_for
+from tests.helpers import call, manage, spawn, wait_for
 from wfstate import runs
 from wfstate.definitions import loads_definition
 from wfstate.exceptions import InvalidDefinition
@@ -307,7 +307,7 @@ def test_the_admin_lists_schedules_with_their_next_fire_times(admin_client: Clie
 
 @pytest.mark.django_db
 def test_the_api_lists_schedules_with_their_next_fire_times(admin_client: Client) -> None:
-    from tests.api_support import API, assert_conforms, openapi_schema
+    from tests.helpers import API, assert_conforms, openapi_schema
 
     schema = openapi_schema(admin_client)
     Schedule.objects.create(name="nightly-x", workflow_name="api_quick", cron="0 2 * * *")

@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
-from tests.engine_helpers import call
+from tests.helpers import call
 from wfstate import secrets
 from wfstate.stores import get_store
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import STEP_KEYS, TOP_KEYS
 from wfstate.state import (
     SCHEMA_VERSION,
     RunStatus,
@@ -20,55 +21,6 @@ from wfstate.state import (
     utcnow,
 )
 from wfstate.stores.jsonfile import serialize
-
-TOP_KEYS = [
-    "schema_version",
-    "workflow_id",
-    "workflow_name",
-    "workflow_version",
-    "definition_sha256",
-    "status",
-    "current_state",
-    "started_at",
-    "updated_at",
-    "completed_at",
-    "inputs",
-    "started_by",
-    "states",
-    "revision",
-    "error",
-    "history",
-    # sub-workflows, hooks, outputs (issue 11)
-    "parent_run_id",
-    "outputs",
-    "hooks",
-    "warnings",
-    "exit_code",
-    "waiting_for",
-]
-STEP_KEYS = [
-    "name",
-    "status",
-    "output",
-    "stderr",
-    "exit_code",
-    "attempt",
-    "error",
-    "started_at",
-    "completed_at",
-    "duration_ms",
-    "output_truncated",
-    "traceback",
-    "process",
-    "loop",
-    "child_run_id",
-    "hooks",
-    "signal",
-    "signal_id",
-    "payload",
-    "sender",
-    "received_at",
-]
 
 
 def sample() -> WorkflowState:

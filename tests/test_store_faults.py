@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.tmpfs import mounted_tmpfs
+from tests.helpers import mounted_tmpfs
 from wfstate.exceptions import DiskFull, RunNotFound, StorageError, WFStateError
 from wfstate.state import WorkflowState
 from wfstate.stores import JSONFileStore, _atomic

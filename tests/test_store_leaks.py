@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 
 from tests.contract_store import ContractStore
-from tests.engine_helpers import call
+from tests.helpers import call
 from wfstate import runs
 from wfstate.definitions import loads_definition
 from wfstate.engine import Executor

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests import store_workers
-from tests.engine_helpers import wait_for
+from tests.helpers import wait_for
 from wfstate.exceptions import RunLocked, StateLocked, StillRunning
 from wfstate.state import WorkflowState
 from wfstate.stores import JSONFileStore
@@ -49,7 +49,7 @@ def lock_store_kwargs(lock_backend: str, tmp_path: Path) -> Iterator[dict[str, A
     if lock_backend != "redis":
         yield kwargs
         return
-    from tests.test_redis_locks import REDIS_URL, delete_prefix, unique_prefix
+    from tests.helpers import REDIS_URL, delete_prefix, unique_prefix
 
     prefix = unique_prefix()
     kwargs["lock_options"] = {"redis_url": REDIS_URL, "prefix": prefix}

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine_helpers import call
-from tests.fixtures_index import make_state
+from tests.helpers import call, make_state
 from wfstate import index
 from wfstate.models import WorkflowRun
 from wfstate.state import RunStatus, StepStatus, WorkflowState

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from django.core.management import call_command
 
-from tests.engine_helpers import spawn, wait_for
+from tests.helpers import spawn, wait_for
 from wfstate import runs, tasks
 from wfstate.state import RunStatus
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from jinja2 import nodes
 
+from tests.helpers import HOSTILE
 from wfstate.definitions import (
     build_context,
     evaluate,
@@ -21,29 +22,6 @@ from wfstate.definitions.shell import QuoteTracker, annotate
 from wfstate.definitions.templates import _env
 from wfstate.exceptions import InvalidDefinition, TemplateError
 from wfstate.state import StepResult, StepStatus, WorkflowState
-
-HOSTILE = [
-    "$(touch X)",
-    "`touch X`",
-    "; touch X #",
-    "' ; touch X '",
-    '" ; touch X "',
-    "\ntouch X",
-    "a\ntouch X\n",
-    "\\",
-    "\\'\\\"",
-    "$HOME",
-    "${HOME}",
-    "",
-    "*",
-    "~",
-    "-n",
-    "a b\tc",
-    "ünïcødé ✓ 日本",
-    "&& touch X || touch X | touch X > X < X",
-    "'\"'\"'$(touch X)'",
-    "}}{{ inputs.v }}",
-]
 
 # (template, expected stdout as a function of the value)
 COMMANDS = [

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from tests.engine_helpers import call
+from tests.helpers import call
 from wfstate import tracing
 from wfstate.state import parse_time
 from wfstate.stores import get_store

@@ -18,7 +18,7 @@ import orjson
 import pytest
 from django.core.management import call_command
 
-from tests.engine_helpers import call, manage, spawn, wait_for
+from tests.helpers import call, manage, spawn, wait_for
 from wfstate import runs
 from wfstate.definitions import loads_definition
 from wfstate.exceptions import InvalidDefinition, InvalidSignal, SignalRefused

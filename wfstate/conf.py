@@ -271,11 +271,12 @@ class Settings:
 
     @property
     def IDEMPOTENCY_RETENTION(self) -> float:
-        """Seconds an ``Idempotency-Key`` keeps naming the run it started (a number > 0);
-        after that the key starts a new run. Default: ``86400.0`` (one day)."""
+        """Seconds an ``Idempotency-Key`` keeps naming the run it started (a number >= 0;
+        0: a key only protects against requests racing each other); after that the key
+        starts a new run. Default: ``86400.0`` (one day)."""
         value = self._get("IDEMPOTENCY_RETENTION")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise _wrong("IDEMPOTENCY_RETENTION", "a number of seconds > 0 (int or float)", value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise _wrong("IDEMPOTENCY_RETENTION", "a number of seconds >= 0 (int or float)", value)
         return float(value)
 
     @property

@@ -18,18 +18,16 @@ This module knows nothing of Django settings, HTTP or argparse.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, overload
+from typing import Any
 
 import orjson
 
-from wfstate.definitions.model import RetryPolicy, StateDef, WorkflowDefinition
+from wfstate.definitions.model import StateDef, WorkflowDefinition
 from wfstate.definitions.templates import (
     ContextCache,
     build_context,
@@ -40,26 +38,29 @@ from wfstate.definitions.templates import (
 )
 from wfstate.engine import calls as sub_calls
 from wfstate.engine import hooks as step_hooks
+from wfstate.engine import parallel
+from wfstate.engine._values import (
+    _clean,
+    _elapsed_ms,
+    _is_storage_error,
+    _masked,
+    _nul_problem,
+    _output_size,
+    _retry_delay,
+)
 from wfstate.engine.events import Progress, ProgressEvent
 from wfstate.engine.loops import LOOP_TYPES, IterationScope, LoopsView, run_loop, scope_context
 from wfstate.engine.operations import operation_target
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
 from wfstate.engine.waits import WAIT_TYPES, run_wait
-from wfstate.exceptions import StateLocked, StateTooLarge, StorageError, WFStateError
-from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, parse_time, utcnow
+from wfstate.exceptions import StateTooLarge, WFStateError
+from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, utcnow
 from wfstate.stores.base import StateStore
 
 logger = logging.getLogger("wfstate.engine")
 
 Listener = Callable[[WorkflowState], None]
-
-
-def _elapsed_ms(started_at: str | None, completed_at: str) -> int | None:
-    start, end = parse_time(started_at), parse_time(completed_at)
-    if start is None or end is None:
-        return None
-    return int((end - start).total_seconds() * 1000)
 
 
 class Executor:
@@ -562,131 +563,13 @@ class Executor:
         self.store.save_output(workflow_id, name, stream, data if raw is None else raw)
         return data[: self.max_inline_output].decode("utf-8", errors="ignore"), True
 
-    # --- parallel ------------------------------------------------------------------------
-
-    def _kept_branches(self, sdef: StateDef) -> dict[str, StepResult]:
-        """The completed branches a resume of this block kept (``kept`` in its history
-        event, written by :func:`~wfstate.engine.resume.prepare_resume`)."""
-        state = self._state
-        assert state is not None
-        if not state.history:
-            return {}
-        event = state.history[-1]
-        if event.get("event") not in ("resume", "recover") or event.get("state") != sdef.name:
-            return {}
-        kept: dict[str, StepResult] = {}
-        for name in event.get("kept") or ():
-            entry = state.states.get(name)
-            if name in sdef.parallel and entry is not None and entry.status == StepStatus.COMPLETED:
-                kept[name] = entry
-        return kept
+    # --- parallel (engine/parallel.py) ---------------------------------------------------
 
     def _run_parallel(self, sdef: StateDef, *, reuse: bool = False) -> StepResult:
-        state = self._state
-        assert state is not None
-        # Branches that completed before a crash (or a failure) are not run again; the
-        # strategy still sees their results.
-        kept = self._kept_branches(sdef) if reuse else {}
-        # A block that goes on keeps its first start: its kept branches started after
-        # it, which is how a second resume (after a second crash) still keeps them.
-        since = _first_start(state, sdef.name, kept) if kept else None
-        entry = self._begin(sdef.name, 1, set_current=True, started_at=since)
-        started_at = entry.started_at
-        branches = [self.definition.states[name] for name in sdef.parallel]
-        # A failed branch under all_succeed stops its siblings.
-        abort = threading.Event()
-
-        def branch_stop() -> bool:
-            return abort.is_set() or self.should_stop()
-
-        results: dict[str, StepResult] = dict(kept)
-        for name in kept:
-            self._emit({"event": "step_kept", "state": name, "attempt": kept[name].attempt})
-        to_run = [b for b in branches if b.name not in kept]
-        # An exception that escaped a branch (a checkpoint that failed): raised once
-        # every branch has stopped, so no thread is left writing the state.
-        escaped: list[Exception] = []
-        workers = max(1, min(sdef.max_concurrent or len(branches), len(to_run) or 1))
-        with ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix=f"wfstate-{sdef.name}"
-        ) as pool:
-            futures: dict[Future[StepResult], str] = {}
-            pending = list(to_run)
-            while pending or futures:
-                while pending and len(futures) < workers:
-                    branch = pending.pop(0)
-                    if branch_stop():
-                        with self._lock:
-                            state.states[branch.name] = StepResult(
-                                name=branch.name, status=StepStatus.SKIPPED
-                            )
-                        results[branch.name] = state.states[branch.name]
-                        continue
-                    futures[pool.submit(self._run_branch, branch, branch_stop)] = branch.name
-                if not futures:
-                    break
-                done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-                for future in done:
-                    name = futures.pop(future)
-                    try:
-                        result = future.result()
-                    except Exception as exc:
-                        escaped.append(exc)
-                        abort.set()
-                        continue
-                    results[name] = result
-                    try:
-                        self._checkpoint()  # each branch's end is durable (takes the lock)
-                    except Exception as exc:
-                        escaped.append(exc)
-                        abort.set()
-                        continue
-                    branch_ok = _branch_ok(self.definition.states[name], result)
-                    if not branch_ok and sdef.strategy == "all_succeed":
-                        abort.set()
-        if escaped:
-            raise escaped[0]
-        statuses = {b.name: str(results[b.name].status) for b in branches}
-        failed = [b.name for b in branches if not _branch_ok(b, results[b.name])]
-        if self.should_stop():
-            outcome = AttemptResult(ok=False, output=statuses, error="cancelled", cancelled=True)
-        elif sdef.strategy == "best_effort":
-            outcome = AttemptResult(ok=True, output=statuses)
-        elif sdef.strategy == "any_succeed" and len(failed) == len(branches):
-            outcome = AttemptResult(ok=False, output=statuses, error="no branch succeeded")
-        elif sdef.strategy == "all_succeed" and failed:
-            outcome = AttemptResult(
-                ok=False, output=statuses, error=f"branches failed: {', '.join(failed)}"
-            )
-        else:
-            outcome = AttemptResult(ok=True, output=statuses)
-        return self._end(sdef, entry, outcome, 1, started_at)
+        return parallel.run_parallel(self, sdef, reuse=reuse)
 
     def _run_branch(self, branch: StateDef, stop: Callable[[], bool]) -> StepResult:
-        try:
-            return self._run_step(branch, set_current=False, stop=stop)
-        except Exception as exc:
-            if _is_storage_error(exc):
-                raise  # the block's thread decides (see _run_parallel)
-            # A bug in one branch's plumbing fails that branch, not the whole executor.
-            logger.exception("run %s: branch '%s' broke", self._state_id(), branch.name)
-            return self._branch_broke(branch, exc, traceback.format_exc())
-
-    def _branch_broke(self, branch: StateDef, exc: Exception, tb: str) -> StepResult:
-        state = self._state
-        assert state is not None
-        now = utcnow()
-        with self._lock:
-            entry = state.states.get(branch.name)
-            if entry is None or entry.status != StepStatus.RUNNING:
-                entry = StepResult(name=branch.name, status=StepStatus.RUNNING, started_at=now)
-                state.states[branch.name] = entry
-            entry.status = StepStatus.FAILED
-            entry.error = _clean(f"internal error: {type(exc).__name__}: {exc}")
-            entry.traceback = _clean(tb)
-            entry.completed_at = now
-            entry.duration_ms = _elapsed_ms(entry.started_at, now)
-        return entry
+        return parallel.run_branch(self, branch, stop)
 
     def _state_id(self) -> str:
         return self._state.workflow_id if self._state is not None else "?"
@@ -795,94 +678,3 @@ class Executor:
             self._checkpoint()
             self._ended = True
         self._emit({"event": "run_finished", "status": str(status), "error": error})
-
-
-def _first_start(state: WorkflowState, block: str, kept: dict[str, StepResult]) -> str | None:
-    """When a resumed block first started: its rewound entry's start, or its earliest
-    kept branch's."""
-    for rewound in state.history[-1].get("rewound") or ():
-        if rewound.get("name") == block and rewound.get("started_at"):
-            return str(rewound["started_at"])
-    starts = [e.started_at for e in kept.values() if e.started_at]
-    return min(starts) if starts else None  # utcnow()'s fixed-width ISO times sort as text
-
-
-def _branch_ok(branch: StateDef, result: StepResult) -> bool:
-    """A branch counts as succeeded if it completed, or failed with continue_on_error."""
-    return result.status == StepStatus.COMPLETED or (
-        result.status == StepStatus.FAILED and branch.continue_on_error
-    )
-
-
-def _output_size(entry: StepResult) -> int:
-    try:
-        output = 0 if entry.output is None else len(orjson.dumps(entry.output))
-    except TypeError:
-        output = 0
-    return output + len(entry.stderr or "")
-
-
-def _is_storage_error(exc: BaseException) -> bool:
-    return isinstance(exc, StorageError | StateLocked)
-
-
-# Far beyond any sensible wait (about 31 years), still far from float trouble.
-MAX_RETRY_DELAY = 1e9
-
-
-def _retry_delay(policy: RetryPolicy, attempt: int, rng: random.Random) -> float | None:
-    """The wait before the next attempt, or None when it overflows (no max_delay caps it)."""
-    try:
-        delay = policy.delay(attempt, rng)
-    except (OverflowError, ValueError):
-        delay = math.inf
-    if math.isnan(delay):
-        delay = math.inf
-    if not math.isfinite(delay) or delay > MAX_RETRY_DELAY:
-        if policy.max_delay is not None and math.isfinite(policy.max_delay):
-            return max(0.0, min(policy.max_delay, MAX_RETRY_DELAY))
-        return None
-    return max(0.0, delay)
-
-
-def _nul_problem(command: str, cwd: str | None, env: dict[str, str]) -> str | None:
-    """Why no process can be started with these values (a NUL byte ends a C string)."""
-    if "\x00" in command:
-        return "the command contains a NUL byte, which no process can receive"
-    if cwd is not None and "\x00" in cwd:
-        return f"dir {cwd!r} contains a NUL byte"
-    for key, value in env.items():
-        if "\x00" in key or "\x00" in value:
-            return f"env {key!r} contains a NUL byte, which no process can receive"
-    return None
-
-
-@overload
-def _clean(text: str) -> str: ...
-@overload
-def _clean(text: None) -> None: ...
-@overload
-def _clean(text: str | None) -> str | None: ...
-def _clean(text: str | None) -> str | None:
-    """``text`` as valid UTF-8: a lone surrogate (from an exception message, say) would
-    make the whole state document unwritable."""
-    if text is None:
-        return None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _masked(outcome: AttemptResult, state: WorkflowState) -> AttemptResult:
-    """The outcome with every secret input's value masked (wfstate.secrets)."""
-    from wfstate import secrets
-
-    values = secrets.clear_values(state.inputs)
-    if values:
-        outcome.output = secrets.mask(outcome.output, values)
-        outcome.stderr = secrets.mask(outcome.stderr, values)
-        outcome.error = secrets.mask(outcome.error, values)
-        outcome.traceback = secrets.mask(outcome.traceback, values)
-    return outcome
