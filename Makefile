@@ -47,9 +47,11 @@ serve: $(STAMP)
 	WORKER=$$!; trap "kill $$WORKER" EXIT INT TERM; \
 	$(PY) manage.py runserver 127.0.0.1:8000
 
+# Every benchmark, then one table of its figures next to their targets (bench/report.py;
+# BENCH_ARGS="--runs 3 --write-doc" for the acceptance's three runs into docs/performance.md).
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,bench]"
-	for b in bench/[a-z]*.py; do $(PY) $$b || exit 1; done
+	$(PY) bench/report.py --json bench-results.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from typing import Any
@@ -10,17 +11,21 @@ from typing import Any
 from django.db import connections
 
 from wfstate.index import rows
-from wfstate.index.projection import CachedStepCounter, row_fields
+from wfstate.index.projection import CachedStepCounter, project
 from wfstate.state import WorkflowState
 
 logger = logging.getLogger("wfstate.index")
+
+# What the projection reads of a step (``project``'s loop over ``states``).
+_STEP_READ = operator.attrgetter("name", "status", "error")
 
 
 class IndexListener:
     """Called by the engine after every checkpoint; keeps the rows close behind.
 
-    The call itself only projects the state (a few microseconds) and hands the row to a
-    flusher thread, which owns every database write of the listener, so an executor
+    The call itself only copies what the projection reads (in C, a few microseconds)
+    and hands the copy to a flusher thread, which projects the copies it writes (most
+    are coalesced away) and owns every database write of the listener, so an executor
     never waits on the database and never opens connections in its step threads:
 
     * a checkpoint that changes the run's status is written at once;
@@ -46,35 +51,51 @@ class IndexListener:
 
     def __call__(self, state: WorkflowState) -> None:
         try:
-            fields = self._project(state)
+            document = self._snapshot(state)
             with self._cond:
                 if self._closed:
                     closed = True
                 else:
                     closed = False
-                    self._hand_over(state.workflow_id, fields)
+                    self._hand_over(state.workflow_id, document)
             if closed:
                 # A checkpoint after close(): rare, written here rather than dropped.
-                self._write(state.workflow_id, fields)
+                self._write(state.workflow_id, document)
         except Exception:
             logger.exception("could not index run %s", getattr(state, "workflow_id", "?"))
 
-    def _project(self, state: WorkflowState) -> dict[str, Any]:
-        # Parallel branches may mutate the state while we read it: try again.
+    @staticmethod
+    def _snapshot(state: WorkflowState) -> dict[str, Any]:
+        """What the projection reads, copied as it is at this checkpoint.
+
+        The projection itself runs in the flusher thread, and only for the checkpoints
+        it writes: the executor's thread pays for this copy, made in C, not for the
+        projection. Of each step it takes what the projection reads of it (name,
+        status, error: strings, which the engine replaces but cannot change in place).
+        """
+        # Parallel branches may add a step while we copy: try again.
         for attempt in range(3):
             try:
-                return row_fields(state, self._steps)
+                document = state.shallow_dict()
+                document["states"] = list(map(_STEP_READ, state.states.values()))
+                return document
             except RuntimeError:  # dictionary changed size during iteration
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _hand_over(self, workflow_id: str, fields: dict[str, Any]) -> None:
+    def _hand_over(self, workflow_id: str, document: dict[str, Any]) -> None:
         now = time.monotonic()
-        status_changed = self._last_status.get(workflow_id) != fields["status"]
-        self._last_status[workflow_id] = fields["status"]
-        self._pending[workflow_id] = fields
+        status = document["status"]
+        status_changed = self._last_status.get(workflow_id) != status
+        self._last_status[workflow_id] = status
+        self._pending[workflow_id] = document
         self._queued += 1
+        # The flusher is woken only when it has something new to do: a first pending
+        # checkpoint, or a deadline moved to now. A quiet checkpoint joining a pending
+        # batch is picked up at the deadline the flusher already waits for (waking it
+        # on every checkpoint cost the executor a thread switch per step).
+        wake = status_changed or self._deadline is None
         if status_changed:
             self._deadline = now
         elif self._deadline is None:
@@ -84,7 +105,8 @@ class IndexListener:
                 target=self._run, name="wfstate-index-flusher", daemon=True
             )
             self._thread.start()
-        self._cond.notify_all()
+        if wake:
+            self._cond.notify_all()
 
     def _run(self) -> None:
         try:
@@ -102,8 +124,8 @@ class IndexListener:
                     batch, self._pending = self._pending, {}
                     self._deadline = None
                     upto = self._queued
-                for workflow_id, fields in batch.items():
-                    self._write(workflow_id, fields)
+                for workflow_id, document in batch.items():
+                    self._write(workflow_id, document)
                 with self._cond:
                     self._written = upto
                     self._cond.notify_all()
@@ -114,10 +136,16 @@ class IndexListener:
                 self._written = self._queued
                 self._cond.notify_all()
 
-    @staticmethod
-    def _write(workflow_id: str, fields: dict[str, Any]) -> None:
+    def _write(self, workflow_id: str, document: dict[str, Any]) -> None:
         try:
-            rows.upsert(workflow_id, fields)
+            document = {
+                **document,
+                "states": {
+                    i: {"name": name, "status": status, "error": error}
+                    for i, (name, status, error) in enumerate(document["states"])
+                },
+            }
+            rows.upsert(workflow_id, project(document, self._steps))
         except Exception:
             logger.exception("could not index run %s", workflow_id)
 

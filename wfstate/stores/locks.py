@@ -23,6 +23,8 @@ files of one name.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import socket
 import threading
@@ -46,6 +48,7 @@ from wfstate.state import utcnow
 _FLOCK = getattr(portalocker.portalocker, "FlockLocker", None)
 _LOCKER: Any = _FLOCK() if _FLOCK is not None else None
 _EXCLUSIVE_NB = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -160,6 +163,37 @@ class _WriteLock:
             held.__exit__(None, None, None)
 
 
+def _flock_nb(fd: int) -> bool:
+    """flock(LOCK_EX | LOCK_NB) on a bare descriptor: True when taken, False when held.
+
+    ``fcntl.flock`` directly, as portalocker's flock locker does underneath (same lock,
+    same errno meaning) without its flag checks and dispatch: this runs at every
+    checkpoint, where those cost more than the system call.
+
+    Raises:
+        StorageError: the system call failed for another reason than a holder.
+    """
+    try:
+        fcntl.flock(fd, _LOCK_EX_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise StorageError(f"could not lock {fd}: {exc}") from exc
+    return True
+
+
+def _funlock(fd: int) -> None:
+    """Release a flock taken by ``_flock_nb``.
+
+    Raises:
+        portalocker.LockException: the system call failed (as portalocker raised it).
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError as exc:
+        raise portalocker.LockException(exc) from exc
+
+
 def _poll(try_once: Any, timeout: float) -> bool:
     """Call ``try_once`` until it returns True or ``timeout`` passes.
 
@@ -193,22 +227,26 @@ class _FlockHold:
     def __enter__(self) -> None:
         backend, workflow_id = self.backend, self.workflow_id
         name = f"{workflow_id}.lock"
-        fd = backend._open_fd(name)
+        # The mode is checked after locking, from the one fstat that also says whether
+        # the file still has a name: a checkpoint pays one fstat, not two.
+        fd = backend._open_fd(name, check_mode=False)
         try:
-            if not backend._try_lock(fd) and not _poll(
-                partial(backend._try_lock, fd), self.timeout
-            ):
+            if not _flock_nb(fd) and not _poll(partial(_flock_nb, fd), self.timeout):
                 raise StateLocked(
                     f"run {workflow_id}: write lock not acquired within {self.timeout:g}s "
                     f"({backend.directory / name})",
                     workflow_id=workflow_id,
                 )
-            if os.fstat(fd).st_nlink == 0:
+            st = os.fstat(fd)
+            if st.st_nlink == 0:
                 # forget() removed the file while we waited for it (rare): the lock that
                 # counts now is the file of that name, if anyone made it again.
-                backend._unlock(fd)
+                _funlock(fd)
                 os.close(fd)
                 fd = -1
+            elif st.st_mode & 0o7777 != backend.file_mode:
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, backend.file_mode)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -224,7 +262,7 @@ class _FlockHold:
         fd, self.fd = self.fd, -1
         self.held.pop(f"{self.workflow_id}.lock", None)
         try:
-            self.backend._unlock(fd)
+            _funlock(fd)
         finally:
             os.close(fd)
 
@@ -236,6 +274,7 @@ class FileLockBackend(LockBackend):
         super().__init__()
         self.directory = directory
         self._directory_str = str(directory)
+        self._prefix = os.path.join(self._directory_str, "")  # no join per checkpoint
         self.file_mode = file_mode
 
     def _held(self) -> dict[str, int]:
@@ -246,9 +285,10 @@ class FileLockBackend(LockBackend):
     def _open(self, name: str, *, create: bool = True) -> IO[bytes]:
         return os.fdopen(self._open_fd(name, create=create), "r+b", buffering=0)
 
-    def _open_fd(self, name: str, *, create: bool = True) -> int:
-        """Open a sidecar (``create=False``: FileNotFoundError when there is none)."""
-        path = os.path.join(self._directory_str, name)
+    def _open_fd(self, name: str, *, create: bool = True, check_mode: bool = True) -> int:
+        """Open a sidecar (``create=False``: FileNotFoundError when there is none;
+        ``check_mode=False``: the caller fixes the mode itself, from its own fstat)."""
+        path = f"{self._prefix}{name}"
         flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | (os.O_CREAT if create else 0)
         try:
             fd = os.open(path, flags, self.file_mode)
@@ -260,6 +300,8 @@ class FileLockBackend(LockBackend):
             raise StorageError(f"could not open lock file {path}: {exc.strerror}") from exc
         # Only when the umask or an old file left other bits: an fchmod every time
         # would dirty the inode, which the next fsync then has to write out.
+        if not check_mode:
+            return fd
         with contextlib.suppress(OSError):
             if os.fstat(fd).st_mode & 0o7777 != self.file_mode:
                 os.fchmod(fd, self.file_mode)

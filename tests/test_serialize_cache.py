@@ -1,0 +1,245 @@
+"""serialize() splices finished steps' cached bytes: the document must stay exactly
+what orjson writes for the whole state, whatever happens to the steps between saves."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wfstate.state import StepResult, StepStatus, WorkflowState
+from wfstate.stores import jsonfile
+from wfstate.stores.jsonfile import DUMP_OPTIONS, serialize
+
+
+@pytest.fixture(autouse=True)
+def splice_every_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Splice whatever the steps' size (the store splices from 2 KB a step on)."""
+    monkeypatch.setattr(jsonfile, "SPLICE_MIN_STEP_BYTES", -1)
+
+
+def plain(state: WorkflowState) -> bytes:
+    """The reference: one orjson call over the whole document, no cache."""
+    return orjson.dumps(state.shallow_dict(), option=DUMP_OPTIONS)
+
+
+texts = st.text(max_size=40)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    texts,
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(texts, inner, max_size=3)),
+    max_leaves=8,
+)
+statuses = st.sampled_from([*StepStatus, "completed", "running"])
+
+
+@st.composite
+def steps(draw: st.DrawFn) -> StepResult:
+    return StepResult(
+        name=draw(texts),
+        status=draw(statuses),
+        output=draw(values),
+        stderr=draw(st.none() | texts),
+        exit_code=draw(st.none() | st.integers(-300, 300) | st.booleans()),
+        attempt=draw(st.integers(0, 300)),
+        error=draw(st.none() | texts),
+        started_at=draw(st.none() | texts),
+        completed_at=draw(st.none() | texts),
+        duration_ms=draw(st.none() | st.integers(0, 10**12) | st.floats(0, 1e6)),
+        output_truncated=draw(st.booleans() | st.integers(0, 1)),
+        traceback=draw(st.none() | texts),
+        process=draw(st.none() | st.dictionaries(texts, scalars, max_size=3)),
+    )
+
+
+@st.composite
+def states(draw: st.DrawFn) -> WorkflowState:
+    state = WorkflowState.new(
+        draw(texts),
+        inputs=draw(st.dictionaries(texts, values, max_size=3)),
+        started_by=draw(st.none() | st.dictionaries(texts, scalars, min_size=1, max_size=2)),
+    )
+    # Keys that look like the document's own lines must not confuse the splice.
+    names = st.one_of(texts, st.sampled_from(["states", '\n  "states": null', "", "é\u2028"]))
+    for name in draw(st.lists(names, max_size=6, unique=True)):
+        state.states[name] = draw(steps())
+    state.history = draw(st.lists(st.dictionaries(texts, values, max_size=2), max_size=2))
+    state.error = draw(st.none() | texts)
+    return state
+
+
+def _numbers_swapped(value: Any) -> Any:
+    # Equal in Python, different in JSON: a cache compared with == would miss these.
+    if value is True or value is False:
+        return int(value)
+    if type(value) is int and -(2**53) < value < 2**53:
+        return float(value)
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+FIELDS = [
+    "status",
+    "output",
+    "stderr",
+    "exit_code",
+    "attempt",
+    "error",
+    "duration_ms",
+    "output_truncated",
+    "process",
+    "loop",
+    "child_run_id",
+    "hooks",
+]
+
+
+@st.composite
+def mutations(draw: st.DrawFn) -> list[tuple[str, Any]]:
+    kinds = st.sampled_from(
+        ["set", "swap-number", "in-place", "reorder", "rename", "replace", "add", "drop"]
+    )
+    return [(draw(kinds), draw(values)) for _ in range(draw(st.integers(1, 4)))]
+
+
+def mutate(state: WorkflowState, kind: str, value: Any, pick: int) -> None:
+    if not state.states:
+        state.states["new"] = StepResult(name="new", status=StepStatus.COMPLETED, output=value)
+        return
+    names = list(state.states)
+    name = names[pick % len(names)]
+    step = state.states[name]
+    field = FIELDS[pick % len(FIELDS)]
+    if kind == "set":
+        setattr(step, field, value)
+    elif kind == "swap-number":
+        for each in FIELDS:
+            setattr(step, each, _numbers_swapped(getattr(step, each)))
+    elif kind == "in-place":
+        if isinstance(step.output, dict):
+            step.output["added"] = value
+        elif isinstance(step.output, list):
+            step.output.append(value)
+        else:
+            step.output = {"now": [value]}
+    elif kind == "reorder":
+        # Same values, another key order in the instance dict: orjson follows it.
+        saved = getattr(step, field)
+        delattr(step, field)
+        setattr(step, field, saved)
+    elif kind == "rename":
+        del state.states[name]
+        state.states[f"{name}-renamed"] = step
+    elif kind == "replace":
+        state.states[name] = dataclasses.replace(step, stderr="replaced")
+    elif kind == "add":
+        state.states[f"added-{len(names)}"] = StepResult(
+            name="added", status=StepStatus.COMPLETED, output=value
+        )
+    elif kind == "drop":
+        del state.states[name]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(state=states(), rounds=st.lists(mutations(), max_size=4), pick=st.integers(0, 1000))
+def test_serialize_is_byte_identical_across_mutations(
+    state: WorkflowState, rounds: list[list[tuple[str, Any]]], pick: int
+) -> None:
+    assert serialize(state) == plain(state)
+    assert serialize(state) == plain(state)  # from the cache this time
+    for round_ in rounds:
+        for i, (kind, value) in enumerate(round_):
+            mutate(state, kind, value, pick + i)
+        state.revision += 1
+        assert serialize(state) == plain(state), round_
+
+
+def test_a_finished_step_is_encoded_once_and_its_bytes_reused() -> None:
+    state = WorkflowState.new("cached")
+    big = "x" * 10_000
+    for i in range(3):
+        state.states[f"s{i}"] = StepResult(name=f"s{i}", status=StepStatus.COMPLETED, output=big)
+    state.states["live"] = StepResult(name="live", output="")
+    first = serialize(state)
+    pieces = {
+        name: jsonfile._STEP_CACHE[id(step)].data
+        for name, step in state.states.items()
+        if name != "live"
+    }
+    assert id(state.states["live"]) not in jsonfile._STEP_CACHE  # in flight: never cached
+    for round_ in range(5):
+        state.states["live"].output += f"line {round_}\n"
+        assert serialize(state) == plain(state)
+    for name, data in pieces.items():
+        assert jsonfile._STEP_CACHE[id(state.states[name])].data is data
+    assert first != serialize(state)
+
+
+def test_container_outputs_are_never_cached_and_changes_in_place_show() -> None:
+    state = WorkflowState.new("containers")
+    step = StepResult(name="s", status=StepStatus.COMPLETED, output={"rows": [1, 2]})
+    state.states["s"] = step
+    serialize(state)
+    assert id(step) not in jsonfile._STEP_CACHE
+    step.output["rows"].append(3)
+    assert serialize(state) == plain(state)
+    assert b"3" in serialize(state)
+
+
+def test_an_entry_goes_with_its_step() -> None:
+    state = WorkflowState.new("gone")
+    state.states["s"] = StepResult(name="s", status=StepStatus.COMPLETED, output="x" * 100)
+    serialize(state)
+    key = id(state.states["s"])
+    assert key in jsonfile._STEP_CACHE
+    del state.states["s"]
+    gc.collect()
+    assert key not in jsonfile._STEP_CACHE
+
+
+def test_equal_numbers_of_another_type_are_encoded_afresh() -> None:
+    # 0 == False == 0.0 in Python, but not in JSON: a cache hit needs the same objects.
+    for field, before, after in [
+        ("exit_code", 0, False),
+        ("exit_code", 1, True),
+        ("output_truncated", False, 0),
+        ("attempt", 1, 1.0),
+        ("duration_ms", 5, 5.0),
+        ("output", 7, 7.0),
+    ]:
+        state = WorkflowState.new("numbers")
+        step = StepResult(name="s", status=StepStatus.COMPLETED, output="done")
+        setattr(step, field, before)
+        state.states["s"] = step
+        serialize(state)
+        assert id(step) in jsonfile._STEP_CACHE
+        setattr(step, field, after)
+        assert serialize(state) == plain(state), field
+
+
+def test_small_steps_are_encoded_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsonfile, "SPLICE_MIN_STEP_BYTES", 2048)
+    state = WorkflowState.new("small")
+    for i in range(50):
+        state.states[f"s{i}"] = StepResult(name=f"s{i}", status=StepStatus.COMPLETED, output="ok")
+    for _ in range(3):
+        assert serialize(state) == plain(state)
+    assert not any(id(step) in jsonfile._STEP_CACHE for step in state.states.values())
+    # Steps of 4 KB: spliced from the second save on (the first measures them).
+    for step in state.states.values():
+        step.output = "x" * 4096
+    for _ in range(3):
+        assert serialize(state) == plain(state)
+    assert all(id(step) in jsonfile._STEP_CACHE for step in state.states.values())
