@@ -174,6 +174,7 @@ def test_statuses() -> None:
         "completed",
         "failed",
         "cancelled",
+        "waiting",
     }
     assert {s.value for s in StepStatus} == {
         "running",
@@ -181,8 +182,9 @@ def test_statuses() -> None:
         "failed",
         "cancelled",
         "skipped",
+        "waiting",
     }
-    assert [s.is_final for s in RunStatus] == [False, False, True, True, True]
+    assert [s.is_final for s in RunStatus] == [False, False, True, True, True, False]
 
 
 def test_derived_views() -> None:

@@ -33,6 +33,8 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Parked on a wait or sleep step: no process holds the run (see engine/waits.py).
+    WAITING = "waiting"
 
     @property
     def is_final(self) -> bool:
@@ -45,6 +47,7 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    WAITING = "waiting"
 
 
 # (second, its "YYYY-MM-DDTHH:MM:SS"): every checkpoint stamps the time, and formatting
@@ -100,6 +103,14 @@ class StepResult:
     child_run_id: str | None = None
     # The step's pre/post hooks, as they ran (see wfstate.engine.hooks).
     hooks: dict[str, Any] | None = None
+    # A wait step's signal, once taken (see wfstate.engine.waits): its name, the id of
+    # the mailbox file it came from (how a crash never applies it twice), its payload,
+    # who sent it from where, and when it was received.
+    signal: str | None = None
+    signal_id: str | None = None
+    payload: Any = None
+    sender: dict[str, Any] | None = None
+    received_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +130,11 @@ class StepResult:
             "loop": self.loop,
             "child_run_id": self.child_run_id,
             "hooks": self.hooks,
+            "signal": self.signal,
+            "signal_id": self.signal_id,
+            "payload": self.payload,
+            "sender": self.sender,
+            "received_at": self.received_at,
         }
 
     @classmethod
@@ -140,6 +156,11 @@ class StepResult:
             loop=data.get("loop"),
             child_run_id=data.get("child_run_id"),
             hooks=data.get("hooks"),
+            signal=data.get("signal"),
+            signal_id=data.get("signal_id"),
+            payload=data.get("payload"),
+            sender=data.get("sender"),
+            received_at=data.get("received_at"),
         )
 
 
@@ -175,6 +196,9 @@ class WorkflowState:
     warnings: list[str] = field(default_factory=list)
     # A failed run's exit status when the definition names one (inline on_failure.status).
     exit_code: int | None = None
+    # What wakes a parked (waiting) run: {"kind": "signal"|"time", "state", "signal",
+    # "until", "since"}; null otherwise. Optional like started_by (no schema bump).
+    waiting_for: dict[str, Any] | None = None
 
     @classmethod
     def new(
@@ -235,6 +259,7 @@ class WorkflowState:
             "hooks": self.hooks,
             "warnings": self.warnings,
             "exit_code": self.exit_code,
+            "waiting_for": self.waiting_for,
         }
 
     @classmethod
@@ -279,6 +304,7 @@ class WorkflowState:
                 hooks=dict(data.get("hooks") or {}),
                 warnings=list(data.get("warnings") or []),
                 exit_code=data.get("exit_code"),
+                waiting_for=data.get("waiting_for"),
             )
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None

@@ -18,6 +18,8 @@ EventKind = Literal[
     "iteration_finished",
     "run_finished",
     "hook",
+    "run_waiting",
+    "signal_received",
 ]
 
 
@@ -31,6 +33,8 @@ class ProgressEvent(TypedDict):
     - ``iteration_finished``: ``state`` (the loop), ``index``, ``status`` (an iteration
       of a for_each/while recorded in its side file)
     - ``run_finished``: ``status``, ``error``
+    - ``run_waiting``: ``state``, ``signal`` (or None: a sleep), ``until`` (or None): parked
+    - ``signal_received``: ``state``, ``signal``, ``signal_id``: a wait step took a signal
     - ``hook``: ``hook`` (the event: ``workflow_start``, ``pre``...), ``state`` (a step
       hook's), ``kind`` (command, log, call), ``status``, ``output``, ``error``
 
@@ -50,6 +54,9 @@ class ProgressEvent(TypedDict):
     kind: NotRequired[str]
     output: NotRequired[object]
     run: NotRequired[str]
+    signal: NotRequired[str | None]
+    signal_id: NotRequired[str]
+    until: NotRequired[str | None]
 
 
 Progress = Callable[[ProgressEvent], None]
