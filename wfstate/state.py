@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # A revision counts a file's writes from 0; no run writes two billion checkpoints, and
 # the index keeps it in a 32-bit column. A document outside this range is not a state
@@ -354,7 +354,34 @@ def _upgrade_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _upgrade_0_to_1}
+# Version 2 (the second wave) added what starts and links runs and what they wait for:
+# ``started_by``, ``parent_run_id``, ``outputs``, ``hooks``, ``warnings``, ``exit_code``,
+# ``waiting_for`` on the run; ``process``, ``loop``, ``child_run_id``, ``hooks`` and a
+# wait step's ``signal``, ``signal_id``, ``payload``, ``sender``, ``received_at`` on a
+# step. A version-1 file had none of them: each is "nothing" (null, or empty).
+_V2_RUN_KEYS: dict[str, Any] = {
+    "started_by": None,
+    "parent_run_id": None,
+    "outputs": {},
+    "hooks": {},
+    "warnings": [],
+    "exit_code": None,
+    "waiting_for": None,
+}
+
+
+def _upgrade_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    for key, empty in _V2_RUN_KEYS.items():
+        data.setdefault(key, type(empty)() if empty is not None else None)
+    data["schema_version"] = 2
+    return data
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    0: _upgrade_0_to_1,
+    1: _upgrade_1_to_2,
+}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
