@@ -7,6 +7,7 @@ Its own layout, under ``<root>/contract/``::
     runs/<id>/state.json            the document (SPEC §4), replaced atomically
     runs/<id>/cancel                a cancellation request
     runs/<id>/outputs/<state>.<stream>
+    runs/<id>/mailbox/<ns>-<signal id>.json   signals not yet taken
     locks/<id>.write, locks/<id>.run   flock'ed lock files (the run lock's holds its owner)
     quarantine/<id>/                 corrupt runs moved aside
 
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from wfstate.exceptions import (
     CorruptState,
@@ -43,7 +44,13 @@ from wfstate.exceptions import (
 )
 from wfstate.records import RunLockOwner, owner_from, unknown_owner
 from wfstate.state import WorkflowState, utcnow
-from wfstate.stores.base import StateStore, check_size, validate_id, validate_name
+from wfstate.stores.base import (
+    StateStore,
+    check_size,
+    validate_id,
+    validate_name,
+    validate_signal_id,
+)
 
 # Temp files are hidden names ending ``.tmp`` (the convention docs/storage.md names).
 TEMP_SUFFIX = ".tmp"
@@ -332,6 +339,31 @@ class ContractStore(StateStore):
             return path.read_bytes()
         except FileNotFoundError:
             raise RunNotFound(f"no output {stream} of {state_name} in run {workflow_id}") from None
+
+    # --- signals (a mailbox: one file per signal, its id the name) -------------------------
+
+    def post_signal(self, workflow_id: str, record: dict[str, Any]) -> str:
+        signal_id = validate_signal_id(record.get("id"))
+        directory = self._run_dir(workflow_id) / "mailbox"
+        self._mkdirs(directory)
+        path = directory / f"{time.time_ns():020d}-{signal_id}.json"
+        self._write(path, json.dumps(record).encode("utf-8"))
+        return str(path)
+
+    def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        directory = self._run_dir(workflow_id) / "mailbox"
+        if not directory.is_dir():
+            return []
+        found = []
+        for path in sorted(directory.glob("[0-9]*.json")):
+            with contextlib.suppress(FileNotFoundError):
+                found.append(json.loads(path.read_bytes()))
+        return found
+
+    def remove_signal(self, workflow_id: str, signal_id: str) -> None:
+        directory = self._run_dir(workflow_id) / "mailbox"
+        for path in directory.glob(f"*-{validate_signal_id(signal_id)}.json"):
+            path.unlink(missing_ok=True)
 
     # --- maintenance -----------------------------------------------------------------------
 

@@ -269,6 +269,8 @@ TOP_KEYS = [
     "hooks",
     "warnings",
     "exit_code",
+    # runs that wait (issue 12)
+    "waiting_for",
 ]
 
 
@@ -289,6 +291,12 @@ STEP_KEYS = [
     "loop",
     "child_run_id",
     "hooks",
+    # a wait step's signal (issue 12)
+    "signal",
+    "signal_id",
+    "payload",
+    "sender",
+    "received_at",
 ]
 
 

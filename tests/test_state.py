@@ -100,7 +100,7 @@ def test_diff_between_revisions_shows_only_what_changed() -> None:
 def test_file_format_is_two_space_indented_utf8() -> None:
     data = serialize(sample())
     text = data.decode("utf-8")
-    assert text.startswith('{\n  "schema_version": 1,\n  "workflow_id": ')
+    assert text.startswith(f'{{\n  "schema_version": {SCHEMA_VERSION},\n  "workflow_id": ')
     assert text.endswith("}\n")
     assert "héllo ✓" in text  # UTF-8, not \u escapes
 
@@ -131,6 +131,30 @@ def test_upgrade_from_version_0() -> None:
     assert state.to_dict()["schema_version"] == SCHEMA_VERSION
     assert "id" not in state.to_dict()
     assert "id" in old  # the caller's document is not modified
+
+
+def test_upgrade_from_version_1() -> None:
+    # A file of the first release (before loops, sub-workflows, waits, schedules): its
+    # run and steps have none of the second wave's keys, and they read as "nothing".
+    v1 = sample().to_dict()
+    for key in ("started_by", "parent_run_id", "outputs", "hooks", "warnings", "exit_code"):
+        v1.pop(key)
+    v1.pop("waiting_for")
+    v1["schema_version"] = 1
+    for step in v1["states"].values():
+        for key in ("process", "loop", "child_run_id", "hooks", "signal", "signal_id"):
+            step.pop(key, None)
+        for key in ("payload", "sender", "received_at"):
+            step.pop(key, None)
+    state = WorkflowState.from_dict(v1)
+    assert state.schema_version == SCHEMA_VERSION == 2
+    assert (state.started_by, state.parent_run_id, state.waiting_for) == (None, None, None)
+    assert (state.outputs, state.hooks, state.warnings) == ({}, {}, [])
+    document = state.to_dict()
+    assert document["schema_version"] == 2
+    assert list(document) == TOP_KEYS
+    assert all(list(step) == STEP_KEYS for step in document["states"].values())
+    assert v1["schema_version"] == 1  # the caller's document is not modified
 
 
 def test_newer_schema_version_is_refused() -> None:
@@ -174,6 +198,7 @@ def test_statuses() -> None:
         "completed",
         "failed",
         "cancelled",
+        "waiting",
     }
     assert {s.value for s in StepStatus} == {
         "running",
@@ -181,8 +206,9 @@ def test_statuses() -> None:
         "failed",
         "cancelled",
         "skipped",
+        "waiting",
     }
-    assert [s.is_final for s in RunStatus] == [False, False, True, True, True]
+    assert [s.is_final for s in RunStatus] == [False, False, True, True, True, False]
 
 
 def test_derived_views() -> None:

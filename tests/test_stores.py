@@ -371,7 +371,7 @@ def test_file_layout(store: JSONFileStore) -> None:
     document = json.loads(path.read_bytes())
     assert document["workflow_id"] == state.workflow_id
     assert document["revision"] == 1
-    assert path.read_bytes().startswith(b'{\n  "schema_version": 1,\n')
+    assert path.read_bytes().startswith(b'{\n  "schema_version": 2,\n')
     with store.run_lock(state.workflow_id):
         pass
     store.request_cancel(state.workflow_id)

@@ -33,6 +33,8 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from wfstate.admin_pages import run_page
+from wfstate.admin_signals import can_answer, inbox, payload_from, signal_form
+from wfstate.definitions.model import StateDef
 from wfstate.exceptions import WFStateError
 from wfstate.formatting import human_duration
 from wfstate.index import search_runs
@@ -360,6 +362,12 @@ class WorkflowRunAdmin(_ModelAdmin):
                 wrap(self.cancel_view),
                 name="{}_{}_cancel".format(*info),
             ),
+            path("waiting/", wrap(self.inbox_view), name="{}_{}_inbox".format(*info)),
+            path(
+                "<path:object_id>/signal/",
+                wrap(self.signal_view),
+                name="{}_{}_signal".format(*info),
+            ),
             path(
                 "<path:object_id>/reindex/",
                 wrap(self.reindex_view),
@@ -409,6 +417,7 @@ class WorkflowRunAdmin(_ModelAdmin):
         if obj is None:
             return self._missing(request, object_id)
         page = run_page(obj.workflow_id)
+        answer = self._answerable(request, page)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -421,10 +430,81 @@ class WorkflowRunAdmin(_ModelAdmin):
             "run": page,
             "row": obj,
             "can": {action: self._can(request, action) for action in ACTION_PERMISSIONS},
+            "signal_form": signal_form(answer) if answer is not None else None,
+            "answer_step": answer,
             **(extra_context or {}),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "wfstate/admin/run_detail.html", context)
+
+    # --- waiting runs: answering a wait step (wfstate.admin_signals) --------------------------
+
+    def _answerable(self, request: HttpRequest, page: dict[str, Any]) -> StateDef | None:
+        """The wait step of the page's run, if it waits for a signal this user may send."""
+        state, waiting = page.get("state"), page.get("waiting")
+        if state is None or not waiting or not waiting.get("signal"):
+            return None
+        from wfstate import runs as service
+
+        try:
+            definition = service.get_definition(state.workflow_name)
+        except WFStateError:
+            return None
+        sdef = definition.states.get(str(waiting.get("state")))
+        if sdef is None or not can_answer(request.user, state.workflow_name, sdef):
+            return None
+        return sdef
+
+    def signal_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        obj = self._run_or_404(request, object_id)
+        if obj is None:
+            return self._missing(request, object_id)
+        sdef = self._answerable(request, run_page(obj.workflow_id))
+        if sdef is None:
+            raise PermissionDenied
+        form = signal_form(sdef, request.POST)
+        if not form.is_valid():
+            errors = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items())
+            self.message_user(request, _("The answer was not sent: %s") % errors, messages.ERROR)
+            return HttpResponseRedirect(self._run_url(obj))
+        from wfstate import runs as service
+
+        try:
+            record, _state = service.signal_run(
+                obj.workflow_id,
+                str(sdef.signal),
+                payload_from(sdef, form),
+                sender={
+                    "kind": "admin",
+                    "user": request.user.get_username(),
+                    "remote_addr": request.META.get("REMOTE_ADDR"),
+                },
+            )
+        except WFStateError as exc:
+            self.message_user(request, _("The answer was not sent: %s") % exc, messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                _("Signal “%(signal)s” sent (id %(id)s); the run goes on.")
+                % {"signal": record["signal"], "id": record["id"]},
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(self._run_url(obj))
+
+    def inbox_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Waiting for me"),
+            "entries": inbox(request.user),
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "wfstate/admin/inbox.html", context)
 
     def _can(self, request: HttpRequest, action: str) -> bool:
         if action == "delete":

@@ -145,6 +145,7 @@ def run_page(workflow_id: str) -> dict[str, Any]:
         for entry in state.history
         if isinstance(entry, dict)
     ]
+    page["waiting"] = _waiting(state)
     page["resume_choices"] = ["current", "previous", *state.states]
     page["is_final"] = RunStatus(state.status).is_final
     return page
@@ -195,3 +196,24 @@ def _loop_panel(store: Any, state: WorkflowState, name: str) -> dict[str, Any]:
         for record in data["iterations"]
     ]
     return panel
+
+
+def _waiting(state: Any) -> dict[str, Any] | None:
+    """What a parked run waits for, and when it wakes ("wakes in 2 h 00 min")."""
+    waiting = state.waiting_for
+    if state.status != RunStatus.WAITING or not waiting:
+        return None
+    from datetime import UTC, datetime
+
+    until = parse_time(waiting.get("until"))
+    left = None
+    if until is not None:
+        left = human_duration(max(0.0, (until - datetime.now(UTC)).total_seconds() * 1000))
+    return {
+        "kind": waiting.get("kind"),
+        "state": waiting.get("state"),
+        "signal": waiting.get("signal"),
+        "until": until,
+        "since": parse_time(waiting.get("since")),
+        "wakes_in": left,
+    }

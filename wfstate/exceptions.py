@@ -126,6 +126,20 @@ class StillRunning(WFStateError):
     exit_code = 1
 
 
+class InvalidSignal(WFStateError, ValueError):
+    """A signal's payload fails the wait step's schema (or is not JSON). Nothing changed."""
+
+    code = "invalid_signal"
+    exit_code = 1
+
+
+class SignalRefused(WFStateError):
+    """Nothing can take the signal: the run ended, or no wait step for it lies ahead."""
+
+    code = "signal_refused"
+    exit_code = 1
+
+
 # --- invalid definitions (exit 2) -----------------------------------------------------
 
 

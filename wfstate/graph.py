@@ -35,7 +35,7 @@ NODE_GAP = 28  # horizontal space between nodes of a layer
 MARGIN = 24
 LOOP_LANE = 36  # room on the right for edges that go back up
 
-EDGE_KINDS = ("success", "failure", "branch", "when", "default", "body")
+EDGE_KINDS = ("success", "failure", "branch", "when", "default", "body", "timeout")
 
 
 # --- the graph's shape ------------------------------------------------------------------------
@@ -394,6 +394,10 @@ class Bar:
     rewound: bool = False  # an earlier attempt a resume rewound past (kept in history)
 
 
+# Steps whose bar runs up to now: one executing, and a wait or sleep step parked.
+_OPEN = (StepStatus.RUNNING, StepStatus.WAITING)
+
+
 def timeline(state: WorkflowState, now: datetime | None = None) -> dict[str, Any]:
     """Bars for the steps that started, in percent of the run's span, plus axis ticks."""
     now = now or datetime.now(UTC)
@@ -415,7 +419,7 @@ def timeline(state: WorkflowState, now: datetime | None = None) -> dict[str, Any
             continue
         e = parse_time(step.completed_at)
         if e is None:
-            e = run_end if step.status == StepStatus.RUNNING and not rewound else s
+            e = run_end if step.status in _OPEN and not rewound else s
         steps.append((step, s, e or s, rewound))
     if start is None:
         start = min((s for _, s, _, _ in steps), default=None)

@@ -18,6 +18,7 @@ class RunStatusChoices(models.TextChoices):
     COMPLETED = "completed", _("completed")
     FAILED = "failed", _("failed")
     CANCELLED = "cancelled", _("cancelled")
+    WAITING = "waiting", _("waiting")
     # Not a run status: the row of a file that cannot be parsed.
     CORRUPT = "corrupt", _("corrupt")
 
@@ -55,6 +56,7 @@ class WorkflowRun(models.Model):
             ("cancel_workflowrun", "Can cancel workflow runs"),
             ("reindex_workflowrun", "Can re-index workflow runs"),
             ("start_workflowrun", "Can start workflow runs"),
+            ("signal_workflowrun", "Can answer waiting workflow runs (send signals)"),
         ]
 
     def __str__(self) -> str:

@@ -132,6 +132,95 @@ def execute(
         RunLocked: another executor holds the run (fails at once, never waits).
         RunNotFound, CorruptState, WorkflowNotFound, InvalidDefinition, NotResumable.
     """
+    before: dict[str, Any] = {}
+    state = _execute(
+        workflow_id,
+        progress=progress,
+        cancel_event=cancel_event,
+        prepare=prepare,
+        before=before,
+    )
+    if state.status == RunStatus.WAITING:
+        # Parked: after the run lock is released, so a wake-up finds it free.
+        _arrange_wake(state, before.get("waiting_for"))
+    return state
+
+
+def _arrange_wake(state: WorkflowState, parked_before: dict[str, Any] | None) -> None:
+    """A run just parked: schedule its time wake-up, and wake it at once if a signal it
+    waits for came while it was parking (that signal's own wake-up met the run lock)."""
+    from wfstate.engine import waits
+    from wfstate.tasks import enqueue_execution, schedule_wake
+
+    waiting = state.waiting_for or {}
+    until = parse_time(waiting.get("until"))
+    try:
+        if waits.is_due(state, get_store()):
+            enqueue_execution(state.workflow_id)
+        elif until is not None and waiting != parked_before:
+            # Only for a new park: an early wake-up leaves the scheduled one in place.
+            schedule_wake(state.workflow_id, until)
+    except Exception:
+        # The run is parked durably; recover_workflows wakes it when due.
+        logger.exception("could not schedule the wake-up of run %s", state.workflow_id)
+
+
+def signal_run(
+    workflow_id: str,
+    signal: str,
+    payload: Any = None,
+    *,
+    sender: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], WorkflowState]:
+    """Send ``signal`` with ``payload`` to a run (docs/workflows.md, "Waiting").
+
+    The signal is kept durably in the run's mailbox before this returns; a run parked
+    waiting for it is enqueued at once through the Tasks API. A run not yet at its wait
+    step takes it when it gets there. ``sender`` is recorded with it (who, from where;
+    ``{"kind": "python"}`` by default). Returns (the signal's record, the run's state).
+
+    Raises:
+        RunNotFound, CorruptState; WorkflowNotFound, InvalidDefinition (its workflow);
+        SignalRefused: the run ended, or no wait step for this signal lies ahead;
+        InvalidSignal: the payload fails the wait step's schema (nothing changed);
+        StorageError, StateLocked.
+    """
+    from wfstate.engine import waits
+
+    store = get_store()
+    state = store.load(workflow_id)
+    definition = get_definition(state.workflow_name)
+    who = dict(sender) if sender is not None else {"kind": "python", "user": None}
+    record, state = waits.deliver_signal(store, definition, workflow_id, signal, payload, who)
+    waiting = state.waiting_for or {}
+    if state.status == RunStatus.WAITING and waiting.get("signal") == signal:
+        from wfstate.tasks import enqueue_execution
+
+        enqueue_execution(workflow_id)
+    return record, state
+
+
+def _execute(
+    workflow_id: str,
+    *,
+    progress: Progress | None = None,
+    cancel_event: threading.Event | None = None,
+    prepare: Callable[[WorkflowState, WorkflowDefinition], None] | None = None,
+    before: dict[str, Any] | None = None,
+) -> WorkflowState:
+    """Execute a run in this process, holding its run lock throughout.
+
+    ``prepare`` runs under the run lock before execution (a resume rewinds there), so
+    checking and changing a run happen under the same lock. A resume (``prepare``)
+    waits briefly for the lock of an executor whose run's file already says it ended.
+    The run lock is released as soon as the outcome is durable; the index is flushed
+    after that. A pending or crashed run whose workflow is gone or invalid is recorded
+    ``failed`` with the reason (a resume of it is refused instead).
+
+    Raises:
+        RunLocked: another executor holds the run (fails at once, never waits).
+        RunNotFound, CorruptState, WorkflowNotFound, InvalidDefinition, NotResumable.
+    """
     store = get_store()
     # The index listener is closed (its last rows flushed to the database) only after
     # the run lock is released: once the outcome is durable in the file, the run can be
@@ -154,6 +243,8 @@ def execute(
             prepare(state, definition)
         elif state.status.is_final:
             return state  # a duplicate delivery of a finished run: nothing to do
+        if before is not None:
+            before["waiting_for"] = state.waiting_for
         from wfstate.triggers.concurrency import admission
 
         # A concurrency slot, taken under the run lock before the first step.
@@ -503,7 +594,8 @@ def recover_runs(
     on_run: Callable[[str, str], None] | None = None,
     on_error: Callable[[str, WFStateError], None] | None = None,
 ) -> list[str]:
-    """Resume every ``running``/``pending`` run whose run lock is free (docs/workflows.md).
+    """Resume every ``running``/``pending`` run whose run lock is free, and wake every
+    ``waiting`` run that is due (docs/workflows.md).
 
     ``min_age`` skips runs updated more recently than that many seconds (a run just
     enqueued is not crashed). ``on_run(workflow_id, outcome)`` reports each.
@@ -518,13 +610,31 @@ def recover_runs(
     store = get_store()
     recovered: list[str] = []
     now = datetime.now(UTC)
+    from wfstate.engine.waits import is_due
+
     for workflow_id, state in store.iter_states():
         if isinstance(state, Exception) or state.status not in (
             RunStatus.RUNNING,
             RunStatus.PENDING,
+            RunStatus.WAITING,
         ):
             continue
         try:
+            if state.status == RunStatus.WAITING:
+                # Parked runs are left alone unless due (their wake-up task was lost).
+                if not is_due(state, store, now) or store.run_lock_owner(workflow_id):
+                    continue
+                if detach:
+                    from wfstate.tasks import enqueue_execution
+
+                    enqueue_execution(workflow_id)
+                    outcome = "enqueued"
+                else:
+                    outcome = str(execute(workflow_id, progress=progress).status)
+                recovered.append(workflow_id)
+                if on_run is not None:
+                    on_run(workflow_id, outcome)
+                continue
             updated = parse_time(state.updated_at)
             if min_age and updated is not None and (now - updated).total_seconds() < min_age:
                 continue
@@ -579,5 +689,6 @@ __all__ = [
     "recover_runs",
     "resume_run",
     "run_owner",
+    "signal_run",
     "start_run",
 ]

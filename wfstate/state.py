@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # A revision counts a file's writes from 0; no run writes two billion checkpoints, and
 # the index keeps it in a 32-bit column. A document outside this range is not a state
@@ -33,6 +33,8 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Parked on a wait or sleep step: no process holds the run (see engine/waits.py).
+    WAITING = "waiting"
 
     @property
     def is_final(self) -> bool:
@@ -45,6 +47,7 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    WAITING = "waiting"
 
 
 # (second, its "YYYY-MM-DDTHH:MM:SS"): every checkpoint stamps the time, and formatting
@@ -100,6 +103,14 @@ class StepResult:
     child_run_id: str | None = None
     # The step's pre/post hooks, as they ran (see wfstate.engine.hooks).
     hooks: dict[str, Any] | None = None
+    # A wait step's signal, once taken (see wfstate.engine.waits): its name, the id of
+    # the mailbox file it came from (how a crash never applies it twice), its payload,
+    # who sent it from where, and when it was received.
+    signal: str | None = None
+    signal_id: str | None = None
+    payload: Any = None
+    sender: dict[str, Any] | None = None
+    received_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +130,11 @@ class StepResult:
             "loop": self.loop,
             "child_run_id": self.child_run_id,
             "hooks": self.hooks,
+            "signal": self.signal,
+            "signal_id": self.signal_id,
+            "payload": self.payload,
+            "sender": self.sender,
+            "received_at": self.received_at,
         }
 
     @classmethod
@@ -140,6 +156,11 @@ class StepResult:
             loop=data.get("loop"),
             child_run_id=data.get("child_run_id"),
             hooks=data.get("hooks"),
+            signal=data.get("signal"),
+            signal_id=data.get("signal_id"),
+            payload=data.get("payload"),
+            sender=data.get("sender"),
+            received_at=data.get("received_at"),
         )
 
 
@@ -175,6 +196,9 @@ class WorkflowState:
     warnings: list[str] = field(default_factory=list)
     # A failed run's exit status when the definition names one (inline on_failure.status).
     exit_code: int | None = None
+    # What wakes a parked (waiting) run: {"kind": "signal"|"time", "state", "signal",
+    # "until", "since"}; null otherwise. Optional like started_by (no schema bump).
+    waiting_for: dict[str, Any] | None = None
 
     @classmethod
     def new(
@@ -235,6 +259,7 @@ class WorkflowState:
             "hooks": self.hooks,
             "warnings": self.warnings,
             "exit_code": self.exit_code,
+            "waiting_for": self.waiting_for,
         }
 
     @classmethod
@@ -279,6 +304,7 @@ class WorkflowState:
                 hooks=dict(data.get("hooks") or {}),
                 warnings=list(data.get("warnings") or []),
                 exit_code=data.get("exit_code"),
+                waiting_for=data.get("waiting_for"),
             )
         except KeyError as exc:
             raise ValueError(f"missing key {exc.args[0]!r}") from None
@@ -328,7 +354,34 @@ def _upgrade_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _upgrade_0_to_1}
+# Version 2 (the second wave) added what starts and links runs and what they wait for:
+# ``started_by``, ``parent_run_id``, ``outputs``, ``hooks``, ``warnings``, ``exit_code``,
+# ``waiting_for`` on the run; ``process``, ``loop``, ``child_run_id``, ``hooks`` and a
+# wait step's ``signal``, ``signal_id``, ``payload``, ``sender``, ``received_at`` on a
+# step. A version-1 file had none of them: each is "nothing" (null, or empty).
+_V2_RUN_KEYS: dict[str, Any] = {
+    "started_by": None,
+    "parent_run_id": None,
+    "outputs": {},
+    "hooks": {},
+    "warnings": [],
+    "exit_code": None,
+    "waiting_for": None,
+}
+
+
+def _upgrade_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    for key, empty in _V2_RUN_KEYS.items():
+        data.setdefault(key, type(empty)() if empty is not None else None)
+    data["schema_version"] = 2
+    return data
+
+
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    0: _upgrade_0_to_1,
+    1: _upgrade_1_to_2,
+}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

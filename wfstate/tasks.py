@@ -12,6 +12,7 @@ running" instead of a second executor.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 try:  # Django 6.0+
     from django.tasks import task  # type: ignore[import-not-found,unused-ignore]
@@ -40,4 +41,26 @@ def enqueue_execution(workflow_id: str) -> str:
     result = execute_workflow.using(backend=conf.TASK_BACKEND, queue_name=conf.TASK_QUEUE).enqueue(
         workflow_id
     )
+    return str(result.id)
+
+
+def schedule_wake(workflow_id: str, run_after: datetime) -> str | None:
+    """Enqueue a parked run's execution for ``run_after`` (an aware time): how a sleep
+    or a wait's timeout ends. Returns the task result's id.
+
+    A backend that cannot defer (the ImmediateBackend, for one) would run it at
+    once, to find it not yet due and park it again; instead nothing is enqueued, this
+    is logged, and None returned: ``recover_workflows`` wakes the run once it is due.
+    """
+    task = execute_workflow.using(backend=conf.TASK_BACKEND, queue_name=conf.TASK_QUEUE)
+    if not task.get_backend().supports_defer:
+        logger.warning(
+            "run %s waits until %s, but task backend %r cannot defer a task (run_after): "
+            "no wake-up is scheduled; run recover_workflows (e.g. from cron) to wake it",
+            workflow_id,
+            run_after.isoformat(),
+            conf.TASK_BACKEND,
+        )
+        return None
+    result = task.using(run_after=run_after).enqueue(workflow_id)
     return str(result.id)

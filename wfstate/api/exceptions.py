@@ -32,6 +32,8 @@ STATUS_BY_ERROR: dict[type[wf.WFStateError], int] = {
     wf.RunNotFound: status.HTTP_404_NOT_FOUND,
     wf.WorkflowNotFound: status.HTTP_404_NOT_FOUND,
     wf.InvalidInputs: status.HTTP_400_BAD_REQUEST,
+    wf.InvalidSignal: status.HTTP_400_BAD_REQUEST,
+    wf.SignalRefused: status.HTTP_409_CONFLICT,
     wf.NotResumable: status.HTTP_409_CONFLICT,
     wf.RunFinished: status.HTTP_409_CONFLICT,
     wf.StillRunning: status.HTTP_409_CONFLICT,

@@ -288,6 +288,32 @@ document_runs = extend_schema_view(
             **UNAVAILABLE,
         },
     ),
+    signal=extend_schema(
+        summary="Send a signal to a run",
+        description=(
+            "Keeps the signal (and its payload) durably in the run's mailbox: a run "
+            "waiting for it is woken at once through the task backend; a run not yet at "
+            "its wait step takes it when it gets there. Each signal is taken exactly once."
+        ),
+        parameters=[RUN_ID],
+        request=s.RunSignalSerializer,
+        responses={
+            202: s.SignalResultSerializer,
+            400: _error(
+                "The body is malformed, or the payload fails the wait step's schema "
+                "(code `invalid_signal`); nothing changed.",
+                s.ValidationErrorSerializer,
+            ),
+            **AUTH_ERRORS,
+            **NOT_FOUND,
+            409: _error(
+                "Nothing can take the signal (code `signal_refused`): the run ended, or no "
+                "wait step for it lies ahead; or the run is corrupt.",
+                s.ConflictErrorSerializer,
+            ),
+            **UNAVAILABLE,
+        },
+    ),
 )
 
 

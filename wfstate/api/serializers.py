@@ -97,6 +97,20 @@ class StepResultSerializer(serializers.Serializer[dict[str, Any]]):
             "host, token), so that it can be killed if its executor dies; null otherwise"
         ),
     )
+    signal = serializers.CharField(
+        allow_null=True, help_text="a wait step's signal, once taken; null otherwise"
+    )
+    signal_id = serializers.CharField(
+        allow_null=True, help_text="the id of the signal a wait step took (exactly once)"
+    )
+    payload = AnyJSONField(help_text="the signal's payload (also the step's output)")
+    sender = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        help_text='who sent the signal, from where: {"kind": "api"|"admin"|"command"|"python", '
+        '"user", "remote_addr"}',
+    )
+    received_at = serializers.DateTimeField(allow_null=True)
     loop = serializers.DictField(
         child=AnyJSONField(),
         allow_null=True,
@@ -223,6 +237,15 @@ class RunSerializer(serializers.Serializer[dict[str, Any]]):
         parent = obj.get("parent_run_id")
         return run_url(parent, self.context.get("request")) if parent else None
 
+    waiting_for = serializers.DictField(
+        child=AnyJSONField(),
+        allow_null=True,
+        help_text=(
+            'what wakes a waiting run: {"kind": "signal"|"time", "state", "signal", "until", '
+            '"since"}; null unless the run is waiting'
+        ),
+    )
+
 
 class CancelResultSerializer(serializers.Serializer[dict[str, Any]]):
     outcome = serializers.CharField(
@@ -285,6 +308,30 @@ class RunResumeSerializer(serializers.Serializer[dict[str, Any]]):
         }
 
 
+class RunSignalSerializer(serializers.Serializer[dict[str, Any]]):
+    signal = serializers.RegexField(
+        r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=128, help_text="the signal's name"
+    )
+    payload = AnyJSONField(
+        required=False,
+        default=dict,
+        help_text="the payload (default {}), checked against the wait step's schema",
+    )
+
+
+class SignalRecordSerializer(serializers.Serializer[dict[str, Any]]):
+    id = serializers.CharField(help_text="the signal's id (32 hex digits)")
+    signal = serializers.CharField()
+    payload = AnyJSONField()
+    sender = serializers.DictField(child=AnyJSONField())
+    received_at = serializers.DateTimeField()
+
+
+class SignalResultSerializer(serializers.Serializer[dict[str, Any]]):
+    signal = SignalRecordSerializer(help_text="the signal as kept in the run's mailbox")
+    run = RunSerializer(help_text="the run when the signal was accepted")
+
+
 # --- workflows --------------------------------------------------------------------------
 
 
@@ -303,7 +350,17 @@ class InputDefSerializer(serializers.Serializer[Any]):
 class GraphNodeSerializer(serializers.Serializer[dict[str, Any]]):
     id = serializers.CharField()
     type = serializers.ChoiceField(
-        choices=["step", "parallel", "terminal", "for_each", "while", "call_workflow", "operation"]
+        choices=[
+            "step",
+            "parallel",
+            "terminal",
+            "for_each",
+            "while",
+            "call_workflow",
+            "operation",
+            "wait",
+            "sleep",
+        ]
     )
     terminal_status = serializers.ChoiceField(choices=["success", "failure"], allow_null=True)
     workflow = serializers.CharField(
@@ -318,7 +375,7 @@ class GraphEdgeSerializer(serializers.Serializer[dict[str, Any]]):
     source = serializers.CharField()  # type: ignore[assignment]
     target = serializers.CharField()
     kind = serializers.ChoiceField(
-        choices=["success", "failure", "when", "default", "branch", "body"]
+        choices=["success", "failure", "when", "default", "branch", "body", "timeout"]
     )
     label = serializers.CharField(allow_blank=True)  # type: ignore[assignment]
 

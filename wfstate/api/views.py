@@ -127,6 +127,7 @@ class RunViewSet(WFStateAPIMixin, mixins.ListModelMixin, viewsets.GenericViewSet
         return {
             "create": s.RunCreateSerializer,
             "resume": s.RunResumeSerializer,
+            "signal": s.RunSignalSerializer,
         }.get(self.action, s.RunSummarySerializer)
 
     def _run(self, state: WorkflowState) -> dict[str, Any]:
@@ -198,6 +199,25 @@ class RunViewSet(WFStateAPIMixin, mixins.ListModelMixin, viewsets.GenericViewSet
         outcome, state = runs.cancel_run(workflow_id)
         return Response(
             {"outcome": outcome, "run": self._run(state)}, status=status.HTTP_202_ACCEPTED
+        )
+
+    @action(detail=True, methods=["post"])
+    def signal(self, request: Request, workflow_id: str) -> Response:
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = request.user
+        record, state = runs.signal_run(
+            workflow_id,
+            body.validated_data["signal"],
+            body.validated_data["payload"],
+            sender={
+                "kind": "api",
+                "user": user.get_username() if user.is_authenticated else None,
+                "remote_addr": request.META.get("REMOTE_ADDR"),
+            },
+        )
+        return Response(
+            {"signal": record, "run": self._run(state)}, status=status.HTTP_202_ACCEPTED
         )
 
 

@@ -65,6 +65,10 @@ STATE_KEYS: dict[str, frozenset[str]] = {
     "operation": COMMON_STATE_KEYS
     | ROUTING_KEYS
     | {"operation", "inputs", "with", "timeout", "retry", "continue_on_error", "hooks"},
+    "wait": COMMON_STATE_KEYS
+    | ROUTING_KEYS
+    | {"signal", "schema", "timeout", "on_timeout", "assignees"},
+    "sleep": COMMON_STATE_KEYS | ROUTING_KEYS | {"duration", "until"},
 }
 ALL_STATE_KEYS = frozenset().union(*STATE_KEYS.values())
 AWF_STATE_KEYS = frozenset(

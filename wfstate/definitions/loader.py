@@ -384,7 +384,7 @@ def _build_state(out: _Collector, name: str, raw: Any) -> StateDef | None:
     }
     if kind in LOOP_TYPES:
         return build_loop(out, path, raw, get, fields)
-    if kind in ("step", "parallel", "call_workflow", "operation"):
+    if kind in ("step", "parallel", "call_workflow", "operation", "wait", "sleep"):
         fields["on_success"] = get("on_success")
         fields["on_failure"] = get("on_failure")
         fields["transitions"] = tuple(_build_transitions(out, path, get("transitions", [])))
@@ -399,6 +399,10 @@ def _build_state(out: _Collector, name: str, raw: Any) -> StateDef | None:
         if get("retry") is not None:
             fields["retry"] = _build_retry(out, (*path, "retry"), get("retry"))
         fields["continue_on_error"] = bool(get("continue_on_error", False))
+    elif kind in ("wait", "sleep"):
+        from wfstate.definitions.waits import build_wait
+
+        build_wait(out, path, raw, get, fields)
     elif kind == "parallel":
         fields["parallel"] = tuple(get("parallel", ()))
         fields["strategy"] = get("strategy", "all_succeed")
@@ -508,7 +512,7 @@ def _check_graph(
 
     for state in built.values():
         path: Path_ = ("states", state.name)
-        for key in ("on_success", "on_failure"):
+        for key in ("on_success", "on_failure", "on_timeout"):
             target = getattr(state, key)
             if target is not None and target not in names:
                 out.error((*path, key), f"{key} target '{target}' does not exist")

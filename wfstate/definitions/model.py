@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 StateType = Literal[
-    "step", "parallel", "terminal", "for_each", "while", "call_workflow", "operation"
+    "step",
+    "parallel",
+    "terminal",
+    "for_each",
+    "while",
+    "call_workflow",
+    "operation",
+    "wait",
+    "sleep",
 ]
 Backoff = Literal["constant", "linear", "exponential"]
 Strategy = Literal["all_succeed", "any_succeed", "best_effort"]
@@ -125,11 +133,20 @@ class StateDef:
     # inline on_failure: {message, status}: the run fails with this message and exit code
     failure_message: str | None = None
     failure_status: int | None = None
+    # wait (a named signal, its payload's JSON Schema, who may answer) and sleep
+    # (``duration`` seconds or an ``until`` template); both park the run (engine/waits.py).
+    # A wait's ``timeout`` is the step's ``timeout``; ``on_timeout`` routes it.
+    signal: str | None = None
+    schema: dict[str, Any] | None = None
+    assignees: tuple[str, ...] = ()
+    on_timeout: str | None = None
+    duration: float | None = None
+    until: str | None = None
 
     def targets(self) -> list[str]:
         """Every state this one can go to (for graphs and reachability)."""
         out = [t.goto for t in self.transitions]
-        out += [s for s in (self.on_success, self.on_failure) if s]
+        out += [s for s in (self.on_success, self.on_failure, self.on_timeout) if s]
         out += list(self.body)
         return list(dict.fromkeys(out))
 
@@ -221,6 +238,10 @@ class WorkflowDefinition:
             if s.on_failure:
                 edges.append(
                     {"source": s.name, "target": s.on_failure, "kind": "failure", "label": ""}
+                )
+            if s.on_timeout:
+                edges.append(
+                    {"source": s.name, "target": s.on_timeout, "kind": "timeout", "label": ""}
                 )
             for branch in s.parallel:
                 edges.append({"source": s.name, "target": branch, "kind": "branch", "label": ""})

@@ -24,6 +24,8 @@ EventKind = Literal[
     "iteration_finished",
     "run_finished",
     "hook",
+    "run_waiting",
+    "signal_received",
 ]
 
 
@@ -37,6 +39,8 @@ class ProgressEvent(TypedDict):
     - ``iteration_finished``: ``state`` (the loop), ``index``, ``status`` (an iteration
       of a for_each/while recorded in its side file)
     - ``run_finished``: ``status``, ``error``
+    - ``run_waiting``: ``state``, ``signal`` (or None: a sleep), ``until`` (or None): parked
+    - ``signal_received``: ``state``, ``signal``, ``signal_id``: a wait step took a signal
     - ``hook``: ``hook`` (the event: ``workflow_start``, ``pre``...), ``state`` (a step
       hook's), ``kind`` (command, log, call), ``status``, ``output``, ``error``
 
@@ -56,6 +60,9 @@ class ProgressEvent(TypedDict):
     kind: NotRequired[str]
     output: NotRequired[object]
     run: NotRequired[str]
+    signal: NotRequired[str | None]
+    signal_id: NotRequired[str]
+    until: NotRequired[str | None]
 
 
 Progress = Callable[[ProgressEvent], None]

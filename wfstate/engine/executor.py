@@ -55,6 +55,7 @@ from wfstate.engine.loops import LOOP_TYPES, IterationScope, LoopsView, run_loop
 from wfstate.engine.operations import operation_target
 from wfstate.engine.processes import new_token, step_record
 from wfstate.engine.steps import AttemptResult, StepContext, run_call, run_command
+from wfstate.engine.waits import WAIT_TYPES, run_wait
 from wfstate.exceptions import StateTooLarge, WFStateError
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, utcnow
 from wfstate.stores.base import StateStore
@@ -209,6 +210,11 @@ class Executor:
                 elif sdef.type in LOOP_TYPES:
                     # Only the state a run resumes at goes on from recorded loop progress.
                     result, exit_to = run_loop(self, sdef, resume=first)
+                elif sdef.type in WAIT_TYPES:
+                    parked = run_wait(self, sdef)
+                    if parked is None:
+                        return state  # waiting: the caller releases the run lock
+                    result = parked
                 else:
                     result = self._run_step(sdef)
                 first = False
@@ -297,6 +303,10 @@ class Executor:
         return True
 
     def _route(self, sdef: StateDef, result: StepResult) -> str | None:
+        if sdef.type in WAIT_TYPES:
+            from wfstate.engine import waits
+
+            return waits.route(self, sdef, result)
         ok = result.status == StepStatus.COMPLETED or sdef.continue_on_error
         if sdef.transitions:
             context = self._context()

@@ -178,6 +178,7 @@ def prepare_resume(
         state.definition_sha256 = definition.sha256
     state.workflow_version = definition.version or state.workflow_version
     state.current_state = target
+    state.waiting_for = None  # a wait step resumed is reached afresh
     state.status = RunStatus.PENDING
     state.error = None
     state.exit_code = None
@@ -195,10 +196,11 @@ def mark_cancelled(state: WorkflowState) -> WorkflowState:
         raise RunFinished(f"run {state.workflow_id} already ended {state.status}")
     now = utcnow()
     for entry in state.states.values():
-        if entry.status == StepStatus.RUNNING:
+        if entry.status in (StepStatus.RUNNING, StepStatus.WAITING):
             entry.status = StepStatus.CANCELLED
             entry.completed_at = now
             entry.error = "cancelled"
+    state.waiting_for = None
     state.status = RunStatus.CANCELLED
     state.error = "cancelled"
     state.completed_at = now

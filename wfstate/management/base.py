@@ -121,6 +121,11 @@ class WFStateCommand(BaseCommand):
             style = self.style.SUCCESS if state.status == RunStatus.COMPLETED else self.style.ERROR
             self.say(f"run {state.workflow_id}")
             self.say(f"status {state.status}" + (f": {state.error}" if state.error else ""), style)
+            if state.status == RunStatus.WAITING and state.waiting_for:
+                waiting = state.waiting_for
+                what = f"signal '{waiting.get('signal')}'" if waiting.get("signal") else "its time"
+                until = f" (until {waiting['until']})" if waiting.get("until") else ""
+                self.say(f"waiting for {what} at '{waiting.get('state')}'{until}")
             if path:
                 self.say(f"state file {path}")
         if state.status in (RunStatus.FAILED, RunStatus.CANCELLED):

@@ -4,39 +4,84 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='WorkflowRun',
+            name="WorkflowRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('workflow_id', models.CharField(max_length=36, unique=True, verbose_name='run id')),
-                ('workflow_name', models.CharField(db_index=True, max_length=128, verbose_name='workflow')),
-                ('workflow_version', models.CharField(blank=True, max_length=64, verbose_name='version')),
-                ('status', models.CharField(choices=[('pending', 'pending'), ('running', 'running'), ('completed', 'completed'), ('failed', 'failed'), ('cancelled', 'cancelled'), ('corrupt', 'corrupt')], max_length=16, verbose_name='status')),
-                ('current_state', models.CharField(blank=True, max_length=128, verbose_name='current state')),
-                ('started_at', models.DateTimeField(blank=True, null=True, verbose_name='started')),
-                ('updated_at', models.DateTimeField(blank=True, null=True, verbose_name='updated')),
-                ('completed_at', models.DateTimeField(blank=True, null=True, verbose_name='completed')),
-                ('duration_ms', models.BigIntegerField(blank=True, null=True, verbose_name='duration (ms)')),
-                ('steps_done', models.PositiveIntegerField(default=0, verbose_name='steps done')),
-                ('steps_total', models.PositiveIntegerField(default=0, verbose_name='steps total')),
-                ('revision', models.PositiveIntegerField(default=0, verbose_name='revision')),
-                ('error', models.TextField(blank=True, verbose_name='error')),
-                ('corrupt', models.BooleanField(default=False, verbose_name='corrupt')),
-                ('indexed_at', models.DateTimeField(auto_now=True, verbose_name='indexed')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "workflow_id",
+                    models.CharField(max_length=36, unique=True, verbose_name="run id"),
+                ),
+                (
+                    "workflow_name",
+                    models.CharField(db_index=True, max_length=128, verbose_name="workflow"),
+                ),
+                (
+                    "workflow_version",
+                    models.CharField(blank=True, max_length=64, verbose_name="version"),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("running", "running"),
+                            ("completed", "completed"),
+                            ("failed", "failed"),
+                            ("cancelled", "cancelled"),
+                            ("corrupt", "corrupt"),
+                        ],
+                        max_length=16,
+                        verbose_name="status",
+                    ),
+                ),
+                (
+                    "current_state",
+                    models.CharField(blank=True, max_length=128, verbose_name="current state"),
+                ),
+                ("started_at", models.DateTimeField(blank=True, null=True, verbose_name="started")),
+                ("updated_at", models.DateTimeField(blank=True, null=True, verbose_name="updated")),
+                (
+                    "completed_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="completed"),
+                ),
+                (
+                    "duration_ms",
+                    models.BigIntegerField(blank=True, null=True, verbose_name="duration (ms)"),
+                ),
+                ("steps_done", models.PositiveIntegerField(default=0, verbose_name="steps done")),
+                ("steps_total", models.PositiveIntegerField(default=0, verbose_name="steps total")),
+                ("revision", models.PositiveIntegerField(default=0, verbose_name="revision")),
+                ("error", models.TextField(blank=True, verbose_name="error")),
+                ("corrupt", models.BooleanField(default=False, verbose_name="corrupt")),
+                ("indexed_at", models.DateTimeField(auto_now=True, verbose_name="indexed")),
             ],
             options={
-                'verbose_name': 'workflow run',
-                'verbose_name_plural': 'workflow runs',
-                'ordering': ['-started_at', '-id'],
-                'permissions': [('resume_workflowrun', 'Can resume workflow runs'), ('cancel_workflowrun', 'Can cancel workflow runs'), ('reindex_workflowrun', 'Can re-index workflow runs'), ('start_workflowrun', 'Can start workflow runs')],
-                'indexes': [models.Index(fields=['-started_at', '-id'], name='wfstate_run_started'), models.Index(fields=['status', '-started_at'], name='wfstate_run_status'), models.Index(fields=['workflow_name', '-started_at'], name='wfstate_run_name'), models.Index(fields=['updated_at'], name='wfstate_run_updated')],
+                "verbose_name": "workflow run",
+                "verbose_name_plural": "workflow runs",
+                "ordering": ["-started_at", "-id"],
+                "permissions": [
+                    ("resume_workflowrun", "Can resume workflow runs"),
+                    ("cancel_workflowrun", "Can cancel workflow runs"),
+                    ("reindex_workflowrun", "Can re-index workflow runs"),
+                    ("start_workflowrun", "Can start workflow runs"),
+                ],
+                "indexes": [
+                    models.Index(fields=["-started_at", "-id"], name="wfstate_run_started"),
+                    models.Index(fields=["status", "-started_at"], name="wfstate_run_status"),
+                    models.Index(fields=["workflow_name", "-started_at"], name="wfstate_run_name"),
+                    models.Index(fields=["updated_at"], name="wfstate_run_updated"),
+                ],
             },
         ),
     ]

@@ -6,88 +6,207 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('wfstate', '0001_initial'),
+        ("wfstate", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='IdempotencyKey',
+            name="IdempotencyKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('workflow_name', models.CharField(max_length=128, verbose_name='workflow')),
-                ('key', models.CharField(max_length=255, verbose_name='key')),
-                ('inputs_sha256', models.CharField(max_length=64, verbose_name='inputs digest')),
-                ('workflow_id', models.CharField(max_length=36, unique=True, verbose_name='run id')),
-                ('run_created', models.BooleanField(default=False, verbose_name='run created')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='created')),
-                ('expires_at', models.DateTimeField(db_index=True, verbose_name='expires')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("workflow_name", models.CharField(max_length=128, verbose_name="workflow")),
+                ("key", models.CharField(max_length=255, verbose_name="key")),
+                ("inputs_sha256", models.CharField(max_length=64, verbose_name="inputs digest")),
+                (
+                    "workflow_id",
+                    models.CharField(max_length=36, unique=True, verbose_name="run id"),
+                ),
+                ("run_created", models.BooleanField(default=False, verbose_name="run created")),
+                (
+                    "created_at",
+                    models.DateTimeField(default=django.utils.timezone.now, verbose_name="created"),
+                ),
+                ("expires_at", models.DateTimeField(db_index=True, verbose_name="expires")),
             ],
             options={
-                'verbose_name': 'idempotency key',
-                'verbose_name_plural': 'idempotency keys',
-                'constraints': [models.UniqueConstraint(fields=('workflow_name', 'key'), name='wfstate_idem_once')],
+                "verbose_name": "idempotency key",
+                "verbose_name_plural": "idempotency keys",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("workflow_name", "key"), name="wfstate_idem_once"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='QueueEntry',
+            name="QueueEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('workflow_id', models.CharField(max_length=36, unique=True, verbose_name='run id')),
-                ('workflow_name', models.CharField(max_length=128, verbose_name='workflow')),
-                ('key', models.CharField(max_length=255, verbose_name='concurrency key')),
-                ('status', models.CharField(choices=[('queued', 'queued'), ('admitted', 'admitted')], max_length=8, verbose_name='status')),
-                ('run_created_at', models.DateTimeField(verbose_name='run created')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "workflow_id",
+                    models.CharField(max_length=36, unique=True, verbose_name="run id"),
+                ),
+                ("workflow_name", models.CharField(max_length=128, verbose_name="workflow")),
+                ("key", models.CharField(max_length=255, verbose_name="concurrency key")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("queued", "queued"), ("admitted", "admitted")],
+                        max_length=8,
+                        verbose_name="status",
+                    ),
+                ),
+                ("run_created_at", models.DateTimeField(verbose_name="run created")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
             ],
             options={
-                'verbose_name': 'queued run',
-                'verbose_name_plural': 'queued runs',
-                'ordering': ['key', 'run_created_at', 'workflow_id'],
-                'indexes': [models.Index(fields=['key', 'status', 'run_created_at'], name='wfstate_queue_order')],
+                "verbose_name": "queued run",
+                "verbose_name_plural": "queued runs",
+                "ordering": ["key", "run_created_at", "workflow_id"],
+                "indexes": [
+                    models.Index(
+                        fields=["key", "status", "run_created_at"], name="wfstate_queue_order"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Schedule',
+            name="Schedule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True, verbose_name='name')),
-                ('workflow_name', models.CharField(db_index=True, max_length=128, verbose_name='workflow')),
-                ('cron', models.CharField(blank=True, help_text='five fields, e.g. 0 2 * * *', max_length=120, verbose_name='cron')),
-                ('every_seconds', models.FloatField(blank=True, help_text='a fixed period instead of cron', null=True, verbose_name='every (seconds)')),
-                ('timezone', models.CharField(default='UTC', max_length=64, verbose_name='time zone')),
-                ('inputs', models.JSONField(blank=True, default=dict, verbose_name='inputs')),
-                ('catch_up', models.CharField(choices=[('none', 'none: skip missed ticks'), ('latest', 'latest: fire the latest missed tick'), ('all', 'all: fire every missed tick')], default='latest', max_length=8, verbose_name='catch up')),
-                ('enabled', models.BooleanField(default=True, verbose_name='enabled')),
-                ('source', models.CharField(choices=[('file', 'workflow file'), ('admin', 'admin')], default='admin', max_length=8, verbose_name='source')),
-                ('last_tick', models.DateTimeField(blank=True, null=True, verbose_name='last tick')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='created')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True, verbose_name="name")),
+                (
+                    "workflow_name",
+                    models.CharField(db_index=True, max_length=128, verbose_name="workflow"),
+                ),
+                (
+                    "cron",
+                    models.CharField(
+                        blank=True,
+                        help_text="five fields, e.g. 0 2 * * *",
+                        max_length=120,
+                        verbose_name="cron",
+                    ),
+                ),
+                (
+                    "every_seconds",
+                    models.FloatField(
+                        blank=True,
+                        help_text="a fixed period instead of cron",
+                        null=True,
+                        verbose_name="every (seconds)",
+                    ),
+                ),
+                (
+                    "timezone",
+                    models.CharField(default="UTC", max_length=64, verbose_name="time zone"),
+                ),
+                ("inputs", models.JSONField(blank=True, default=dict, verbose_name="inputs")),
+                (
+                    "catch_up",
+                    models.CharField(
+                        choices=[
+                            ("none", "none: skip missed ticks"),
+                            ("latest", "latest: fire the latest missed tick"),
+                            ("all", "all: fire every missed tick"),
+                        ],
+                        default="latest",
+                        max_length=8,
+                        verbose_name="catch up",
+                    ),
+                ),
+                ("enabled", models.BooleanField(default=True, verbose_name="enabled")),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[("file", "workflow file"), ("admin", "admin")],
+                        default="admin",
+                        max_length=8,
+                        verbose_name="source",
+                    ),
+                ),
+                (
+                    "last_tick",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last tick"),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(default=django.utils.timezone.now, verbose_name="created"),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
             ],
             options={
-                'verbose_name': 'schedule',
-                'verbose_name_plural': 'schedules',
-                'ordering': ['workflow_name', 'name'],
-                'constraints': [models.CheckConstraint(condition=models.Q(models.Q(('cron', ''), ('every_seconds__isnull', False)), models.Q(models.Q(('cron', ''), _negated=True), ('every_seconds__isnull', True)), _connector='OR'), name='wfstate_schedule_cron_xor_every')],
+                "verbose_name": "schedule",
+                "verbose_name_plural": "schedules",
+                "ordering": ["workflow_name", "name"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("cron", ""), ("every_seconds__isnull", False)),
+                            models.Q(
+                                models.Q(("cron", ""), _negated=True),
+                                ("every_seconds__isnull", True),
+                            ),
+                            _connector="OR",
+                        ),
+                        name="wfstate_schedule_cron_xor_every",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ScheduleTick',
+            name="ScheduleTick",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('tick', models.DateTimeField(verbose_name='tick')),
-                ('workflow_id', models.CharField(max_length=36, unique=True, verbose_name='run id')),
-                ('run_created', models.BooleanField(default=False, verbose_name='run created')),
-                ('fired_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='fired')),
-                ('error', models.TextField(blank=True, verbose_name='error')),
-                ('schedule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='ticks', to='wfstate.schedule', verbose_name='schedule')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("tick", models.DateTimeField(verbose_name="tick")),
+                (
+                    "workflow_id",
+                    models.CharField(max_length=36, unique=True, verbose_name="run id"),
+                ),
+                ("run_created", models.BooleanField(default=False, verbose_name="run created")),
+                (
+                    "fired_at",
+                    models.DateTimeField(default=django.utils.timezone.now, verbose_name="fired"),
+                ),
+                ("error", models.TextField(blank=True, verbose_name="error")),
+                (
+                    "schedule",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="ticks",
+                        to="wfstate.schedule",
+                        verbose_name="schedule",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'schedule tick',
-                'verbose_name_plural': 'schedule ticks',
-                'ordering': ['-tick'],
-                'constraints': [models.UniqueConstraint(fields=('schedule', 'tick'), name='wfstate_tick_once')],
+                "verbose_name": "schedule tick",
+                "verbose_name_plural": "schedule ticks",
+                "ordering": ["-tick"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("schedule", "tick"), name="wfstate_tick_once")
+                ],
             },
         ),
     ]

@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from wfstate.exceptions import InvalidRunId, RunLocked, RunNotFound, StateTooLarge
+from wfstate.exceptions import InvalidRunId, RunLocked, RunNotFound, StateTooLarge, StorageError
 from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState
 
@@ -34,6 +34,8 @@ _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 
 # A state or stream name used in a side-file name (state names are checked by the
 # definition schema too; this is the store's own line of defence).
+_SIGNAL_ID = re.compile(r"[0-9a-f]{32}")
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -49,6 +51,17 @@ def validate_id(workflow_id: object) -> str:
             shown = shown[:57] + "..."
         raise InvalidRunId(f"invalid run id {shown}: a run id is a UUID4 string")
     return workflow_id
+
+
+def validate_signal_id(signal_id: object) -> str:
+    """Return ``signal_id`` if it is 32 lower-case hex digits (a uuid4's hex).
+
+    Raises:
+        ValueError: anything else (it becomes part of a file name).
+    """
+    if not isinstance(signal_id, str) or not _SIGNAL_ID.fullmatch(signal_id):
+        raise ValueError(f"invalid signal id {signal_id!r}")
+    return signal_id
 
 
 def validate_name(name: str) -> str:
@@ -276,6 +289,30 @@ class StateStore(ABC):
             data = self.read_records(workflow_id, name)
             if len(data) > size:
                 self.save_output(workflow_id, name, "records", data[:size])
+
+    # --- signals: a run's mailbox (see wfstate.engine.waits) -----------------------------
+    #
+    # Not abstract: a store without a mailbox still runs every workflow that does not
+    # wait for signals; sending one to it is a clear error, never a silent loss.
+
+    def post_signal(self, workflow_id: str, record: dict[str, Any]) -> str:
+        """Keep a signal for the run until its executor takes it; durable on return.
+
+        ``record`` holds at least ``id`` (unique, ``[0-9a-f]{32}``), ``signal``,
+        ``payload``, ``sender`` and ``received_at``. Returns where it was kept.
+
+        Raises:
+            StorageError: the store has no mailbox, or the write failed.
+        """
+        raise StorageError(f"{self!r} has no signal mailbox: signals cannot be kept")
+
+    def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        """The run's signals not yet taken, oldest first."""
+        return []
+
+    def remove_signal(self, workflow_id: str, signal_id: str) -> None:
+        """Forget a signal once its id is durably in the run's state (idempotent)."""
+        return None
 
     # --- where things are (optional: None for a store without files) ------------------
 

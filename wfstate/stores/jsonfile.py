@@ -8,6 +8,7 @@ Layout under ``<root>/states/``::
     <id>.cancel          a cancellation request, polled by the executor
     <id>.outputs/        whole outputs of steps whose output was cut in the JSON
     <id>.loops/<name>.log  a loop's finished iterations: append-only framed records
+    <id>.mailbox/        signals not yet taken: <received-ns>-<signal id>.json each
     .<name>.<rand>.tmp   a write in progress, or left by a crash (swept)
 
 and ``<root>/quarantine/`` for corrupt state files ``doctor --fix`` moved aside.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import importlib
+import logging
 import os
 import shutil
 import stat
@@ -50,7 +52,13 @@ from wfstate.stores._atomic import (
     make_private_dir,
     target_of_temp,
 )
-from wfstate.stores.base import StateStore, check_size, validate_id, validate_name
+from wfstate.stores.base import (
+    StateStore,
+    check_size,
+    validate_id,
+    validate_name,
+    validate_signal_id,
+)
 from wfstate.stores.locks import LockBackend, describe_owner
 
 # Lock backends by name; a dotted path to a LockBackend subclass works too.
@@ -58,6 +66,8 @@ LOCK_BACKENDS = {
     "file": "wfstate.stores.locks.FileLockBackend",
     "redis": "wfstate.stores.redis_locks.RedisLockBackend",
 }
+
+logger = logging.getLogger("wfstate.stores")
 
 DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 
@@ -288,6 +298,9 @@ class JSONFileStore(StateStore):
         """Where the run's loop iterations are appended (see :mod:`wfstate.stores.records`)."""
         return self.directory / f"{validate_id(workflow_id)}.loops"
 
+    def mailbox_dir(self, workflow_id: str) -> Path:
+        return self.directory / f"{validate_id(workflow_id)}.mailbox"
+
     @property
     def quarantine_directory(self) -> Path:
         """Where ``quarantine()`` moves corrupt state files."""
@@ -438,6 +451,11 @@ class JSONFileStore(StateStore):
                 shutil.rmtree(loops, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 self._cancel_path(workflow_id).unlink()
+            mailbox = self.mailbox_dir(workflow_id)
+            if mailbox.is_symlink():
+                mailbox.unlink()
+            else:
+                shutil.rmtree(mailbox, ignore_errors=True)
         except OSError as exc:
             raise StorageError(f"could not delete {path}: {exc.strerror}", path=str(path)) from exc
 
@@ -617,6 +635,74 @@ class JSONFileStore(StateStore):
             finally:
                 os.close(fd)
 
+    # --- signals -------------------------------------------------------------------------------
+
+    def _checked_mailbox(self, workflow_id: str) -> Path:
+        directory = self.mailbox_dir(workflow_id)
+        if directory.is_symlink():
+            raise StorageError(f"refusing to use {directory}: it is a symlink", path=str(directory))
+        return directory
+
+    def post_signal(self, workflow_id: str, record: dict[str, Any]) -> str:
+        signal_id = validate_signal_id(record.get("id"))
+        directory = self._checked_mailbox(workflow_id)
+        # Under the write lock: remove_signal drops the emptied directory under it too.
+        with self.write_lock(workflow_id):
+            make_private_dir(directory)
+            # The time first, so that a directory listing sorted by name is arrival
+            # order; the id in the name, so that a taken signal is known by name alone.
+            path = directory / f"{time.time_ns():020d}-{signal_id}.json"
+            # Durable before the sender is told "accepted" (a 202 is a promise).
+            atomic_write(path, orjson.dumps(record), mode=self.file_mode, durable=True)
+        return str(path)
+
+    def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        directory = self._checked_mailbox(workflow_id)
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if name.startswith(".") or not name.endswith(".json"):
+                continue  # a write in progress (or left by a crash: swept)
+            path = directory / name
+            try:
+                fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            except FileNotFoundError:
+                continue  # taken meanwhile
+            except OSError as exc:
+                raise StorageError(f"could not read {path}: {exc.strerror}") from exc
+            try:
+                with open(fd, "rb", closefd=False) as fh:
+                    record = orjson.loads(fh.read(self.max_bytes))
+            except (OSError, orjson.JSONDecodeError) as exc:
+                # Written atomically, so never torn; a foreign file is left for doctor.
+                logger.warning("ignoring unreadable signal file %s: %s", path, exc)
+                continue
+            finally:
+                os.close(fd)
+            if isinstance(record, dict) and name.endswith(f"-{record.get('id')}.json"):
+                found.append(record)
+            else:
+                logger.warning("ignoring signal file %s: not a signal record", path)
+        return found
+
+    def remove_signal(self, workflow_id: str, signal_id: str) -> None:
+        validate_signal_id(signal_id)
+        directory = self._checked_mailbox(workflow_id)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(f"-{signal_id}.json") and not name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(directory / name)
+        # An empty mailbox goes (a parked run keeps nothing but its files and locks).
+        with self.write_lock(workflow_id), contextlib.suppress(OSError):
+            os.rmdir(directory)
+
     # --- maintenance -----------------------------------------------------------------------
 
     def orphan_side_files(self, *, grace: float = 2.0) -> dict[str, builtins.list[str]]:
@@ -739,6 +825,7 @@ class JSONFileStore(StateStore):
             return []
         found = [p for p in self.directory.glob(f".*{TEMP_SUFFIX}") if target_of_temp(p)]
         found += [p for p in self.directory.glob(f"*.outputs/.*{TEMP_SUFFIX}") if target_of_temp(p)]
+        found += [p for p in self.directory.glob(f"*.mailbox/.*{TEMP_SUFFIX}") if target_of_temp(p)]
         return sorted(found)
 
     def sweep(self) -> builtins.list[str]:
@@ -751,9 +838,10 @@ class JSONFileStore(StateStore):
         for path in self.temp_files():
             target = target_of_temp(path) or ""
             parent = path.parent
-            workflow_id = (
-                parent.name[: -len(".outputs")] if parent.name.endswith(".outputs") else target[:-5]
-            )
+            workflow_id = target[:-5]
+            for side in (".outputs", ".mailbox"):
+                if parent.name.endswith(side):
+                    workflow_id = parent.name[: -len(side)]
             try:
                 validate_id(workflow_id)
                 with self.locks.write_lock(workflow_id, 0):
@@ -839,7 +927,7 @@ def parse_state(data: bytes, path: Path | str, workflow_id: str | None = None) -
 
 
 # What sits beside ``<id>.json`` for a run (``orphan_side_files``).
-_SIDE_SUFFIXES = (".run.lock", ".lock", ".cancel", ".outputs", ".loops")
+_SIDE_SUFFIXES = (".run.lock", ".lock", ".cancel", ".outputs", ".loops", ".mailbox")
 
 
 def _side_id(name: str) -> str | None:

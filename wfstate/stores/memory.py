@@ -9,14 +9,22 @@ passed to it): ``lock_timeout`` and ``max_bytes``.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from wfstate.exceptions import RunLocked, RunNotFound, StateLocked, StillRunning
 from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState, utcnow
-from wfstate.stores.base import StateStore, check_size, validate_id, validate_name
+from wfstate.stores.base import (
+    StateStore,
+    check_size,
+    validate_id,
+    validate_name,
+    validate_signal_id,
+)
 from wfstate.stores.jsonfile import parse_state, serialize
 from wfstate.stores.locks import describe_owner, owner_info
 
@@ -35,6 +43,7 @@ class MemoryStore(StateStore):
         self._states: dict[str, bytes] = {}
         self._outputs: dict[tuple[str, str, str], bytes] = {}
         self._cancel: set[str] = set()
+        self._mailboxes: dict[str, dict[str, dict[str, Any]]] = {}
         self._write_locks: dict[str, threading.RLock] = {}
         self._run_owners: dict[str, RunLockOwner] = {}
         self._guard = threading.Lock()
@@ -120,6 +129,7 @@ class MemoryStore(StateStore):
                 if self._states.pop(workflow_id, None) is None:
                     raise RunNotFound(f"no run {workflow_id}")
                 self._cancel.discard(workflow_id)
+                self._mailboxes.pop(workflow_id, None)
                 for key in [k for k in self._outputs if k[0] == workflow_id]:
                     del self._outputs[key]
         finally:
@@ -151,3 +161,19 @@ class MemoryStore(StateStore):
             return self._outputs[key]
         except KeyError:
             raise RunNotFound(f"no output {stream} of {state_name} in run {workflow_id}") from None
+
+    def post_signal(self, workflow_id: str, record: dict[str, Any]) -> str:
+        signal_id = validate_signal_id(record.get("id"))
+        with self._guard:
+            # A copy, as a file would be: the caller's dict is not the kept one.
+            self._mailboxes.setdefault(validate_id(workflow_id), {})[signal_id] = dict(record)
+        return f"memory:{workflow_id}/mailbox/{signal_id}"
+
+    def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        with self._guard:
+            return [dict(r) for r in self._mailboxes.get(validate_id(workflow_id), {}).values()]
+
+    def remove_signal(self, workflow_id: str, signal_id: str) -> None:
+        validate_signal_id(signal_id)
+        with self._guard:
+            self._mailboxes.get(validate_id(workflow_id), {}).pop(signal_id, None)

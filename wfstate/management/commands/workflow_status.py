@@ -35,6 +35,11 @@ class Command(WFStateCommand):
         w(f"updated   {state.updated_at}  (revision {state.revision})")
         if state.completed_at:
             w(f"completed {state.completed_at}")
+        if state.waiting_for:
+            waiting = state.waiting_for
+            what = f"signal '{waiting.get('signal')}'" if waiting.get("signal") else "its time"
+            until = f" until {waiting['until']}" if waiting.get("until") else ""
+            w(f"waiting   for {what} at '{waiting.get('state')}'{until}")
         if owner:
             w(f"locked by {describe_owner(owner)}")
         w(f"file      {state_file(workflow_id)}")
