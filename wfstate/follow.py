@@ -201,7 +201,8 @@ class OutputFollower:
         out: list[bytes] = []
         stat = self._stat()
         state = None
-        if stat != self.file_stat:
+        # A store without files (self.file None) has no cheap "changed?": load each poll.
+        if stat != self.file_stat or self.file is None:
             self.file_stat = stat
             with contextlib.suppress(Exception):
                 state = self.store.load(self.workflow_id)
