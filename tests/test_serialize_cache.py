@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wfstate.state import StepResult, StepStatus, WorkflowState
-from wfstate.stores import jsonfile
-from wfstate.stores.jsonfile import DUMP_OPTIONS, serialize
+from wfstate.stores import _serialize
+from wfstate.stores._serialize import DUMP_OPTIONS, serialize
 
 
 @pytest.fixture(autouse=True)
 def splice_every_state(monkeypatch: pytest.MonkeyPatch) -> None:
     """Splice whatever the steps' size (the store splices from 2 KB a step on)."""
-    monkeypatch.setattr(jsonfile, "SPLICE_MIN_STEP_BYTES", -1)
+    monkeypatch.setattr(_serialize, "SPLICE_MIN_STEP_BYTES", -1)
 
 
 def plain(state: WorkflowState) -> bytes:
@@ -174,16 +174,16 @@ def test_a_finished_step_is_encoded_once_and_its_bytes_reused() -> None:
     state.states["live"] = StepResult(name="live", output="")
     first = serialize(state)
     pieces = {
-        name: jsonfile._STEP_CACHE[id(step)].data
+        name: _serialize._STEP_CACHE[id(step)].data
         for name, step in state.states.items()
         if name != "live"
     }
-    assert id(state.states["live"]) not in jsonfile._STEP_CACHE  # in flight: never cached
+    assert id(state.states["live"]) not in _serialize._STEP_CACHE  # in flight: never cached
     for round_ in range(5):
         state.states["live"].output += f"line {round_}\n"
         assert serialize(state) == plain(state)
     for name, data in pieces.items():
-        assert jsonfile._STEP_CACHE[id(state.states[name])].data is data
+        assert _serialize._STEP_CACHE[id(state.states[name])].data is data
     assert first != serialize(state)
 
 
@@ -192,7 +192,7 @@ def test_container_outputs_are_never_cached_and_changes_in_place_show() -> None:
     step = StepResult(name="s", status=StepStatus.COMPLETED, output={"rows": [1, 2]})
     state.states["s"] = step
     serialize(state)
-    assert id(step) not in jsonfile._STEP_CACHE
+    assert id(step) not in _serialize._STEP_CACHE
     step.output["rows"].append(3)
     assert serialize(state) == plain(state)
     assert b"3" in serialize(state)
@@ -203,10 +203,10 @@ def test_an_entry_goes_with_its_step() -> None:
     state.states["s"] = StepResult(name="s", status=StepStatus.COMPLETED, output="x" * 100)
     serialize(state)
     key = id(state.states["s"])
-    assert key in jsonfile._STEP_CACHE
+    assert key in _serialize._STEP_CACHE
     del state.states["s"]
     gc.collect()
-    assert key not in jsonfile._STEP_CACHE
+    assert key not in _serialize._STEP_CACHE
 
 
 def test_equal_numbers_of_another_type_are_encoded_afresh() -> None:
@@ -224,22 +224,22 @@ def test_equal_numbers_of_another_type_are_encoded_afresh() -> None:
         setattr(step, field, before)
         state.states["s"] = step
         serialize(state)
-        assert id(step) in jsonfile._STEP_CACHE
+        assert id(step) in _serialize._STEP_CACHE
         setattr(step, field, after)
         assert serialize(state) == plain(state), field
 
 
 def test_small_steps_are_encoded_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jsonfile, "SPLICE_MIN_STEP_BYTES", 2048)
+    monkeypatch.setattr(_serialize, "SPLICE_MIN_STEP_BYTES", 2048)
     state = WorkflowState.new("small")
     for i in range(50):
         state.states[f"s{i}"] = StepResult(name=f"s{i}", status=StepStatus.COMPLETED, output="ok")
     for _ in range(3):
         assert serialize(state) == plain(state)
-    assert not any(id(step) in jsonfile._STEP_CACHE for step in state.states.values())
+    assert not any(id(step) in _serialize._STEP_CACHE for step in state.states.values())
     # Steps of 4 KB: spliced from the second save on (the first measures them).
     for step in state.states.values():
         step.output = "x" * 4096
     for _ in range(3):
         assert serialize(state) == plain(state)
-    assert all(id(step) in jsonfile._STEP_CACHE for step in state.states.values())
+    assert all(id(step) in _serialize._STEP_CACHE for step in state.states.values())

@@ -226,7 +226,7 @@ def test_store_bytes_equal_to_dict_bytes() -> None:
 
     import orjson
 
-    from wfstate.stores.jsonfile import DUMP_OPTIONS
+    from wfstate.stores._serialize import DUMP_OPTIONS
 
     state = sample()
     state.states["publish"].status = "completed"  # type: ignore[assignment]

@@ -24,7 +24,6 @@ import os
 import shutil
 import stat
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
@@ -42,22 +41,22 @@ from wfstate.exceptions import (
     StorageError,
 )
 from wfstate.records import RunLockOwner
-from wfstate.state import StepResult, StepStatus, WorkflowState, utcnow
+from wfstate.state import WorkflowState, utcnow
 from wfstate.stores._atomic import (
     _CLOEXEC,
     _NOFOLLOW,
     TEMP_SUFFIX,
     atomic_write,
-    fsync_dir,
     make_private_dir,
     target_of_temp,
 )
+from wfstate.stores._serialize import _read_plain, parse_state, serialize
+from wfstate.stores._sidefiles import SideFiles
 from wfstate.stores.base import (
     StateStore,
     check_size,
     validate_id,
     validate_name,
-    validate_signal_id,
 )
 from wfstate.stores.locks import LockBackend, describe_owner
 
@@ -67,158 +66,9 @@ LOCK_BACKENDS = {
     "redis": "wfstate.stores.redis_locks.RedisLockBackend",
 }
 
+__all__ = ["LOCK_BACKENDS", "JSONFileStore", "parse_state", "serialize"]
+
 logger = logging.getLogger("wfstate.stores")
-
-DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
-
-
-def serialize(state: WorkflowState) -> bytes:
-    """The exact bytes of a state file: 2-space indent, keys in the model's order.
-
-    The same bytes as ``orjson.dumps(state.shallow_dict(), option=DUMP_OPTIONS)`` (a
-    property test holds the two equal), but each finished step's bytes are taken from
-    a cache when the step has not changed since they were made: a checkpoint of a long
-    run re-encodes only its header and the step in flight (docs/performance.md).
-    """
-    document = state.shallow_dict()
-    states = document["states"]
-    if type(states) is not dict or not states:
-        return orjson.dumps(document, option=DUMP_OPTIONS)
-    # Checking a cached step costs about what orjson takes to encode 1 KB: a state of
-    # small steps is encoded in one call, as it was before there was a cache.
-    key = id(state)
-    seen = _STATE_SIZES.get(key)
-    ref, average = seen if seen is not None and seen[0]() is state else (None, 0)
-    if average < SPLICE_MIN_STEP_BYTES:
-        data = orjson.dumps(document, option=DUMP_OPTIONS)
-        _remember_size(state, key, ref, len(data) // len(states))
-        return data
-    # One atomic copy of the entries (another thread may add a step meanwhile).
-    entries = list(states.items())
-    pieces: list[bytes] = []
-    append = pieces.append
-    cache_get = _STEP_CACHE.get
-    for name, step in entries:
-        if type(step) is not StepResult or type(name) is not str:
-            return orjson.dumps(document, option=DUMP_OPTIONS)  # odd: no splicing
-        # The hit path inline (it runs for every finished step of every checkpoint).
-        entry = cache_get(id(step))
-        if entry is not None:
-            live = step.__dict__
-            if (
-                entry.values == live
-                and entry.name is name
-                and entry.ref() is step
-                and tuple(live) == entry.keys
-            ):
-                for field, number in entry.numbers:
-                    if live[field] is not number:
-                        break
-                else:
-                    append(entry.data)
-                    continue
-        append(_step_piece(name, step))
-    document["states"] = None
-    head = orjson.dumps(document, option=DUMP_OPTIONS)
-    # Only a top-level key follows a newline and exactly two spaces (deeper lines are
-    # indented further, and a newline inside a string is escaped): the marker is unique.
-    at = head.index(_STATES_MARKER) + _STATES_OFFSET
-    data = b"".join(
-        (head[:at], b"{", b",".join(pieces), b"\n  }", head[at + 4 :])  # 4: len(b"null")
-    )
-    _remember_size(state, key, ref, len(data) // len(entries))
-    return data
-
-
-# The average bytes per step from which serialize() splices cached steps (tests set it
-# to -1 to splice every state).
-SPLICE_MIN_STEP_BYTES = 2048
-# id(state) -> (weak reference to it, the average bytes per step of its last encoding).
-_STATE_SIZES: dict[int, tuple[weakref.ref[WorkflowState], int]] = {}
-
-
-def _remember_size(
-    state: WorkflowState, key: int, ref: weakref.ref[WorkflowState] | None, average: int
-) -> None:
-    if ref is None:
-        ref = weakref.ref(state, partial(_forget, _STATE_SIZES, key))
-    _STATE_SIZES[key] = (ref, average)
-
-
-# --- the cache of finished steps' bytes ---------------------------------------------------
-#
-# A finished step's result does not change, but nothing forbids changing it (a resume
-# rewinds it, a test edits it). orjson encodes a step from its instance ``__dict__``, so
-# an entry keeps a copy of that dict (the values themselves, not copies of them) and is
-# used only while the step's ``__dict__`` holds the same keys in the same order and
-# equal values, and its numbers are the very objects they were (``0 == False == 0.0``
-# but the three encode differently). Entries are made only for steps whose values are
-# all immutable (strings, numbers, None, the status), so no change in place can hide
-# behind an equal reference; a container output is encoded afresh every time. An entry
-# goes when its step object does (weak reference).
-
-_STATES_MARKER = b'\n  "states": null'
-_STATES_OFFSET = len(_STATES_MARKER) - 4
-_IMMUTABLE = frozenset({str, type(None), StepStatus})
-_NUMBERS = frozenset({int, float, bool})
-_STEP_INDENT = orjson.OPT_INDENT_2
-
-
-class _Entry:
-    __slots__ = ("data", "keys", "name", "numbers", "ref", "values")
-
-    def __init__(
-        self,
-        ref: weakref.ref[StepResult],
-        name: str,
-        values: dict[str, Any],
-        numbers: tuple[tuple[str, Any], ...],
-        data: bytes,
-    ) -> None:
-        self.ref = ref
-        self.name = name
-        self.values = values
-        self.keys = tuple(values)
-        self.numbers = numbers
-        self.data = data
-
-
-# id(step) -> its entry (with the step's name in ``states``, compared by identity).
-_STEP_CACHE: dict[int, _Entry] = {}
-
-
-def _step_piece(name: str, step: StepResult) -> bytes:
-    """``\\n    "<name>": {...}``: one entry of ``states`` as the document holds it,
-    encoded now (and kept, when the step is finished and holds only immutable values)."""
-    live = step.__dict__
-    # The step at depth 2 of the document: its own lines indented by four more spaces.
-    data = orjson.dumps(step, option=_STEP_INDENT).replace(b"\n", b"\n    ")
-    piece = b"\n    " + orjson.dumps(name) + b": " + data
-    if step.status is not StepStatus.RUNNING:
-        numbers = []
-        for field, value in live.items():
-            kind = type(value)
-            if kind in _NUMBERS:
-                numbers.append((field, value))
-            elif kind not in _IMMUTABLE:
-                return piece  # a container (or anything else): never cached
-        key = id(step)
-        _STEP_CACHE[key] = _Entry(
-            weakref.ref(step, partial(_forget_step, key)), name, dict(live), tuple(numbers), piece
-        )
-    return piece
-
-
-def _forget_step(key: int, ref: weakref.ref[StepResult]) -> None:
-    entry = _STEP_CACHE.get(key)
-    if entry is not None and entry.ref is ref:
-        del _STEP_CACHE[key]
-
-
-def _forget(table: dict[int, Any], key: int, ref: weakref.ref[Any]) -> None:
-    entry = table.get(key)
-    if entry is not None and entry[0] is ref:
-        del table[key]
 
 
 def _import(dotted: str) -> Any:
@@ -226,7 +76,7 @@ def _import(dotted: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-class JSONFileStore(StateStore):
+class JSONFileStore(SideFiles, StateStore):
     """State files under ``<root>/states/``.
 
     Args:
@@ -554,155 +404,6 @@ class JSONFileStore(StateStore):
         finally:
             os.close(fd)
 
-    # --- loop iterations (append-only side files) ------------------------------------------
-
-    def _records_path(self, workflow_id: str, name: str) -> Path:
-        directory = self.loops_dir(workflow_id)
-        if directory.is_symlink():
-            raise StorageError(f"refusing to use {directory}: it is a symlink", path=str(directory))
-        return directory / f"{validate_name(name)}.log"
-
-    def append_records(self, workflow_id: str, name: str, data: bytes) -> None:
-        # A real append: the cost of an iteration never depends on how many came before.
-        path = self._records_path(workflow_id, name)
-        with self.write_lock(workflow_id):
-            try:
-                created = not path.parent.exists()
-                if created:
-                    make_private_dir(path.parent)
-                fd = os.open(
-                    path,
-                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC,
-                    self.file_mode,
-                )
-            except OSError as exc:
-                raise StorageError(
-                    f"could not open {path}: {exc.strerror}", path=str(path)
-                ) from exc
-            try:
-                new = os.fstat(fd).st_size == 0
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            except OSError as exc:
-                raise StorageError(
-                    f"could not append to {path}: {exc.strerror}", path=str(path)
-                ) from exc
-            finally:
-                os.close(fd)
-            if new:  # the file's name must survive a power cut too
-                with contextlib.suppress(OSError):
-                    fsync_dir(path.parent)
-                    if created:
-                        fsync_dir(self.directory)
-
-    def read_records(self, workflow_id: str, name: str) -> bytes:
-        path = self._records_path(workflow_id, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-        except FileNotFoundError:
-            return b""
-        except OSError as exc:
-            raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
-        try:
-            with open(fd, "rb", closefd=False) as fh:
-                return fh.read()
-        except OSError as exc:
-            raise StorageError(f"could not read {path}: {exc.strerror}", path=str(path)) from exc
-        finally:
-            os.close(fd)
-
-    def truncate_records(self, workflow_id: str, name: str, size: int) -> None:
-        path = self._records_path(workflow_id, name)
-        with self.write_lock(workflow_id):
-            try:
-                fd = os.open(path, os.O_WRONLY | _NOFOLLOW | _CLOEXEC)
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                raise StorageError(
-                    f"could not open {path}: {exc.strerror}", path=str(path)
-                ) from exc
-            try:
-                if os.fstat(fd).st_size > size:
-                    os.ftruncate(fd, size)
-                    os.fsync(fd)
-            except OSError as exc:
-                raise StorageError(
-                    f"could not truncate {path}: {exc.strerror}", path=str(path)
-                ) from exc
-            finally:
-                os.close(fd)
-
-    # --- signals -------------------------------------------------------------------------------
-
-    def _checked_mailbox(self, workflow_id: str) -> Path:
-        directory = self.mailbox_dir(workflow_id)
-        if directory.is_symlink():
-            raise StorageError(f"refusing to use {directory}: it is a symlink", path=str(directory))
-        return directory
-
-    def post_signal(self, workflow_id: str, record: dict[str, Any]) -> str:
-        signal_id = validate_signal_id(record.get("id"))
-        directory = self._checked_mailbox(workflow_id)
-        # Under the write lock: remove_signal drops the emptied directory under it too.
-        with self.write_lock(workflow_id):
-            make_private_dir(directory)
-            # The time first, so that a directory listing sorted by name is arrival
-            # order; the id in the name, so that a taken signal is known by name alone.
-            path = directory / f"{time.time_ns():020d}-{signal_id}.json"
-            # Durable before the sender is told "accepted" (a 202 is a promise).
-            atomic_write(path, orjson.dumps(record), mode=self.file_mode, durable=True)
-        return str(path)
-
-    def pending_signals(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
-        directory = self._checked_mailbox(workflow_id)
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            if name.startswith(".") or not name.endswith(".json"):
-                continue  # a write in progress (or left by a crash: swept)
-            path = directory / name
-            try:
-                fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-            except FileNotFoundError:
-                continue  # taken meanwhile
-            except OSError as exc:
-                raise StorageError(f"could not read {path}: {exc.strerror}") from exc
-            try:
-                with open(fd, "rb", closefd=False) as fh:
-                    record = orjson.loads(fh.read(self.max_bytes))
-            except (OSError, orjson.JSONDecodeError) as exc:
-                # Written atomically, so never torn; a foreign file is left for doctor.
-                logger.warning("ignoring unreadable signal file %s: %s", path, exc)
-                continue
-            finally:
-                os.close(fd)
-            if isinstance(record, dict) and name.endswith(f"-{record.get('id')}.json"):
-                found.append(record)
-            else:
-                logger.warning("ignoring signal file %s: not a signal record", path)
-        return found
-
-    def remove_signal(self, workflow_id: str, signal_id: str) -> None:
-        validate_signal_id(signal_id)
-        directory = self._checked_mailbox(workflow_id)
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if name.endswith(f"-{signal_id}.json") and not name.startswith("."):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(directory / name)
-        # An empty mailbox goes (a parked run keeps nothing but its files and locks).
-        with self.write_lock(workflow_id), contextlib.suppress(OSError):
-            os.rmdir(directory)
-
     # --- maintenance -----------------------------------------------------------------------
 
     def orphan_side_files(self, *, grace: float = 2.0) -> dict[str, builtins.list[str]]:
@@ -872,58 +573,6 @@ class JSONFileStore(StateStore):
                 continue
             removed.append(str(directory))
         return removed
-
-
-def _read_plain(prefix: str, max_bytes: int, workflow_id: str) -> bytes | None:
-    """A plain state file's bytes in one ``os.read``, or None for anything unusual
-    (missing, a link, not a regular file, too big, growing, unreadable, an odd id): the
-    store's ``load()`` then says precisely what is wrong."""
-    try:
-        validate_id(workflow_id)
-        fd = os.open(f"{prefix}{workflow_id}.json", os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
-    except Exception:
-        return None
-    try:
-        st = os.fstat(fd)
-        size = st.st_size
-        if not stat.S_ISREG(st.st_mode) or size > max_bytes:
-            return None
-        data = os.read(fd, size + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data if len(data) <= size else None
-
-
-def parse_state(data: bytes, path: Path | str, workflow_id: str | None = None) -> WorkflowState:
-    """Parse a state file's bytes.
-
-    Raises:
-        CorruptState: empty, not JSON, invalid UTF-8, too deep, not an object, not a state,
-            or a document whose ``workflow_id`` is not its file's.
-    """
-    if not data.strip():
-        raise CorruptState(f"{path} is empty", path=str(path))
-    try:
-        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels with a
-        # JSONDecodeError, never a RecursionError.
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise CorruptState(f"{path} is not valid JSON: {exc}", path=str(path)) from None
-    if not isinstance(document, dict):
-        raise CorruptState(
-            f"{path} holds a JSON {type(document).__name__}, not a state object", path=str(path)
-        )
-    try:
-        state = WorkflowState.from_dict(document)
-    except (ValueError, RecursionError) as exc:
-        raise CorruptState(f"{path} is not a valid state: {exc}", path=str(path)) from None
-    if workflow_id is not None and state.workflow_id != workflow_id:
-        raise CorruptState(
-            f"{path} holds run {state.workflow_id!r}, not {workflow_id}", path=str(path)
-        )
-    return state
 
 
 # What sits beside ``<id>.json`` for a run (``orphan_side_files``).

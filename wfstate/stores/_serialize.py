@@ -1,0 +1,224 @@
+"""The state document as bytes, both ways: ``serialize`` (with finished steps' bytes
+cached and spliced, docs/performance.md) and ``parse_state`` (every way a file can be
+corrupt named, docs/storage.md). Pure functions of the file store; no locks, no paths
+of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import weakref
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from wfstate.exceptions import CorruptState
+from wfstate.state import StepResult, StepStatus, WorkflowState
+from wfstate.stores._atomic import _CLOEXEC, _NOFOLLOW
+from wfstate.stores.base import validate_id
+
+DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+
+
+def serialize(state: WorkflowState) -> bytes:
+    """The exact bytes of a state file: 2-space indent, keys in the model's order.
+
+    The same bytes as ``orjson.dumps(state.shallow_dict(), option=DUMP_OPTIONS)`` (a
+    property test holds the two equal), but each finished step's bytes are taken from
+    a cache when the step has not changed since they were made: a checkpoint of a long
+    run re-encodes only its header and the step in flight (docs/performance.md).
+    """
+    document = state.shallow_dict()
+    states = document["states"]
+    if type(states) is not dict or not states:
+        return orjson.dumps(document, option=DUMP_OPTIONS)
+    # Checking a cached step costs about what orjson takes to encode 1 KB: a state of
+    # small steps is encoded in one call, as it was before there was a cache.
+    key = id(state)
+    seen = _STATE_SIZES.get(key)
+    ref, average = seen if seen is not None and seen[0]() is state else (None, 0)
+    if average < SPLICE_MIN_STEP_BYTES:
+        data = orjson.dumps(document, option=DUMP_OPTIONS)
+        _remember_size(state, key, ref, len(data) // len(states))
+        return data
+    # One atomic copy of the entries (another thread may add a step meanwhile).
+    entries = list(states.items())
+    pieces: list[bytes] = []
+    append = pieces.append
+    cache_get = _STEP_CACHE.get
+    for name, step in entries:
+        if type(step) is not StepResult or type(name) is not str:
+            return orjson.dumps(document, option=DUMP_OPTIONS)  # odd: no splicing
+        # The hit path inline (it runs for every finished step of every checkpoint).
+        entry = cache_get(id(step))
+        if entry is not None:
+            live = step.__dict__
+            if (
+                entry.values == live
+                and entry.name is name
+                and entry.ref() is step
+                and tuple(live) == entry.keys
+            ):
+                for field, number in entry.numbers:
+                    if live[field] is not number:
+                        break
+                else:
+                    append(entry.data)
+                    continue
+        append(_step_piece(name, step))
+    document["states"] = None
+    head = orjson.dumps(document, option=DUMP_OPTIONS)
+    # Only a top-level key follows a newline and exactly two spaces (deeper lines are
+    # indented further, and a newline inside a string is escaped): the marker is unique.
+    at = head.index(_STATES_MARKER) + _STATES_OFFSET
+    data = b"".join(
+        (head[:at], b"{", b",".join(pieces), b"\n  }", head[at + 4 :])  # 4: len(b"null")
+    )
+    _remember_size(state, key, ref, len(data) // len(entries))
+    return data
+
+
+# The average bytes per step from which serialize() splices cached steps (tests set it
+# to -1 to splice every state).
+SPLICE_MIN_STEP_BYTES = 2048
+# id(state) -> (weak reference to it, the average bytes per step of its last encoding).
+_STATE_SIZES: dict[int, tuple[weakref.ref[WorkflowState], int]] = {}
+
+
+def _remember_size(
+    state: WorkflowState, key: int, ref: weakref.ref[WorkflowState] | None, average: int
+) -> None:
+    if ref is None:
+        ref = weakref.ref(state, partial(_forget, _STATE_SIZES, key))
+    _STATE_SIZES[key] = (ref, average)
+
+
+# --- the cache of finished steps' bytes ---------------------------------------------------
+#
+# A finished step's result does not change, but nothing forbids changing it (a resume
+# rewinds it, a test edits it). orjson encodes a step from its instance ``__dict__``, so
+# an entry keeps a copy of that dict (the values themselves, not copies of them) and is
+# used only while the step's ``__dict__`` holds the same keys in the same order and
+# equal values, and its numbers are the very objects they were (``0 == False == 0.0``
+# but the three encode differently). Entries are made only for steps whose values are
+# all immutable (strings, numbers, None, the status), so no change in place can hide
+# behind an equal reference; a container output is encoded afresh every time. An entry
+# goes when its step object does (weak reference).
+
+_STATES_MARKER = b'\n  "states": null'
+_STATES_OFFSET = len(_STATES_MARKER) - 4
+_IMMUTABLE = frozenset({str, type(None), StepStatus})
+_NUMBERS = frozenset({int, float, bool})
+_STEP_INDENT = orjson.OPT_INDENT_2
+
+
+class _Entry:
+    __slots__ = ("data", "keys", "name", "numbers", "ref", "values")
+
+    def __init__(
+        self,
+        ref: weakref.ref[StepResult],
+        name: str,
+        values: dict[str, Any],
+        numbers: tuple[tuple[str, Any], ...],
+        data: bytes,
+    ) -> None:
+        self.ref = ref
+        self.name = name
+        self.values = values
+        self.keys = tuple(values)
+        self.numbers = numbers
+        self.data = data
+
+
+# id(step) -> its entry (with the step's name in ``states``, compared by identity).
+_STEP_CACHE: dict[int, _Entry] = {}
+
+
+def _step_piece(name: str, step: StepResult) -> bytes:
+    """``\\n    "<name>": {...}``: one entry of ``states`` as the document holds it,
+    encoded now (and kept, when the step is finished and holds only immutable values)."""
+    live = step.__dict__
+    # The step at depth 2 of the document: its own lines indented by four more spaces.
+    data = orjson.dumps(step, option=_STEP_INDENT).replace(b"\n", b"\n    ")
+    piece = b"\n    " + orjson.dumps(name) + b": " + data
+    if step.status is not StepStatus.RUNNING:
+        numbers = []
+        for field, value in live.items():
+            kind = type(value)
+            if kind in _NUMBERS:
+                numbers.append((field, value))
+            elif kind not in _IMMUTABLE:
+                return piece  # a container (or anything else): never cached
+        key = id(step)
+        _STEP_CACHE[key] = _Entry(
+            weakref.ref(step, partial(_forget_step, key)), name, dict(live), tuple(numbers), piece
+        )
+    return piece
+
+
+def _forget_step(key: int, ref: weakref.ref[StepResult]) -> None:
+    entry = _STEP_CACHE.get(key)
+    if entry is not None and entry.ref is ref:
+        del _STEP_CACHE[key]
+
+
+def _forget(table: dict[int, Any], key: int, ref: weakref.ref[Any]) -> None:
+    entry = table.get(key)
+    if entry is not None and entry[0] is ref:
+        del table[key]
+
+
+def _read_plain(prefix: str, max_bytes: int, workflow_id: str) -> bytes | None:
+    """A plain state file's bytes in one ``os.read``, or None for anything unusual
+    (missing, a link, not a regular file, too big, growing, unreadable, an odd id): the
+    store's ``load()`` then says precisely what is wrong."""
+    try:
+        validate_id(workflow_id)
+        fd = os.open(f"{prefix}{workflow_id}.json", os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except Exception:
+        return None
+    try:
+        st = os.fstat(fd)
+        size = st.st_size
+        if not stat.S_ISREG(st.st_mode) or size > max_bytes:
+            return None
+        data = os.read(fd, size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) <= size else None
+
+
+def parse_state(data: bytes, path: Path | str, workflow_id: str | None = None) -> WorkflowState:
+    """Parse a state file's bytes.
+
+    Raises:
+        CorruptState: empty, not JSON, invalid UTF-8, too deep, not an object, not a state,
+            or a document whose ``workflow_id`` is not its file's.
+    """
+    if not data.strip():
+        raise CorruptState(f"{path} is empty", path=str(path))
+    try:
+        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels with a
+        # JSONDecodeError, never a RecursionError.
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptState(f"{path} is not valid JSON: {exc}", path=str(path)) from None
+    if not isinstance(document, dict):
+        raise CorruptState(
+            f"{path} holds a JSON {type(document).__name__}, not a state object", path=str(path)
+        )
+    try:
+        state = WorkflowState.from_dict(document)
+    except (ValueError, RecursionError) as exc:
+        raise CorruptState(f"{path} is not a valid state: {exc}", path=str(path)) from None
+    if workflow_id is not None and state.workflow_id != workflow_id:
+        raise CorruptState(
+            f"{path} holds run {state.workflow_id!r}, not {workflow_id}", path=str(path)
+        )
+    return state
