@@ -37,6 +37,7 @@ OPERATIONS = [
     ("POST", f"{API}runs/{{workflow_id}}/cancel/"),
     ("POST", f"{API}runs/{{workflow_id}}/resume/"),
     ("GET", f"{API}runs/{{workflow_id}}/loops/{{loop}}/"),
+    ("GET", f"{API}runs/{{workflow_id}}/steps/{{state}}/output/"),
     ("POST", f"{API}runs/{{workflow_id}}/signal/"),
     ("GET", f"{API}schema/"),
     ("GET", f"{API}workflows/"),

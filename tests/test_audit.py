@@ -141,3 +141,72 @@ def test_cancel_of_a_live_run_through_the_api_is_recorded_when_the_executor_stop
     assert cancel["event"] == "cancel" and cancel["requested"] is True
     assert cancel["actor"]["channel"] == "api" and cancel["actor"]["ip"] == "198.51.100.4"
     assert not list(store.outputs_dir(state.workflow_id).glob(".cancel-request"))
+
+
+def signal_entries(workflow_id: str) -> list[dict[str, Any]]:
+    done = get_store().load(workflow_id)
+    if done.status == "waiting":  # the woken task has not run here: do what it does
+        done = runs.execute(workflow_id)
+    assert done.status == "completed", done.status
+    return [e for e in done.history if e["event"] == "signal"]
+
+
+def test_a_signal_through_the_command_names_the_actor_and_channel(tmp_path: Path) -> None:
+    from django.conf import settings
+
+    state = runs.start_run("approval")
+    assert state.status == "waiting"
+    storage = Path(settings.WFSTATE["STORAGE_DIR"])
+    result = manage(
+        storage, "signal_workflow", state.workflow_id, "approval", "--payload", '{"approved": true}'
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (entry,) = signal_entries(state.workflow_id)
+    assert entry["signal"] == "approval" and entry["state"] == "approve"
+    actor = entry["actor"]
+    assert actor["kind"] == "command" and actor["channel"] == "command"
+    host, user = socket.gethostname(), getpass.getuser()
+    assert actor["host"] == host and actor["os_user"] == user
+    assert actor["by"] == f"command on host {host} by OS user {user}"
+    assert actor["pid"] != os.getpid()  # the command's own process
+
+
+def test_a_signal_through_the_admin_and_the_api_names_the_user_and_ip(ada: User) -> None:
+    from django.contrib.auth.models import Group
+
+    ada.groups.add(Group.objects.get_or_create(name="managers")[0])
+    client = Client(REMOTE_ADDR="10.9.8.7")
+    client.force_login(ada)
+    state = runs.start_run("approval")
+    url = reverse("admin:wfstate_workflowrun_signal", args=[state.workflow_id])
+    assert client.post(url, {"wf-signal-approved": "on"}).status_code == 302
+    (entry,) = signal_entries(state.workflow_id)
+    assert entry["actor"]["channel"] == "admin" and entry["actor"]["username"] == "ada"
+    assert entry["actor"]["ip"] == "10.9.8.7"
+    log = LogEntry.objects.get()
+    assert log.user == ada and "wfstate: signal approval" in log.get_change_message()
+
+    other = runs.start_run("approval")
+    response = client.post(
+        f"/api/wfstate/runs/{other.workflow_id}/signal/",
+        {"signal": "approval", "payload": {"approved": True}},
+        content_type="application/json",
+    )
+    assert response.status_code == 202, response.content
+    (entry,) = signal_entries(other.workflow_id)
+    assert entry["actor"]["kind"] == "user" and entry["actor"]["channel"] == "api"
+    assert entry["actor"]["by"] == f"user ada (id {ada.pk}) through the api from 10.9.8.7"
+
+
+def test_reindex_writes_a_log_entry_and_never_the_file(ada: User) -> None:
+    workflow_id = failed_run()
+    path = get_store().path_for(workflow_id)
+    assert path is not None
+    before = path.read_bytes()
+    client = Client(REMOTE_ADDR="10.1.2.3")
+    client.force_login(ada)
+    url = reverse("admin:wfstate_workflowrun_reindex", args=[workflow_id])
+    assert client.post(url).status_code == 302
+    log = LogEntry.objects.get()
+    assert log.user == ada and "wfstate: reindex" in log.get_change_message()
+    assert path.read_bytes() == before  # the file is the source of truth: only read

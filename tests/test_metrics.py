@@ -112,3 +112,65 @@ def test_the_step_histogram_catches_up_over_scrapes(monkeypatch: Any) -> None:
     labels = (("state", "greet"), ("workflow", "api_quick"))
     assert scrape()["wfstate_step_duration_seconds_count"][labels] == 2.0
     assert scrape()["wfstate_step_duration_seconds_count"][labels] == 3.0
+
+
+def test_checkpoint_latency_is_observed_per_checkpoint_across_processes(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from tests.helpers import spawn
+    from wfstate.events import log_path
+    from wfstate.metrics.collector import CHECKPOINT_BUCKETS
+
+    label = (("workflow", "ten_steps"),)
+
+    def count_and_sum() -> tuple[float, float, dict[str, float]]:
+        samples = scrape()
+        got = {
+            dict(k)["le"]: v
+            for k, v in samples.get("wfstate_checkpoint_seconds_bucket", {}).items()
+            if label[0] in k
+        }
+        return (
+            samples.get("wfstate_checkpoint_seconds_count", {}).get(label, 0.0),
+            samples.get("wfstate_checkpoint_seconds_sum", {}).get(label, 0.0),
+            got,
+        )
+
+    # The collector lives as long as the process: count what these runs add.
+    before_count, before_sum, before_buckets = count_and_sum()
+    ids = []
+    for _ in range(2):
+        code, out, _ = call("run_workflow", "ten_steps", "--json", "--input", "pause=0")
+        assert code == 0
+        ids.append(orjson.loads(out)["workflow_id"])
+    # One executed by another process, as an RQ worker or a command would.
+    state, _ = runs.create_run("ten_steps", {"pause": "0"})
+    child = spawn(Path(settings.WFSTATE["STORAGE_DIR"]), "recover_workflows")
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, out + err
+    ids.append(state.workflow_id)
+    from wfstate import index
+
+    index.index_state(get_store().load(state.workflow_id))
+
+    observed: list[float] = []
+    for workflow_id in ids:
+        path = log_path(get_store(), workflow_id)
+        assert path is not None
+        lines = [orjson.loads(raw) for raw in path.read_bytes().splitlines()]
+        timed = [line["checkpoint_ms"] / 1000 for line in lines if "checkpoint_ms" in line]
+        # Every checkpoint the executor wrote, timed (the first revision is create_run's).
+        assert len(timed) == get_store().load(workflow_id).revision - 1
+        assert all(seconds > 0 for seconds in timed)
+        observed += timed
+
+    after_count, after_sum, after_buckets = count_and_sum()
+    assert after_count - before_count == len(observed) >= 3 * 10
+    assert after_sum - before_sum == pytest.approx(sum(observed), abs=1e-6)
+    expected = buckets_of(observed, CHECKPOINT_BUCKETS)
+    for bound, n in expected.items():
+        assert after_buckets[bound] - before_buckets.get(bound, 0.0) == n
+    # Scraping again counts nothing twice.
+    assert count_and_sum()[0] == after_count

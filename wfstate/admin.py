@@ -322,22 +322,26 @@ class WorkflowRunAdmin(_ModelAdmin):
             errors = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in form.errors.items())
             self.message_user(request, _("The answer was not sent: %s") % errors, messages.ERROR)
             return HttpResponseRedirect(self._run_url(obj))
+        from wfstate import audit
         from wfstate import runs as service
 
         try:
-            record, _state = service.signal_run(
-                obj.workflow_id,
-                str(sdef.signal),
-                payload_from(sdef, form),
-                sender={
-                    "kind": "admin",
-                    "user": request.user.get_username(),
-                    "remote_addr": request.META.get("REMOTE_ADDR"),
-                },
-            )
+            # The run's history names the admin user and IP; Django's LogEntry too.
+            with audit.acting_as(lambda: audit.request_actor(request, "admin")):
+                record, _state = service.signal_run(
+                    obj.workflow_id,
+                    str(sdef.signal),
+                    payload_from(sdef, form),
+                    sender={
+                        "kind": "admin",
+                        "user": request.user.get_username(),
+                        "remote_addr": request.META.get("REMOTE_ADDR"),
+                    },
+                )
         except WFStateError as exc:
             self.message_user(request, _("The answer was not sent: %s") % exc, messages.ERROR)
         else:
+            self.log_change(request, obj, f"wfstate: signal {record['signal']} ({record['id']})")
             self.message_user(
                 request,
                 _("Signal “%(signal)s” sent (id %(id)s); the run goes on.")

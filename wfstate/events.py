@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from wfstate.engine.events import CHECKPOINT_TIMING
 from wfstate.state import RunStatus, WorkflowState
 from wfstate.stores.base import StateStore
 
@@ -75,7 +76,11 @@ class EventLog:
         with self._guard:
             changed = [n for n, s in state.states.items() if self.seen.get(n) != _step_key(s)]
             self.seen = {n: _step_key(s) for n, s in state.states.items()}
-            append(self.store, state, changed, self)
+            # The executor timed this checkpoint's write just before calling us (same
+            # thread): the metrics' checkpoint latency histogram reads it from the log.
+            seconds = getattr(CHECKPOINT_TIMING, "seconds", None)
+            CHECKPOINT_TIMING.seconds = None
+            append(self.store, state, changed, self, seconds)
 
     def close(self) -> None:
         with self._guard:
@@ -85,13 +90,21 @@ class EventLog:
 
 
 def append(
-    store: StateStore, state: WorkflowState, changed: list[str], log: EventLog | None = None
+    store: StateStore,
+    state: WorkflowState,
+    changed: list[str],
+    log: EventLog | None = None,
+    checkpoint_seconds: float | None = None,
 ) -> None:
-    """Append the event of ``state``'s revision to its log (never fatal)."""
+    """Append the event of ``state``'s revision to its log (never fatal); with
+    ``checkpoint_seconds``, how long its write took (``checkpoint_ms``, for metrics)."""
     path = log_path(store, state.workflow_id)
     if path is None:
         return
-    line = orjson.dumps(event_of(state, changed)) + b"\n"
+    event = event_of(state, changed)
+    if checkpoint_seconds is not None:
+        event["checkpoint_ms"] = round(checkpoint_seconds * 1000, 3)
+    line = orjson.dumps(event) + b"\n"
     with contextlib.suppress(OSError):
         fd = log.fd if log is not None else None
         if fd is None:

@@ -177,7 +177,9 @@ def signal_run(
     The signal is kept durably in the run's mailbox before this returns; a run parked
     waiting for it is enqueued at once through the Tasks API. A run not yet at its wait
     step takes it when it gets there. ``sender`` is recorded with it (who, from where;
-    ``{"kind": "python"}`` by default). Returns (the signal's record, the run's state).
+    ``{"kind": "python"}`` by default), and so is the audit actor (``wfstate.audit``),
+    which the run's history names when the run takes the signal. Returns (the signal's
+    record, the run's state).
 
     Raises:
         RunNotFound, CorruptState; WorkflowNotFound, InvalidDefinition (its workflow);
@@ -191,7 +193,9 @@ def signal_run(
     state = store.load(workflow_id)
     definition = get_definition(state.workflow_name)
     who = dict(sender) if sender is not None else {"kind": "python", "user": None}
-    record, state = waits.deliver_signal(store, definition, workflow_id, signal, payload, who)
+    record, state = waits.deliver_signal(
+        store, definition, workflow_id, signal, payload, who, actor=audit.actor()
+    )
     waiting = state.waiting_for or {}
     if state.status == RunStatus.WAITING and waiting.get("signal") == signal:
         from wfstate.tasks import enqueue_execution

@@ -34,6 +34,7 @@ ERROR_FIELD_ALIASES = {"Message": "message", "State": "state", "Type": "type"}
 TOP_LEVEL_KEYS = frozenset(
     {"name", "version", "description", "inputs", "states", "schedule", "concurrency"}
     | {"hooks", "outputs"}
+    | {"secret_env"}
 )
 AWF_TOP_LEVEL_KEYS = frozenset({"author", "tags", "env", "metadata"})
 WORKFLOW_HOOK_EVENTS = ("workflow_start", "workflow_end", "workflow_error", "workflow_cancel")

@@ -546,6 +546,7 @@ def _build(data: Any, out: _Collector) -> WorkflowDefinition | None:
         concurrency=concurrency,
         hooks=hooks,
         outputs=outputs,
+        secret_env=tuple(str(name) for name in data.get("secret_env") or () if name),
     )
 
 

@@ -204,6 +204,9 @@ class WorkflowDefinition:
     # workflow_start / workflow_end / workflow_error / workflow_cancel
     hooks: dict[str, tuple[HookAction, ...]] = field(default_factory=dict)
     outputs: tuple[OutputDef, ...] = ()
+    # Environment variables of the executor whose values are masked in whatever a step
+    # prints or raises (wfstate.secrets; docs/operations.md).
+    secret_env: tuple[str, ...] = ()
 
     def graph(self) -> dict[str, Any]:
         """Nodes and edges, for the admin's SVG and the API."""

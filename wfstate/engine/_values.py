@@ -4,8 +4,9 @@ what a process cannot receive, masking secrets. No state, no I/O."""
 from __future__ import annotations
 
 import math
+import os
 import random
-from typing import overload
+from typing import Any, overload
 
 import orjson
 
@@ -83,14 +84,33 @@ def _clean(text: str | None) -> str | None:
     return text
 
 
-def _masked(outcome: AttemptResult, state: WorkflowState) -> AttemptResult:
-    """The outcome with every secret input's value masked (wfstate.secrets)."""
+def _secret_values(state: WorkflowState, definition: Any = None) -> list[str]:
+    """The clear texts to mask in what a step prints: secret inputs' values, and the
+    values of the executor's environment variables the workflow names in ``secret_env``
+    (a command inherits them, so ``echo $TOKEN`` would otherwise print it)."""
     from wfstate import secrets
 
     values = secrets.clear_values(state.inputs)
+    names = getattr(definition, "secret_env", None) or ()
+    if names:
+        # Not shorter than 3 characters, like secret inputs (secrets.clear_values).
+        extra = {os.environ[n] for n in names if len(os.environ.get(n) or "") >= 3}
+        values = sorted(set(values) | extra, key=len, reverse=True)  # longest first
+    return values
+
+
+def _masked(outcome: AttemptResult, state: WorkflowState, definition: Any = None) -> AttemptResult:
+    """The outcome with every secret value masked (wfstate.secrets): secret inputs and
+    the workflow's ``secret_env`` variables."""
+    from wfstate import secrets
+
+    values = _secret_values(state, definition)
     if values:
         outcome.output = secrets.mask(outcome.output, values)
         outcome.stderr = secrets.mask(outcome.stderr, values)
         outcome.error = secrets.mask(outcome.error, values)
         outcome.traceback = secrets.mask(outcome.traceback, values)
+        # The bytes a whole-output side file keeps are masked too.
+        outcome.raw_output = secrets.mask(outcome.raw_output, values)
+        outcome.raw_stderr = secrets.mask(outcome.raw_stderr, values)
     return outcome

@@ -7,8 +7,14 @@ anything else (a live view, a metrics hook) can subscribe the same way.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Literal, NotRequired, TypedDict
+
+# How long the last checkpoint of this thread took to write (``seconds``), set by the
+# executor just before it calls its checkpoint listeners (in the same thread, under
+# its lock): the events log records it, and the metrics aggregate it at scrape time.
+CHECKPOINT_TIMING = threading.local()
 
 EventKind = Literal[
     "step_started",

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from wfstate import follow
 from wfstate.definitions.model import StateDef, WorkflowDefinition
 from wfstate.definitions.templates import (
     ContextCache,
@@ -47,8 +48,9 @@ from wfstate.engine._values import (
     _nul_problem,
     _output_size,
     _retry_delay,
+    _secret_values,
 )
-from wfstate.engine.events import Progress, ProgressEvent
+from wfstate.engine.events import CHECKPOINT_TIMING, Progress, ProgressEvent
 from wfstate.engine.loops import LOOP_TYPES, IterationScope, LoopsView, run_loop, scope_context
 from wfstate.engine.operations import operation_target
 from wfstate.engine.processes import new_token, step_record
@@ -119,7 +121,9 @@ class Executor:
         state = self._state
         assert state is not None
         with self._lock:
+            started = time.perf_counter()
             self.store.save(state, durable=durable)
+            CHECKPOINT_TIMING.seconds = time.perf_counter() - started
             for listener in self.listeners:
                 try:
                     listener(state)
@@ -378,7 +382,9 @@ class Executor:
         first_started = entry.started_at
         while True:
             # Whatever the step printed, returned or raised, with secret inputs masked.
-            outcome = _masked(self._attempt(sdef, attempt, should_stop, token, scope), state)
+            outcome = _masked(
+                self._attempt(sdef, attempt, should_stop, token, scope), state, self.definition
+            )
             if outcome.ok or outcome.cancelled or attempt >= max_attempts:
                 break
             if policy is not None and not policy.is_retryable(outcome.exit_code):
@@ -447,14 +453,26 @@ class Executor:
                 problem = _nul_problem(command, cwd, env)
                 if problem is not None:
                     return AttemptResult(ok=False, error=problem)
-                return run_command(
-                    command,
-                    cwd=cwd,
-                    env=env,
-                    timeout=sdef.timeout,
-                    should_stop=should_stop,
-                    token=token,
+                # What it prints is also kept live for GET .../output/?follow=1 (follow.py).
+                live = follow.live_output(
+                    self.store,
+                    state.workflow_id,
+                    scope.key(sdef.name) if scope else sdef.name,
+                    _secret_values(state, self.definition),
                 )
+                try:
+                    return run_command(
+                        command,
+                        cwd=cwd,
+                        env=env,
+                        timeout=sdef.timeout,
+                        should_stop=should_stop,
+                        token=token,
+                        live=live,
+                    )
+                finally:
+                    if live is not None:
+                        live.close()
             kwargs = render_value(dict(sdef.with_), context)
             ctx = StepContext(
                 workflow_id=state.workflow_id,

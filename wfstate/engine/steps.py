@@ -79,8 +79,13 @@ def run_command(
     timeout: float | None,
     should_stop: Callable[[], bool],
     token: str | None = None,
+    live: Callable[[str, bytes], None] | None = None,
 ) -> AttemptResult:
     """Run ``command`` with ``/bin/sh -c`` and wait for it, a timeout or a stop request.
+
+    ``live``, if given, is called from reader threads with ``(stream, bytes)`` as the
+    command writes them (``wfstate.follow`` keeps them in a live file that
+    ``GET runs/{id}/steps/{state}/output/?follow=1`` streams).
 
     ``token`` goes into the command's environment as ``WFSTATE_STEP_TOKEN`` (a fresh
     one if not given): the executor records it in the running step's result, so that
@@ -108,6 +113,8 @@ def run_command(
     deadline = time.monotonic() + timeout if timeout else None
     cancelled = timed_out = False
     out = err = b""
+    if live is not None:
+        return _finish(proc, *_collect_live(proc, live, deadline, should_stop), timeout)
     while True:
         wait = POLL_INTERVAL
         if deadline is not None:
@@ -125,6 +132,75 @@ def run_command(
             _kill_group(proc)
             out, err = proc.communicate()
             break
+    return _finish(proc, out, err, cancelled, timed_out, timeout)
+
+
+def _collect_live(
+    proc: subprocess.Popen[bytes],
+    live: Callable[[str, bytes], None],
+    deadline: float | None,
+    should_stop: Callable[[], bool],
+) -> tuple[bytes, bytes, bool, bool]:
+    """Like the ``communicate()`` loop, but each chunk is also handed to ``live`` as it
+    arrives (one reader thread per pipe, as ``communicate()`` itself does)."""
+    chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+
+    def read(stream: str, pipe: Any) -> None:
+        fd = pipe.fileno()
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                return
+            chunks[stream].append(data)
+            try:
+                live(stream, data)
+            except Exception:  # the live copy is a convenience: never fail the step for it
+                logger.exception("could not write the live output of a step")
+
+    readers = [
+        threading.Thread(target=read, args=(name, pipe), daemon=True)
+        for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr))
+    ]
+    for reader in readers:
+        reader.start()
+    cancelled = timed_out = False
+    while True:
+        wait = POLL_INTERVAL
+        if deadline is not None:
+            wait = max(0.0, min(wait, deadline - time.monotonic()))
+        alive = [reader for reader in readers if reader.is_alive()]
+        if alive:
+            alive[0].join(wait)
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
+        if not any(reader.is_alive() for reader in readers) and proc.poll() is not None:
+            break
+        if should_stop():
+            cancelled = True
+        elif deadline is not None and time.monotonic() >= deadline:
+            timed_out = True
+        if cancelled or timed_out:
+            _kill_group(proc)
+            break
+    for reader in readers:
+        reader.join()
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    return b"".join(chunks["stdout"]), b"".join(chunks["stderr"]), cancelled, timed_out
+
+
+def _finish(
+    proc: subprocess.Popen[bytes],
+    out: bytes,
+    err: bytes,
+    cancelled: bool,
+    timed_out: bool,
+    timeout: float | None,
+) -> AttemptResult:
+    """The attempt's result once the command has ended (or was killed)."""
     # Whatever the shell did, leave no member of its group behind.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

@@ -182,6 +182,19 @@ def _take_signal(executor: Executor, sdef: StateDef, entry: StepResult) -> StepR
             state.current_state = sdef.name
             state.status = RunStatus.RUNNING
             state.waiting_for = None
+            if record.get("actor"):
+                # The audit trail (wfstate.audit): who sent it, in the write that takes
+                # it (the executor owns the state; the sender could not write it).
+                state.history.append(
+                    {
+                        "event": "signal",
+                        "at": now,
+                        "actor": record["actor"],
+                        "signal": sdef.signal,
+                        "signal_id": signal_id,
+                        "state": sdef.name,
+                    }
+                )
             # Durable with its id before the file goes: exactly once (module docstring).
             executor._checkpoint()
         store.remove_signal(state.workflow_id, signal_id)
@@ -379,8 +392,12 @@ def deliver_signal(
     signal: str,
     payload: Any,
     sender: dict[str, Any] | None = None,
+    actor: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], WorkflowState]:
     """Check a signal and keep it in the run's mailbox; returns (record, state).
+
+    ``actor`` (``wfstate.audit``: who sent it, through which channel) is kept with it,
+    and written into the run's history by the checkpoint that takes it.
 
     The check and the write happen under the run's write lock, which every checkpoint
     takes: a run cannot end between "it can take this" and "it is kept".
@@ -432,5 +449,7 @@ def deliver_signal(
             "sender": dict(sender or {}),
             "received_at": utcnow(),
         }
+        if actor is not None:
+            record["actor"] = dict(actor)
         store.post_signal(workflow_id, record)
     return record, state

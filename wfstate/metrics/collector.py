@@ -10,6 +10,9 @@ Metrics (labels in braces):
 * ``wfstate_step_duration_seconds{workflow,state}``: histogram of the steps of finished
   runs, read from their files (the index has no per-step rows) once per run revision.
 * ``wfstate_queue_lag_seconds``: how long the oldest pending run has been waiting.
+* ``wfstate_checkpoint_seconds{workflow}``: histogram of how long executors took to
+  write each checkpoint, read from the runs' events logs (``checkpoint_ms``, written
+  by the executor that timed it), each log's new lines once.
 
 Counters come from rows, so pruning runs lowers them: Prometheus reads that as a
 counter reset, which ``rate()`` and ``increase()`` handle.
@@ -40,6 +43,9 @@ FINAL = ("completed", "failed", "cancelled")
 # Seconds. Runs last from a second to hours; steps from milliseconds to an hour.
 RUN_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+
+# Seconds: a checkpoint is a write and a rename (fsync for a durable one).
+CHECKPOINT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # Files read per scrape for the step histogram: a first scrape over 100,000 runs
 # catches up over several scrapes instead of timing out one.
@@ -119,11 +125,80 @@ class _StepDurations:
         return found
 
 
+class _CheckpointLatencies:
+    """Checkpoint write times, from the ``checkpoint_ms`` of the runs' events logs.
+
+    Executors are other processes (other hosts) than the one answering ``/metrics``:
+    each one writes the time of every checkpoint it made into the run's events log
+    (``wfstate.events``), and here each log is read from where the last scrape
+    stopped, when its run's revision moved. The histogram only grows (it is a
+    counter): a pruned run's checkpoints stay counted until the process restarts,
+    which Prometheus reads as a counter reset.
+    """
+
+    def __init__(self) -> None:
+        self._offsets: dict[str, tuple[int, int]] = {}  # run -> (revision, bytes read)
+        self._counts: dict[str, tuple[list[int], int, float]] = {}
+        self._guard = threading.Lock()
+
+    def refresh(self, rows: list[tuple[str, str, int]], budget: int | None = None) -> None:
+        """Read the new lines of the logs of the runs whose revision moved."""
+        import orjson
+
+        from wfstate.events import log_path
+        from wfstate.stores import get_store
+
+        store = get_store()
+        budget = STEP_READ_BUDGET if budget is None else budget
+        with self._guard:
+            current = {workflow_id for workflow_id, _, _ in rows}
+            for workflow_id in [w for w in self._offsets if w not in current]:
+                del self._offsets[workflow_id]
+            read = 0
+            for workflow_id, workflow, revision in rows:
+                seen_revision, offset = self._offsets.get(workflow_id, (-1, 0))
+                if seen_revision == revision:
+                    continue
+                if read >= budget:
+                    break
+                read += 1
+                path = log_path(store, workflow_id)
+                if path is None:
+                    continue  # a store without side files keeps no log
+                try:
+                    with open(path, "rb") as fh:
+                        fh.seek(offset)
+                        data = fh.read()
+                except OSError:
+                    data = b""
+                end = data.rfind(b"\n") + 1  # a line being written: next scrape
+                self._offsets[workflow_id] = (revision, offset + end)
+                for raw in data[:end].splitlines():
+                    try:
+                        ms = orjson.loads(raw).get("checkpoint_ms")
+                    except (orjson.JSONDecodeError, AttributeError):
+                        continue
+                    if isinstance(ms, int | float):
+                        self._observe(sys.intern(workflow), ms / 1000)
+
+    def _observe(self, workflow: str, seconds: float) -> None:
+        counts, count, total = self._counts.get(workflow) or ([0] * len(CHECKPOINT_BUCKETS), 0, 0.0)
+        for i, bound in enumerate(CHECKPOINT_BUCKETS):
+            if seconds <= bound:
+                counts[i] += 1
+        self._counts[workflow] = (counts, count + 1, total + seconds)
+
+    def histograms(self) -> dict[str, tuple[list[int], int, float]]:
+        with self._guard:
+            return {k: (list(c), n, t) for k, (c, n, t) in self._counts.items()}
+
+
 class WFStateCollector(Collector):
     """A prometheus-client collector over wfstate's index (register it once)."""
 
     def __init__(self) -> None:
         self.steps = _StepDurations()
+        self.checkpoints = _CheckpointLatencies()
 
     def describe(self) -> list[Metric]:
         # No queries at registration time (the database may not be ready yet).
@@ -168,6 +243,7 @@ class WFStateCollector(Collector):
         )
         yield self._run_durations(runs)
         yield self._step_durations(runs)
+        yield self._checkpoint_latencies(runs)
         oldest = runs.filter(status="pending").aggregate(oldest=Min("started_at"))["oldest"]
         lag = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
         yield GaugeMetricFamily(
@@ -209,4 +285,16 @@ class WFStateCollector(Collector):
         self.steps.refresh(rows)
         for (workflow, state), (counts, count, total) in sorted(self.steps.histograms().items()):
             family.add_metric([workflow, state], _cumulative(counts, STEP_BUCKETS, count), total)
+        return family
+
+    def _checkpoint_latencies(self, runs: Any) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "wfstate_checkpoint_seconds",
+            "How long executors took to write a checkpoint of a run, by workflow.",
+            labels=["workflow"],
+        )
+        rows = list(runs.values_list("workflow_id", "workflow_name", "revision"))
+        self.checkpoints.refresh([(str(w), str(n), int(r)) for w, n, r in rows])
+        for workflow, (counts, count, total) in sorted(self.checkpoints.histograms().items()):
+            family.add_metric([workflow], _cumulative(counts, CHECKPOINT_BUCKETS, count), total)
         return family
