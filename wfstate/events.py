@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -216,9 +216,17 @@ class Follower:
             return False
 
 
-def stream(store: StateStore, workflow_id: str, last_id: int, lifetime: float) -> Iterator[bytes]:
-    """The SSE stream under WSGI: a thread per client, for at most ``lifetime`` seconds."""
-    follower = Follower(store, workflow_id, last_id)
+class Polled(Protocol):
+    """What an SSE stream follows: new events at each ``poll()``, until ``ended``."""
+
+    ended: bool
+
+    def poll(self) -> list[bytes]: ...
+
+
+def sse_stream(follower: Polled, lifetime: float) -> Iterator[bytes]:
+    """An SSE stream under WSGI: a thread per client, for at most ``lifetime`` seconds
+    (the client reconnects, with ``Last-Event-ID``, and loses nothing)."""
     yield b"retry: 1000\n\n"
     deadline = time.monotonic() + lifetime
     quiet_since = time.monotonic()
@@ -235,11 +243,10 @@ def stream(store: StateStore, workflow_id: str, last_id: int, lifetime: float) -
         time.sleep(POLL)
 
 
-async def astream(store: StateStore, workflow_id: str, last_id: int) -> AsyncIterator[bytes]:
-    """The SSE stream under ASGI: no thread held between polls."""
+async def sse_astream(follower: Polled) -> AsyncIterator[bytes]:
+    """An SSE stream under ASGI: no thread held between polls."""
     import asyncio
 
-    follower = Follower(store, workflow_id, last_id)
     yield b"retry: 1000\n\n"
     quiet_since = time.monotonic()
     while True:
@@ -253,3 +260,13 @@ async def astream(store: StateStore, workflow_id: str, last_id: int) -> AsyncIte
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
         await asyncio.sleep(POLL)
+
+
+def stream(store: StateStore, workflow_id: str, last_id: int, lifetime: float) -> Iterator[bytes]:
+    """A run's checkpoints as SSE under WSGI (see :func:`sse_stream`)."""
+    return sse_stream(Follower(store, workflow_id, last_id), lifetime)
+
+
+def astream(store: StateStore, workflow_id: str, last_id: int) -> AsyncIterator[bytes]:
+    """A run's checkpoints as SSE under ASGI (see :func:`sse_astream`)."""
+    return sse_astream(Follower(store, workflow_id, last_id))

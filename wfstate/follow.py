@@ -22,7 +22,6 @@ import codecs
 import contextlib
 import os
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -245,41 +244,12 @@ class OutputFollower:
 def stream(
     store: StateStore, workflow_id: str, state_name: str, which: str, lifetime: float
 ) -> Iterator[bytes]:
-    """The SSE stream under WSGI: a thread per client, for at most ``lifetime`` seconds."""
-    follower = OutputFollower(store, workflow_id, state_name, which)
-    yield b"retry: 1000\n\n"
-    deadline = time.monotonic() + lifetime
-    quiet_since = time.monotonic()
-    while time.monotonic() < deadline:
-        sent = follower.poll()
-        if sent:
-            yield b"".join(sent)
-            quiet_since = time.monotonic()
-        if follower.ended:
-            return
-        if time.monotonic() - quiet_since > events.KEEPALIVE:
-            yield b": keep-alive\n\n"
-            quiet_since = time.monotonic()
-        time.sleep(events.POLL)
+    """A step's output as SSE under WSGI (see ``events.sse_stream``)."""
+    return events.sse_stream(OutputFollower(store, workflow_id, state_name, which), lifetime)
 
 
-async def astream(
+def astream(
     store: StateStore, workflow_id: str, state_name: str, which: str
 ) -> AsyncIterator[bytes]:
-    """The SSE stream under ASGI: no thread held between polls."""
-    import asyncio
-
-    follower = OutputFollower(store, workflow_id, state_name, which)
-    yield b"retry: 1000\n\n"
-    quiet_since = time.monotonic()
-    while True:
-        sent = follower.poll()
-        if sent:
-            yield b"".join(sent)
-            quiet_since = time.monotonic()
-        if follower.ended:
-            return
-        if time.monotonic() - quiet_since > events.KEEPALIVE:
-            yield b": keep-alive\n\n"
-            quiet_since = time.monotonic()
-        await asyncio.sleep(events.POLL)
+    """A step's output as SSE under ASGI (see ``events.sse_astream``)."""
+    return events.sse_astream(OutputFollower(store, workflow_id, state_name, which))
