@@ -212,19 +212,8 @@ def _execute(
     prepare: Callable[[WorkflowState, WorkflowDefinition], None] | None = None,
     before: dict[str, Any] | None = None,
 ) -> WorkflowState:
-    """Execute a run in this process, holding its run lock throughout.
-
-    ``prepare`` runs under the run lock before execution (a resume rewinds there), so
-    checking and changing a run happen under the same lock. A resume (``prepare``)
-    waits briefly for the lock of an executor whose run's file already says it ended.
-    The run lock is released as soon as the outcome is durable; the index is flushed
-    after that. A pending or crashed run whose workflow is gone or invalid is recorded
-    ``failed`` with the reason (a resume of it is refused instead).
-
-    Raises:
-        RunLocked: another executor holds the run (fails at once, never waits).
-        RunNotFound, CorruptState, WorkflowNotFound, InvalidDefinition, NotResumable.
-    """
+    """The body of :func:`execute` (see there), under the run lock; ``before`` gets
+    what the run waited for when it was loaded (a new park schedules a new wake-up)."""
     store = get_store()
     # The index listener is closed (its last rows flushed to the database) only after
     # the run lock is released: once the outcome is durable in the file, the run can be
