@@ -32,13 +32,17 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict
 
 # Then the index, admin, API and scale tests again with the index on the machine's
-# PostgreSQL (pytest-django creates test_<NAME>); the wildcard skips absent files.
+# PostgreSQL (pytest-django creates test_<NAME>); the wildcard skips absent files. Last,
+# the store, index and API tests on tests/contract_store.py, a store written from the
+# documented StateStore contract alone.
 test: $(STAMP) browser lint
 	$(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings $(PYTEST_ARGS)
 	WFSTATE_TEST_DB=postgres $(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings -m "not browser" \
 		$(wildcard tests/test_index.py tests/test_admin*.py tests/test_api*.py \
 			tests/test_sync_doctor.py tests/test_scale.py \
 			tests/test_schedules.py tests/test_idempotency.py tests/test_concurrency.py) $(PYTEST_ARGS)
+	WFSTATE_TEST_STORE=contract $(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings -m "not browser" \
+		tests/test_stores.py tests/test_index.py tests/test_api.py $(PYTEST_ARGS)
 
 serve: $(STAMP)
 	$(PY) manage.py migrate --noinput -v 0
