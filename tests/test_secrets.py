@@ -140,3 +140,15 @@ def test_an_invalid_secret_is_not_echoed(env: dict[str, Path]) -> None:
     )  # fmt: skip
     assert code == 1
     assert "must match the pattern" in out and "bad token!" not in out + err
+
+
+def test_hooks_never_write_a_secret_in_clear(env: dict[str, Path]) -> None:
+    from wfstate import runs
+
+    token = f"hook-{uuid.uuid4().hex}"
+    state = runs.start_run("secret_hooks", {"token": token})
+    assert state.status == "completed", state.error
+    document = get_store().load(state.workflow_id).to_dict()
+    hooks_ran = orjson.dumps(document["hooks"]) + orjson.dumps(document["states"]["use"])
+    assert b"start " in hooks_ran and b"pre " in hooks_ran  # the hooks did run and print
+    assert grep_tree(env["storage"], token.encode()) == []

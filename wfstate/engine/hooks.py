@@ -23,8 +23,10 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from wfstate import secrets
 from wfstate.definitions.model import HookAction, StateDef
 from wfstate.definitions.templates import render_command, render_text, render_value
+from wfstate.engine._values import _secret_values
 from wfstate.engine.events import ProgressEvent
 from wfstate.engine.steps import StepContext, run_call, run_command
 from wfstate.exceptions import WFStateError
@@ -54,12 +56,13 @@ def _run_action(
     should_stop: Callable[[], bool],
     state_name: str,
 ) -> tuple[bool, str | None, str | None]:
-    """(ok, output, error) of one action."""
+    """(ok, output, error) of one action, with secret values masked (as a step's are)."""
     state = executor._state
     assert state is not None
+    hidden = _secret_values(state, executor.definition)
     try:
         if action.kind == "log":
-            message = render_text(action.text, context)
+            message = secrets.mask(render_text(action.text, context), hidden)
             logger.info("[%s %s] %s", state.workflow_name, state.workflow_id, message)
             return True, message, None
         if action.kind == "command":
@@ -88,11 +91,11 @@ def _run_action(
                 should_stop=should_stop,
             )
     except WFStateError as exc:
-        return False, None, str(exc)
+        return False, None, secrets.mask(str(exc), hidden)
     output = outcome.output
     if output is not None and not isinstance(output, str | int | float | bool | list | dict):
         output = repr(output)
-    return outcome.ok, output, outcome.error
+    return outcome.ok, secrets.mask(output, hidden), secrets.mask(outcome.error, hidden)
 
 
 def run_hooks(
