@@ -289,25 +289,24 @@ class JSONFileStore(SideFiles, StateStore):
     def _remove_run_files(self, workflow_id: str, path: Path) -> None:
         try:
             path.unlink()  # a planted symlink is removed itself, never its target
-            outputs = self.outputs_dir(workflow_id)
-            if outputs.is_symlink():
-                outputs.unlink()
-            else:
-                shutil.rmtree(outputs, ignore_errors=True)
-            loops = self.loops_dir(workflow_id)
-            if loops.is_symlink():
-                loops.unlink()
-            else:
-                shutil.rmtree(loops, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                self._cancel_path(workflow_id).unlink()
-            mailbox = self.mailbox_dir(workflow_id)
-            if mailbox.is_symlink():
-                mailbox.unlink()
-            else:
-                shutil.rmtree(mailbox, ignore_errors=True)
+            self._remove_side_files(workflow_id)
         except OSError as exc:
             raise StorageError(f"could not delete {path}: {exc.strerror}", path=str(path)) from exc
+
+    def _remove_side_files(self, workflow_id: str) -> None:
+        """Everything kept beside a run's state but its lock sidecars (the caller holds
+        them). Links planted in their place are removed themselves, never followed."""
+        for directory in (
+            self.outputs_dir(workflow_id),
+            self.loops_dir(workflow_id),
+            self.mailbox_dir(workflow_id),
+        ):
+            if directory.is_symlink():
+                directory.unlink()
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            self._cancel_path(workflow_id).unlink()
 
     def update(
         self,
@@ -563,10 +562,9 @@ class JSONFileStore(SideFiles, StateStore):
                 with self.locks.write_lock(workflow_id, 0):
                     if self.path_for(workflow_id).exists():
                         continue
-                    if directory.is_symlink():
-                        directory.unlink()
-                    else:
-                        shutil.rmtree(directory)
+                    # The rest of what the interrupted delete left goes too (outputs,
+                    # mailbox, cancel marker): the run is gone.
+                    self._remove_side_files(workflow_id)
                     # No run, so no sidecar either (taking the lock made one).
                     self.locks.forget(workflow_id)
             except Exception:  # noqa: S112 - busy or odd: leave it for the next sweep
