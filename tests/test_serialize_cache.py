@@ -243,3 +243,45 @@ def test_small_steps_are_encoded_in_one_call(monkeypatch: pytest.MonkeyPatch) ->
     for _ in range(3):
         assert serialize(state) == plain(state)
     assert all(id(step) in _serialize._STEP_CACHE for step in state.states.values())
+
+
+def test_a_change_while_a_step_is_encoded_is_not_cached_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another thread changes a finished step while serialize() encodes it: the bytes of
+    # the old values must not be kept as the step's (the entry goes in before the
+    # encoding, the step's __setattr__ removes it, and an entry removed is not filled).
+    state = WorkflowState.new("race")
+    step = StepResult(name="s", status=StepStatus.COMPLETED, output="before")
+    state.states["s"] = step
+    real_dumps = orjson.dumps
+
+    def dumps_then_change(value: Any, *args: Any, **kwargs: Any) -> bytes:
+        data = real_dumps(value, *args, **kwargs)
+        if value is step and step.output == "before":
+            step.output = "after"
+        return data
+
+    monkeypatch.setattr(_serialize.orjson, "dumps", dumps_then_change)
+    serialize(state)
+    monkeypatch.setattr(_serialize.orjson, "dumps", real_dumps)
+    assert serialize(state) == plain(state)
+    assert b"after" in serialize(state)
+
+
+def test_from_dict_fills_a_step_as_its_constructor_does() -> None:
+    # from_dict() bypasses the generated __init__ (whose assignments each go through
+    # __setattr__); the instance dict must hold the same keys, in the same order (the
+    # order orjson writes them in), with the same values.
+    for document in (
+        {"name": "bare"},
+        {"name": "full", **dict.fromkeys(FIELDS), "status": "failed", "attempt": 3},
+        StepResult(name="round", status=StepStatus.COMPLETED, output={"a": [1]}).to_dict(),
+    ):
+        loaded = StepResult.from_dict(document)
+        built = StepResult(
+            **{f.name: getattr(loaded, f.name) for f in dataclasses.fields(StepResult)}
+        )
+        assert list(loaded.__dict__) == [f.name for f in dataclasses.fields(StepResult)]
+        assert loaded.__dict__ == built.__dict__
+        assert loaded == built

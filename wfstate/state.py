@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter, is_not, ne, or_
 from typing import Any
 
 SCHEMA_VERSION = 2
@@ -76,6 +77,17 @@ def new_workflow_id() -> str:
     return str(uuid.uuid4())
 
 
+# The file store's serializer keeps each finished step's encoded bytes here, by
+# ``id(step)`` (wfstate.stores._serialize, docs/performance.md). A StepResult drops its
+# entry whenever one of its attributes is set or deleted, so an entry always describes
+# the step as it is now: a checkpoint reuses a finished step's bytes after one dict
+# lookup, where comparing the step with a copy of it cost about what encoding it did.
+# Only steps whose values are all immutable are entered (a change in place of a
+# container does not pass through ``__setattr__``).
+STEP_ENCODINGS: dict[int, Any] = {}
+_forget_encoding = STEP_ENCODINGS.pop
+
+
 @dataclass
 class StepResult:
     """One state's result: the last attempt of a step, or a parallel block's summary."""
@@ -112,6 +124,14 @@ class StepResult:
     sender: dict[str, Any] | None = None
     received_at: str | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        _forget_encoding(id(self), None)
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        _forget_encoding(id(self), None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -139,7 +159,10 @@ class StepResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepResult:
-        return cls(
+        # Filled in place, in field order (the order the file is written in), without
+        # the generated __init__: its 21 assignments would each go through __setattr__.
+        step = cls.__new__(cls)
+        step.__dict__.update(
             name=data["name"],
             status=StepStatus(data.get("status", "running")),
             output=data.get("output"),
@@ -162,6 +185,70 @@ class StepResult:
             sender=data.get("sender"),
             received_at=data.get("received_at"),
         )
+        return step
+
+
+# What a step's watchers compare by default: its status, attempt and end.
+_WATCH_KEY = attrgetter("status", "attempt", "completed_at")
+
+
+class StepWatch:
+    """Which steps of a run changed since the last look, found with list passes in C.
+
+    Checkpoint listeners (live events, tracing) and the template context look at every
+    step of the state at every checkpoint; a loop over the steps in Python there cost
+    O(steps) interpreted work per step, O(steps²) per run. A watch keeps the previous
+    look's names, keys (``key`` of each step: status, attempt and end by default) and,
+    with ``by_object``, the step objects themselves, and compares the new ones in C: a
+    step changed when its name is new, its key differs or (``by_object``) it is another
+    object. Steps are only ever added at the end of ``states`` while a run runs; any
+    other change (a rewind, a removal) falls back to a comparison by name.
+    """
+
+    __slots__ = ("appended", "by_object", "key", "keys", "names", "steps")
+
+    def __init__(self, key: Callable[[StepResult], Any] = _WATCH_KEY, *, by_object: bool = False):
+        self.key = key
+        self.by_object = by_object
+        self.names: list[str] = []
+        self.keys: list[Any] = []
+        self.steps: list[StepResult] = []
+        # Whether the last look found the names of the one before, in their order,
+        # with any new ones after them (how a running run's steps change).
+        self.appended = True
+
+    def changed(self, states: dict[str, StepResult]) -> list[str]:
+        """The names of the steps that changed (or appeared) since the last call, in
+        the order of ``states``; every name on the first call."""
+        names, steps = list(states), list(states.values())
+        keys = list(map(self.key, steps))
+        old_names, old_keys, old_steps = self.names, self.keys, self.steps
+        self.names, self.keys = names, keys
+        if self.by_object:
+            self.steps = steps
+        known = len(old_names)
+        self.appended = len(names) >= known and names[:known] == old_names
+        if not self.appended:
+            # Steps removed or renamed (rare: a rewind): compared by name.
+            before = dict(zip(old_names, old_keys, strict=True))
+            objects = dict(zip(old_names, old_steps, strict=True)) if self.by_object else {}
+            return [
+                name
+                for name, key, step in zip(names, keys, steps, strict=True)
+                if name not in before
+                or before[name] != key
+                or (self.by_object and objects[name] is not step)
+            ]
+        differs = list(map(ne, keys, old_keys))
+        if self.by_object:
+            differs = list(map(or_, differs, map(is_not, steps, old_steps)))
+        changed = []
+        at = -1
+        for _ in range(differs.count(True)):
+            at = differs.index(True, at + 1)
+            changed.append(names[at])
+        changed.extend(names[known:])
+        return changed
 
 
 @dataclass

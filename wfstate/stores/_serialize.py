@@ -10,13 +10,15 @@ import os
 import stat
 import weakref
 from functools import partial
+from itertools import repeat
+from operator import attrgetter, eq, itemgetter
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from wfstate.exceptions import CorruptState
-from wfstate.state import StepResult, StepStatus, WorkflowState
+from wfstate.state import STEP_ENCODINGS, StepResult, StepStatus, WorkflowState
 from wfstate.stores._atomic import _CLOEXEC, _NOFOLLOW
 from wfstate.stores.base import validate_id
 
@@ -46,44 +48,40 @@ def serialize(state: WorkflowState) -> bytes:
         return data
     # One atomic copy of the entries (another thread may add a step meanwhile).
     entries = list(states.items())
-    pieces: list[bytes] = []
-    append = pieces.append
-    cache_get = _STEP_CACHE.get
-    for name, step in entries:
-        if type(step) is not StepResult or type(name) is not str:
-            return orjson.dumps(document, option=DUMP_OPTIONS)  # odd: no splicing
-        # The hit path inline (it runs for every finished step of every checkpoint).
-        entry = cache_get(id(step))
-        if entry is not None:
-            live = step.__dict__
-            if (
-                entry.values == live
-                and entry.name is name
-                and entry.ref() is step
-                and tuple(live) == entry.keys
-            ):
-                for field, number in entry.numbers:
-                    if live[field] is not number:
-                        break
-                else:
-                    append(entry.data)
-                    continue
-        append(_step_piece(name, step))
+    names = list(map(_first, entries))
+    # Every step's entry, or _MISS, looked up in C: a step's entry exists only while
+    # the step is unchanged (StepResult drops it on any attribute set or delete), so
+    # the name it is filed under is all there is left to check.
+    found = list(map(_STEP_CACHE.get, map(id, map(_second, entries)), repeat(_MISS)))
+    pieces = list(map(_data_of, found))
+    found_names = list(map(_name_of, found))
+    if found_names != names:
+        # The steps to encode now (in a live run, the one in flight), found in C too.
+        hits = list(map(eq, found_names, names))
+        at = -1
+        for _ in range(hits.count(False)):
+            at = hits.index(False, at + 1)
+            name, step = entries[at]
+            if type(step) is not StepResult or type(name) is not str:
+                return orjson.dumps(document, option=DUMP_OPTIONS)  # odd: no splicing
+            pieces[at] = _step_piece(name, step)
     document["states"] = None
     head = orjson.dumps(document, option=DUMP_OPTIONS)
     # Only a top-level key follows a newline and exactly two spaces (deeper lines are
     # indented further, and a newline inside a string is escaped): the marker is unique.
     at = head.index(_STATES_MARKER) + _STATES_OFFSET
-    data = b"".join(
-        (head[:at], b"{", b",".join(pieces), b"\n  }", head[at + 4 :])  # 4: len(b"null")
-    )
+    # One join of the whole document: the head's two halves go onto the first and the
+    # last step's bytes (copies of two steps, not of the document).
+    pieces[0] = head[:at] + b"{" + pieces[0]
+    pieces[-1] = pieces[-1] + b"\n  }" + head[at + 4 :]  # 4: len(b"null")
+    data = b",".join(pieces)
     _remember_size(state, key, ref, len(data) // len(entries))
     return data
 
 
 # The average bytes per step from which serialize() splices cached steps (tests set it
 # to -1 to splice every state).
-SPLICE_MIN_STEP_BYTES = 2048
+SPLICE_MIN_STEP_BYTES = 512
 # id(state) -> (weak reference to it, the average bytes per step of its last encoding).
 _STATE_SIZES: dict[int, tuple[weakref.ref[WorkflowState], int]] = {}
 
@@ -99,64 +97,60 @@ def _remember_size(
 # --- the cache of finished steps' bytes ---------------------------------------------------
 #
 # A finished step's result does not change, but nothing forbids changing it (a resume
-# rewinds it, a test edits it). orjson encodes a step from its instance ``__dict__``, so
-# an entry keeps a copy of that dict (the values themselves, not copies of them) and is
-# used only while the step's ``__dict__`` holds the same keys in the same order and
-# equal values, and its numbers are the very objects they were (``0 == False == 0.0``
-# but the three encode differently). Entries are made only for steps whose values are
-# all immutable (strings, numbers, None, the status), so no change in place can hide
-# behind an equal reference; a container output is encoded afresh every time. An entry
-# goes when its step object does (weak reference).
+# rewinds it, a test edits it). So an entry lives in ``wfstate.state.STEP_ENCODINGS``,
+# which StepResult itself empties of its entry whenever one of its attributes is set or
+# deleted: orjson encodes a step from its instance ``__dict__``, and every way to change
+# that dict's keys, order or values (``0 == False == 0.0``, but the three encode
+# differently) goes through ``__setattr__``/``__delattr__``, except a change in place of
+# a container value. Entries are therefore made only for finished steps whose values are
+# all immutable (strings, numbers, None, the status); a container output is encoded
+# afresh every time. An entry goes when its step object does (weak reference).
 
 _STATES_MARKER = b'\n  "states": null'
 _STATES_OFFSET = len(_STATES_MARKER) - 4
-_IMMUTABLE = frozenset({str, type(None), StepStatus})
-_NUMBERS = frozenset({int, float, bool})
+_IMMUTABLE = frozenset({str, type(None), StepStatus, int, float, bool})
 _STEP_INDENT = orjson.OPT_INDENT_2
 
 
 class _Entry:
-    __slots__ = ("data", "keys", "name", "numbers", "ref", "values")
+    __slots__ = ("data", "name", "ref")
 
-    def __init__(
-        self,
-        ref: weakref.ref[StepResult],
-        name: str,
-        values: dict[str, Any],
-        numbers: tuple[tuple[str, Any], ...],
-        data: bytes,
-    ) -> None:
+    def __init__(self, ref: weakref.ref[StepResult] | None) -> None:
         self.ref = ref
-        self.name = name
-        self.values = values
-        self.keys = tuple(values)
-        self.numbers = numbers
-        self.data = data
+        self.name: str | None = None  # None until the bytes are in: never a hit before
+        self.data = b""
 
 
-# id(step) -> its entry (with the step's name in ``states``, compared by identity).
-_STEP_CACHE: dict[int, _Entry] = {}
+_MISS = _Entry(None)  # what serialize() finds for a step without an entry
+_first, _second = itemgetter(0), itemgetter(1)
+_name_of, _data_of = attrgetter("name"), attrgetter("data")
+
+
+# id(step) -> its entry (with the name the step is filed under in ``states``).
+_STEP_CACHE: dict[int, _Entry] = STEP_ENCODINGS
 
 
 def _step_piece(name: str, step: StepResult) -> bytes:
     """``\\n    "<name>": {...}``: one entry of ``states`` as the document holds it,
     encoded now (and kept, when the step is finished and holds only immutable values)."""
-    live = step.__dict__
+    entry = None
+    if step.status is not StepStatus.RUNNING:
+        # The entry goes in first and is filled last: a change to the step from another
+        # thread while it is encoded removes it, and then it is not filled.
+        key = id(step)
+        entry = _Entry(weakref.ref(step, partial(_forget_step, key)))
+        _STEP_CACHE[key] = entry
+        for value in tuple(step.__dict__.values()):
+            if type(value) not in _IMMUTABLE:  # a container (or anything else)
+                _STEP_CACHE.pop(key, None)
+                entry = None
+                break
     # The step at depth 2 of the document: its own lines indented by four more spaces.
     data = orjson.dumps(step, option=_STEP_INDENT).replace(b"\n", b"\n    ")
     piece = b"\n    " + orjson.dumps(name) + b": " + data
-    if step.status is not StepStatus.RUNNING:
-        numbers = []
-        for field, value in live.items():
-            kind = type(value)
-            if kind in _NUMBERS:
-                numbers.append((field, value))
-            elif kind not in _IMMUTABLE:
-                return piece  # a container (or anything else): never cached
-        key = id(step)
-        _STEP_CACHE[key] = _Entry(
-            weakref.ref(step, partial(_forget_step, key)), name, dict(live), tuple(numbers), piece
-        )
+    if entry is not None and _STEP_CACHE.get(id(step)) is entry:
+        entry.data = piece
+        entry.name = name
     return piece
 
 
