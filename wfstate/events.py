@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from wfstate.engine.events import CHECKPOINT_TIMING
-from wfstate.state import RunStatus, WorkflowState
+from wfstate.state import RunStatus, StepWatch, WorkflowState
 from wfstate.stores.base import StateStore
 
 LOG_NAME = ".events"
@@ -39,10 +39,6 @@ _FINAL = ("completed", "failed", "cancelled")
 def log_path(store: StateStore, workflow_id: str) -> Path | None:
     directory = store.outputs_dir(workflow_id)
     return directory / LOG_NAME if directory is not None else None
-
-
-def _step_key(step: Any) -> tuple[str, int, str | None]:
-    return (str(step.status), step.attempt, step.completed_at)
 
 
 def event_of(state: WorkflowState, changed: list[str]) -> dict[str, Any]:
@@ -68,14 +64,14 @@ class EventLog:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self.seen: dict[str, tuple[str, int, str | None]] = {}
+        # The steps whose status, attempt or end changed since the last checkpoint.
+        self.watch = StepWatch()
         self.fd: int | None = None
         self._guard = threading.Lock()
 
     def __call__(self, state: WorkflowState) -> None:
         with self._guard:
-            changed = [n for n, s in state.states.items() if self.seen.get(n) != _step_key(s)]
-            self.seen = {n: _step_key(s) for n, s in state.states.items()}
+            changed = self.watch.changed(state.states)
             # The executor timed this checkpoint's write just before calling us (same
             # thread): the metrics' checkpoint latency histogram reads it from the log.
             seconds = getattr(CHECKPOINT_TIMING, "seconds", None)
@@ -98,16 +94,18 @@ def append(
 ) -> None:
     """Append the event of ``state``'s revision to its log (never fatal); with
     ``checkpoint_seconds``, how long its write took (``checkpoint_ms``, for metrics)."""
-    path = log_path(store, state.workflow_id)
-    if path is None:
+    fd = log.fd if log is not None else None
+    # The path only for the first line of an execution (the descriptor is kept).
+    path = log_path(store, state.workflow_id) if fd is None else None
+    if fd is None and path is None:
         return
     event = event_of(state, changed)
     if checkpoint_seconds is not None:
         event["checkpoint_ms"] = round(checkpoint_seconds * 1000, 3)
     line = orjson.dumps(event) + b"\n"
     with contextlib.suppress(OSError):
-        fd = log.fd if log is not None else None
         if fd is None:
+            assert path is not None
             if path.parent.is_symlink():
                 return  # never write through a link planted in the storage directory
             if not path.parent.is_dir():

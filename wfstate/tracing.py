@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from wfstate.state import RunStatus, StepStatus, WorkflowState, parse_time
+from wfstate.state import RunStatus, StepStatus, StepWatch, WorkflowState, parse_time
 
 try:
     from opentelemetry import trace
@@ -41,6 +41,8 @@ class SpanListener:
         self.tracer = tracer
         self.run_span: Any = None
         self.seen: set[tuple[str, str | None]] = set()
+        # Only the steps that changed since the last checkpoint can have ended since.
+        self.watch = StepWatch()
         self._guard = threading.Lock()
 
     def __call__(self, state: WorkflowState) -> None:
@@ -57,7 +59,8 @@ class SpanListener:
                 # Steps that ended in an earlier execution (before a resume) are not ours.
                 self.seen = {(n, s.completed_at) for n, s in state.states.items() if s.completed_at}
             parent = trace.set_span_in_context(self.run_span)
-            for name, step in state.states.items():
+            for name in self.watch.changed(state.states):
+                step = state.states[name]
                 key = (name, step.completed_at)
                 if step.status not in _ENDED or not step.completed_at or key in self.seen:
                     continue

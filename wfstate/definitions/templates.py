@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import Any
 
 import jinja2
@@ -26,7 +27,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from wfstate.definitions import shell
 from wfstate.definitions.awf import STATE_FIELD_ALIASES, WORKFLOW_FIELD_ALIASES
 from wfstate.exceptions import TemplateError
-from wfstate.state import StepResult, StepStatus, WorkflowState
+from wfstate.state import StepResult, StepStatus, StepWatch, WorkflowState
 
 __all__ = [
     "build_context",
@@ -191,8 +192,23 @@ def check_value(value: Any) -> None:
 
 _VISIBLE_STEP_STATUSES = (StepStatus.COMPLETED, StepStatus.FAILED)
 
-# name -> (the step result, its status and completed_at when seen, its fields)
-ContextCache = dict[str, tuple[StepResult, str, "str | None", dict[str, Any]]]
+_CONTEXT_KEY = attrgetter("status", "completed_at")
+
+
+class ContextCache:
+    """The ``states`` of the last context built for one run, and what it was built from.
+
+    The executor keeps one per run: building the fields of every finished step at every
+    step was a cost that grew with the run, and so was even looking at every step in
+    Python. Only the steps whose result object, status or ``completed_at`` changed since
+    the last build are looked at (a :class:`StepWatch` finds them in C) and rebuilt.
+    """
+
+    __slots__ = ("states", "watch")
+
+    def __init__(self) -> None:
+        self.watch = StepWatch(_CONTEXT_KEY, by_object=True)
+        self.states: dict[str, dict[str, Any]] = {}
 
 
 def _step_fields(step: StepResult) -> dict[str, Any]:
@@ -209,34 +225,61 @@ def _step_fields(step: StepResult) -> dict[str, Any]:
     return fields
 
 
+def _visible_states(state: WorkflowState, cache: ContextCache | None) -> dict[str, dict[str, Any]]:
+    """``states`` of the context: each completed or failed step's fields, in the order
+    of the document's ``states``."""
+    steps = state.states
+    if cache is None:
+        return {
+            name: _step_fields(step)
+            for name, step in steps.items()
+            if step.status in _VISIBLE_STEP_STATUSES
+        }
+    watch, known = cache.watch, cache.states
+    changed = watch.changed(steps)
+    if watch.appended:
+        names = watch.names
+        # Where the last visible step stands: a step made visible now keeps the
+        # document's order only by coming after it (parallel branches end in any order).
+        last = names.index(next(reversed(known))) if known else -1
+        for name in changed:
+            step = steps[name]
+            if step.status not in _VISIBLE_STEP_STATUSES:
+                known.pop(name, None)
+                continue
+            if name not in known:
+                try:
+                    last = names.index(name, last + 1)
+                except ValueError:
+                    break  # before a visible one: rebuilt in order below
+            known[name] = _step_fields(step)
+        else:
+            return dict(known)
+    # Steps went or were renamed, or one became visible before another: in order again.
+    fresh = set(changed)
+    cache.states = known = {
+        name: known[name] if name in known and name not in fresh else _step_fields(step)
+        for name, step in steps.items()
+        if step.status in _VISIBLE_STEP_STATUSES
+    }
+    return dict(known)
+
+
 def build_context(state: WorkflowState, cache: ContextCache | None = None) -> dict[str, Any]:
     """The names templates see: ``inputs``, ``states`` and ``workflow``.
 
     ``states`` holds each completed or failed step with its snake_case fields and awf's
     PascalCase aliases (``Output``, ``Stderr``, ``ExitCode``, ``Status``).
 
-    ``cache``, a dict the caller keeps for one run (the executor does), saves rebuilding
-    the fields of every finished step at every step (a cost that grows with the run):
-    a step's fields are reused while its result is the same object with the same status
-    and ``completed_at``. The executor never changes a finished result in place (a step
-    run again gets a new one) and builds contexts under the lock its writers hold, so a
-    reused entry is what a rebuild would give. Treat the fields as read-only.
+    ``cache``, a :class:`ContextCache` the caller keeps for one run (the executor does),
+    saves rebuilding the fields of every finished step at every step (a cost that grows
+    with the run): a step's fields are reused while its result is the same object with
+    the same status and ``completed_at``. The executor never changes a finished result
+    in place (a step run again gets a new one) and builds contexts under the lock its
+    writers hold, so a reused entry is what a rebuild would give. Treat the fields as
+    read-only.
     """
-    states: dict[str, dict[str, Any]] = {}
-    for name, step in state.states.items():
-        status = step.status
-        if status not in _VISIBLE_STEP_STATUSES:
-            continue
-        if cache is None:
-            states[name] = _step_fields(step)
-            continue
-        seen = cache.get(name)
-        completed_at = step.completed_at
-        if seen is not None and seen[0] is step and seen[1] == status and seen[2] == completed_at:
-            states[name] = seen[3]
-        else:
-            fields = states[name] = _step_fields(step)
-            cache[name] = (step, status, completed_at, fields)
+    states = _visible_states(state, cache)
     workflow: dict[str, Any] = {
         "id": state.workflow_id,
         "name": state.workflow_name,

@@ -104,7 +104,7 @@ class Executor:
         self._lock = threading.RLock()
         self._state: WorkflowState | None = None
         # Template fields of finished steps, reused from step to step (see build_context).
-        self._context_cache: ContextCache = {}
+        self._context_cache = ContextCache()
         # Set once the run's outcome is durable: nothing may overwrite it after that.
         self._ended = False
         # Loops' finished iterations by side file, read once (see engine/loops.py).
