@@ -157,6 +157,30 @@ def hold_write_lock(
         release.wait(timeout=120)
 
 
+def fork_then_hold_write_lock(
+    store_kwargs: dict[str, Any],
+    workflow_id: str,
+    forked: Queue[int],
+    held: Event,
+    release: Event,
+) -> None:
+    """Checkpoint the run (which leaves the write-lock file's descriptor kept open for
+    the next checkpoint), fork a child that lives on, then take the write lock and keep
+    it until ``release`` (or until killed). The child's pid goes to ``forked``."""
+    store = JSONFileStore(**store_kwargs)
+    store.save(store.load(workflow_id))
+    pid = os.fork()
+    if pid == 0:  # the child: outlives its parent, holding whatever it inherited
+        try:
+            time.sleep(120)
+        finally:
+            os._exit(0)
+    forked.put(pid)
+    with store.write_lock(workflow_id):
+        held.set()
+        release.wait(timeout=120)
+
+
 def execute_after(
     store_kwargs: dict[str, Any], workflow_id: str, go: Event, results: Queue[str]
 ) -> None:
