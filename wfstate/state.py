@@ -86,6 +86,9 @@ def new_workflow_id() -> str:
 # container does not pass through ``__setattr__``).
 STEP_ENCODINGS: dict[int, Any] = {}
 _forget_encoding = STEP_ENCODINGS.pop
+# How many entries were dropped so (a change to a step whose bytes were kept): the
+# serializer reuses a run of steps' bytes in one piece while this has not moved.
+ENCODINGS_DROPPED = [0]
 
 
 @dataclass
@@ -126,11 +129,13 @@ class StepResult:
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
-        _forget_encoding(id(self), None)
+        if _forget_encoding(id(self), None) is not None:
+            ENCODINGS_DROPPED[0] += 1
 
     def __delattr__(self, name: str) -> None:
         object.__delattr__(self, name)
-        _forget_encoding(id(self), None)
+        if _forget_encoding(id(self), None) is not None:
+            ENCODINGS_DROPPED[0] += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {

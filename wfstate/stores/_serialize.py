@@ -11,14 +11,13 @@ import stat
 import weakref
 from functools import partial
 from itertools import repeat
-from operator import attrgetter, eq, itemgetter
+from operator import attrgetter, eq
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from wfstate.exceptions import CorruptState
-from wfstate.state import STEP_ENCODINGS, StepResult, StepStatus, WorkflowState
+from wfstate.state import ENCODINGS_DROPPED, STEP_ENCODINGS, StepResult, StepStatus, WorkflowState
 from wfstate.stores._atomic import _CLOEXEC, _NOFOLLOW
 from wfstate.stores.base import validate_id
 
@@ -37,34 +36,57 @@ def serialize(state: WorkflowState) -> bytes:
     states = document["states"]
     if type(states) is not dict or not states:
         return orjson.dumps(document, option=DUMP_OPTIONS)
-    # Checking a cached step costs about what orjson takes to encode 1 KB: a state of
-    # small steps is encoded in one call, as it was before there was a cache.
-    key = id(state)
-    seen = _STATE_SIZES.get(key)
-    ref, average = seen if seen is not None and seen[0]() is state else (None, 0)
-    if average < SPLICE_MIN_STEP_BYTES:
+    # Read before anything else: a step changed from now on makes the next look again.
+    generation = ENCODINGS_DROPPED[0]
+    memo = _MEMOS.get(id(state))
+    if memo is None or memo.ref() is not state:
+        memo = _Memo(state)
+    # Checking a cached step costs about what orjson takes to encode a few hundred
+    # bytes: a state of tiny steps is encoded in one call, as before there was a cache.
+    if memo.average < SPLICE_MIN_STEP_BYTES:
         data = orjson.dumps(document, option=DUMP_OPTIONS)
-        _remember_size(state, key, ref, len(data) // len(states))
+        memo.average = len(data) // len(states)
         return data
-    # One atomic copy of the entries (another thread may add a step meanwhile).
-    entries = list(states.items())
-    names = list(map(_first, entries))
-    # Every step's entry, or _MISS, looked up in C: a step's entry exists only while
-    # the step is unchanged (StepResult drops it on any attribute set or delete), so
-    # the name it is filed under is all there is left to check.
-    found = list(map(_STEP_CACHE.get, map(id, map(_second, entries)), repeat(_MISS)))
+    names, steps = list(states), list(states.values())
+    if len(names) != len(steps):  # another thread added a step between the two copies
+        return orjson.dumps(document, option=DUMP_OPTIONS)
+    # The leading steps whose bytes the last encoding kept in a row are taken as they
+    # are, without a look at each: valid while no step whose bytes are kept changed
+    # (StepResult counts those changes) and the same objects stand under the same
+    # names (compared in C).
+    ids = list(map(id, steps))
+    kept = len(memo.ids)
+    if kept and not (
+        generation == memo.generation and names[:kept] == memo.names and ids[:kept] == memo.ids
+    ):
+        kept = 0
+    names_after, steps_after = names[kept:], steps[kept:]
+    # Every other step's entry, or _MISS, looked up in C: a step's entry exists only
+    # while the step is unchanged (StepResult drops it on any attribute set or delete),
+    # so the name it is filed under is all there is left to check.
+    found = list(map(_STEP_CACHE.get, ids[kept:], repeat(_MISS)))
     pieces = list(map(_data_of, found))
     found_names = list(map(_name_of, found))
-    if found_names != names:
+    grown = len(pieces)
+    if found_names != names_after:
         # The steps to encode now (in a live run, the one in flight), found in C too.
-        hits = list(map(eq, found_names, names))
+        hits = list(map(eq, found_names, names_after))
         at = -1
         for _ in range(hits.count(False)):
             at = hits.index(False, at + 1)
-            name, step = entries[at]
+            name, step = names_after[at], steps_after[at]
             if type(step) is not StepResult or type(name) is not str:
                 return orjson.dumps(document, option=DUMP_OPTIONS)  # odd: no splicing
             pieces[at] = _step_piece(name, step)
+            hits[at] = _STEP_CACHE.get(id(step), _MISS).name == name  # kept now?
+        grown = hits.index(False) if False in hits else len(hits)
+    if kept:
+        pieces = memo.pieces + pieces
+    if grown:
+        memo.generation = generation
+        memo.names = names[: kept + grown]
+        memo.ids = ids[: kept + grown]
+        memo.pieces = pieces[: kept + grown]
     document["states"] = None
     head = orjson.dumps(document, option=DUMP_OPTIONS)
     # Only a top-level key follows a newline and exactly two spaces (deeper lines are
@@ -75,23 +97,42 @@ def serialize(state: WorkflowState) -> bytes:
     pieces[0] = head[:at] + b"{" + pieces[0]
     pieces[-1] = pieces[-1] + b"\n  }" + head[at + 4 :]  # 4: len(b"null")
     data = b",".join(pieces)
-    _remember_size(state, key, ref, len(data) // len(entries))
+    memo.average = len(data) // len(steps)
     return data
 
 
 # The average bytes per step from which serialize() splices cached steps (tests set it
 # to -1 to splice every state).
 SPLICE_MIN_STEP_BYTES = 512
-# id(state) -> (weak reference to it, the average bytes per step of its last encoding).
-_STATE_SIZES: dict[int, tuple[weakref.ref[WorkflowState], int]] = {}
 
 
-def _remember_size(
-    state: WorkflowState, key: int, ref: weakref.ref[WorkflowState] | None, average: int
-) -> None:
-    if ref is None:
-        ref = weakref.ref(state, partial(_forget, _STATE_SIZES, key))
-    _STATE_SIZES[key] = (ref, average)
+class _Memo:
+    """What serialize() keeps of a state's last encoding: the average bytes of a step,
+    and the leading steps whose bytes were all kept (names, ids, pieces). An id stands
+    for its object only while the object lives: a kept step that dies counts as a
+    change (``_forget_step``), so a new object at its address is never taken for it."""
+
+    __slots__ = ("average", "generation", "ids", "names", "pieces", "ref")
+
+    def __init__(self, state: WorkflowState) -> None:
+        key = id(state)
+        self.ref = weakref.ref(state, partial(_forget_memo, key))
+        self.average = 0  # unknown: encoded whole once, and measured
+        self.generation = -1
+        self.names: list[str] = []
+        self.ids: list[int] = []
+        self.pieces: list[bytes] = []
+        _MEMOS[key] = self
+
+
+# id(state) -> its memo (which goes with the state).
+_MEMOS: dict[int, _Memo] = {}
+
+
+def _forget_memo(key: int, ref: weakref.ref[WorkflowState]) -> None:
+    memo = _MEMOS.get(key)
+    if memo is not None and memo.ref is ref:
+        del _MEMOS[key]
 
 
 # --- the cache of finished steps' bytes ---------------------------------------------------
@@ -122,7 +163,6 @@ class _Entry:
 
 
 _MISS = _Entry(None)  # what serialize() finds for a step without an entry
-_first, _second = itemgetter(0), itemgetter(1)
 _name_of, _data_of = attrgetter("name"), attrgetter("data")
 
 
@@ -158,12 +198,7 @@ def _forget_step(key: int, ref: weakref.ref[StepResult]) -> None:
     entry = _STEP_CACHE.get(key)
     if entry is not None and entry.ref is ref:
         del _STEP_CACHE[key]
-
-
-def _forget(table: dict[int, Any], key: int, ref: weakref.ref[Any]) -> None:
-    entry = table.get(key)
-    if entry is not None and entry[0] is ref:
-        del table[key]
+        ENCODINGS_DROPPED[0] += 1  # its id may be another step's soon (see _Memo)
 
 
 def _read_plain(prefix: str, max_bytes: int, workflow_id: str) -> bytes | None:
