@@ -58,13 +58,15 @@ class SpanListener:
                 )
                 # Steps that ended in an earlier execution (before a resume) are not ours.
                 self.seen = {(n, s.completed_at) for n, s in state.states.items() if s.completed_at}
-            parent = trace.set_span_in_context(self.run_span)
+            parent = None
             for name in self.watch.changed(state.states):
                 step = state.states[name]
                 key = (name, step.completed_at)
                 if step.status not in _ENDED or not step.completed_at or key in self.seen:
                     continue
                 self.seen.add(key)
+                if parent is None:
+                    parent = trace.set_span_in_context(self.run_span)
                 span = self.tracer.start_span(
                     f"wfstate step {name}",
                     context=parent,

@@ -374,8 +374,8 @@ class Executor:
         # A step re-run after a crash or a resume starts again at attempt 1.
         # A command's processes carry a token, recorded at its start: how its orphans
         # are found if this executor dies (see processes.py).
-        token = new_token()
-        process = step_record(token) if sdef.command is not None else None
+        token = new_token() if sdef.command is not None else None
+        process = step_record(token) if token is not None else None
         key = scope.key(sdef.name) if scope else None
         entry = self._begin(sdef.name, attempt, set_current=set_current, process=process, key=key)
         step_hooks.step_hook(self, sdef, entry, "pre", should_stop)
