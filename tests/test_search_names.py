@@ -9,12 +9,15 @@ both are compared here with the plain way (the prefix ranges of ``search_q``; ``
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.db import connection
 from django.db.models import Max, Min
+from django.test import Client
+from django.urls import reverse
 
 from wfstate.admin_changelist import date_span
 from wfstate.index import search
@@ -179,3 +182,17 @@ def test_date_span_is_min_and_max(filters: dict[str, object]) -> None:
 
 def test_date_span_of_an_empty_table() -> None:
     assert date_span(WorkflowRun.objects.all(), "started_at") == (None, None)
+
+
+@pytest.mark.usefixtures("runs", "wfstate_settings")
+@pytest.mark.parametrize("term", ["release", "r", "dead", "many", "zzz", "8"])
+def test_the_api_and_the_admin_list_what_the_ranges_find(admin_client: Client, term: str) -> None:
+    expected = plain_search(term)
+    body = admin_client.get("/api/wfstate/runs/", {"search": term, "page_size": 500}).json()
+    assert body["count"] == len(expected)
+    assert [run["workflow_id"] for run in body["results"]] == expected
+    html = admin_client.get(
+        reverse("admin:wfstate_workflowrun_changelist"), {"q": term}
+    ).content.decode()
+    assert re.findall(r'<code class="wf-id" title="([^"]+)"', html) == expected[:50]
+    assert f"{len(expected)} result" in html
