@@ -45,10 +45,14 @@ class WorkflowRun(models.Model):
         verbose_name_plural = _("workflow runs")
         ordering = ["-started_at", "-id"]
         indexes = [
-            # The admin's and the API's default listing, and their filters with it.
+            # The admin's and the API's default listing, and their filters with it: each
+            # in the list's whole order (start, then id), so that a page of a status or
+            # a workflow is read from the index as it is, with no sort of the matches.
             models.Index(fields=["-started_at", "-id"], name="wfstate_run_started"),
-            models.Index(fields=["status", "-started_at"], name="wfstate_run_status"),
-            models.Index(fields=["workflow_name", "-started_at"], name="wfstate_run_name"),
+            models.Index(fields=["status", "-started_at", "-id"], name="wfstate_run_status_order"),
+            models.Index(
+                fields=["workflow_name", "-started_at", "-id"], name="wfstate_run_name_order"
+            ),
             models.Index(fields=["updated_at"], name="wfstate_run_updated"),
         ]
         permissions = [
