@@ -42,7 +42,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "steps": ([], ["--steps", "100", "--repeat", "3", "--no-strace"]),
     "index": ([], ["--runs", "5000", "--repeat", "5"]),
     "api": ([], ["--runs", "5000", "--repeat", "5", "--start", "30"]),
-    "triggers": ([], ["--posts", "10", "--ticks", "3"]),
+    "triggers": ([], ["--posts", "10", "--db-posts", "5", "--ticks", "3"]),
     "scale": ([], ["--runs", "30"]),
     "loops": ([], ["--iterations", "500", "--plain-steps", "300"]),
     "prune": ([], ["--runs", "5000", "--keep", "100"]),
@@ -133,6 +133,12 @@ FIGURES = [
     Figure("triggers", "POST -> first step, RQ, median ms", _path("post_rq", "median_ms"), "< 50"),
     Figure(
         "triggers", "POST -> first step, RQ simple, ms", _path("post_rq_simple_worker", "median_ms")
+    ),
+    Figure("triggers", "POST -> first step, db_worker 1 s, ms", _path("post_db", "median_ms")),
+    Figure(
+        "triggers",
+        "POST -> first step, db_worker 0.05 s, ms",
+        _path("post_db_short_poll", "median_ms"),
     ),
     Figure("triggers", "tick -> first step, db_worker, ms", _path("tick_db", "median_ms")),
     Figure("scale", "runs/s, 1 RQ worker", _round(1)),

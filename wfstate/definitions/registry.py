@@ -13,6 +13,7 @@ several files is unusable until one of them is renamed.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 _Result = WorkflowDefinition | InvalidDefinition
-_cache: dict[Path, tuple[int, int, _Result]] = {}
+_cache: dict[str, tuple[int, int, _Result]] = {}  # by path
 _cache_lock = threading.Lock()
 
 
@@ -45,13 +46,14 @@ def clear_cache() -> None:
 
 def _load_cached(path: Path) -> _Result | None:
     """The definition or the error of ``path``; None if the file vanished."""
+    name = os.fspath(path)  # a str hashes in a fraction of a Path's time
     try:
-        st = path.stat()
+        st = os.stat(name)
     except OSError:
         return None
     key = (st.st_mtime_ns, st.st_size)
     with _cache_lock:
-        hit = _cache.get(path)
+        hit = _cache.get(name)
     if hit is not None and hit[:2] == key:
         return hit[2]
     result: _Result
@@ -62,8 +64,19 @@ def _load_cached(path: Path) -> _Result | None:
     except WorkflowNotFound:
         return None
     with _cache_lock:
-        _cache[path] = (*key, result)
+        _cache[name] = (*key, result)
     return result
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """``Path.is_file()`` of a directory entry (symlinks followed; a dangling or looping
+    link is no file), without a stat for a plain file."""
+    try:
+        return entry.is_file()
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
 
 
 def _claimed_name(result: _Result, path: Path) -> str:
@@ -180,16 +193,21 @@ class Registry:
         self.dirs = list(unique.values())
 
     def _files(self) -> list[Path]:
+        # Every lookup lists the directories (a run's start does it): os.scandir, whose
+        # entries know their type without a stat each, and plain names until the end.
         files: list[Path] = []
         for directory in self.dirs:
             if not directory.is_dir():
                 continue
-            found = [
-                p
-                for p in directory.iterdir()
-                if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
-            ]
-            files.extend(sorted(found))
+            with os.scandir(directory) as entries:
+                found = [
+                    entry.name
+                    for entry in entries
+                    if entry.name.endswith((".yaml", ".yml"))
+                    and not entry.name.startswith(".")
+                    and _is_file(entry)
+                ]
+            files.extend(directory / name for name in sorted(found))
         return files
 
     def _scan(self) -> dict[str, WorkflowEntry]:
@@ -268,9 +286,9 @@ def workflow_dirs() -> list[Path]:
 
     dirs = list(conf.WORKFLOW_DIRS)
     for app_config in apps.get_app_configs():
-        candidate = Path(app_config.path) / "workflows"
-        if candidate.is_dir():
-            dirs.append(candidate)
+        candidate = os.path.join(app_config.path, "workflows")
+        if os.path.isdir(candidate):
+            dirs.append(Path(candidate))
     return dirs
 
 
