@@ -164,8 +164,7 @@ def fork_then_hold_write_lock(
     held: Event,
     release: Event,
 ) -> None:
-    """Checkpoint the run (which leaves the write-lock file's descriptor kept open for
-    the next checkpoint), fork a child that lives on, then take the write lock and keep
+    """Checkpoint the run, fork a child that lives on, then take the write lock and keep
     it until ``release`` (or until killed). The child's pid goes to ``forked``."""
     store = JSONFileStore(**store_kwargs)
     store.save(store.load(workflow_id))

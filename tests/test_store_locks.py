@@ -337,9 +337,9 @@ def test_sigkilled_write_lock_holder_frees_it(
 def test_a_forked_child_does_not_keep_a_killed_holders_write_lock(
     lock_store: JSONFileStore, lock_store_kwargs: dict[str, Any], run_id: str, spawn: Any
 ) -> None:
-    # A writer keeps its last write-lock file open between checkpoints. A child it
-    # forks must not inherit that descriptor: the flock lives as long as any descriptor
-    # of the open file, so the writer's lock would outlive the writer in the child.
+    # A child forked by a writer must not keep a descriptor of the write-lock file open
+    # (a descriptor kept between checkpoints, say): the flock lives as long as any
+    # descriptor of the open file, so the writer's lock would outlive the writer.
     forked = CTX.Queue()
     holder = Holder(
         spawn, store_workers.fork_then_hold_write_lock, lock_store_kwargs, run_id, forked
@@ -351,36 +351,6 @@ def test_a_forked_child_does_not_keep_a_killed_holders_write_lock(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
-
-
-def _open_lock_files(store: JSONFileStore) -> list[str]:
-    links = []
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            links.append(os.readlink(f"/proc/self/fd/{fd}"))
-    return [link for link in links if link.startswith(str(store.directory))]
-
-
-def test_a_thread_keeps_at_most_one_write_lock_file_open(
-    lock_store: JSONFileStore, lock_backend: str
-) -> None:
-    if lock_backend != "file":
-        pytest.skip("lock files are the file backend's")
-    states = [WorkflowState.new("many") for _ in range(20)]
-
-    def save_all() -> None:
-        for _ in range(3):
-            for state in states:
-                lock_store.save(state)
-
-    thread = threading.Thread(target=save_all)
-    thread.start()
-    thread.join(60)
-    save_all()
-    # This thread's spare, for the last run saved; the ended thread's was closed.
-    assert _open_lock_files(lock_store) == [
-        str(lock_store.directory / f"{states[-1].workflow_id}.lock")
-    ]
 
 
 def test_write_lock_is_reentrant_in_a_thread(lock_store: JSONFileStore, run_id: str) -> None:

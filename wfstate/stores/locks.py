@@ -212,95 +212,24 @@ def _poll(try_once: Any, timeout: float) -> bool:
         delay = min(delay * 2, 0.02)
 
 
-# --- a spare descriptor of the last write-lock file, per thread ----------------------------
-#
-# A checkpoint takes its run's write lock: open the sidecar, flock, fstat, unlock,
-# close. A thread that checkpoints one run again and again keeps the descriptor of its
-# last write-lock file open between two checkpoints (unlocked: it excludes nobody) and
-# locks it again next time, without the open and the close. Per thread, because
-# descriptors of one open file share its flock (two threads would both "hold" it);
-# closed in a forked child, which would otherwise keep open a file its parent locks
-# (and so hold that lock past the parent's death); and a file forget() unlinked since
-# is seen by the fstat that follows every lock, as before, and opened again by name.
-
-_SPARES: set[int] = set()  # every spare descriptor of this process
-_generation = 0  # forks of this process's ancestors: a spare of an earlier one is gone
-
-
-def _close_spares_in_child() -> None:
-    global _generation
-    _generation += 1
-    for fd in list(_SPARES):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _SPARES.clear()
-
-
-os.register_at_fork(after_in_child=_close_spares_in_child)
-
-
-class _Spare:
-    """An unlocked descriptor of one write-lock file, kept by one thread."""
-
-    __slots__ = ("dev", "fd", "generation", "ino", "name")
-
-    def __init__(self, name: str, fd: int, dev: int, ino: int) -> None:
-        self.name, self.fd, self.dev, self.ino = name, fd, dev, ino
-        self.generation = _generation
-        _SPARES.add(fd)
-
-    def take(self) -> int:
-        """The descriptor, now the caller's to lock or close; -1 if a fork closed it."""
-        fd, self.fd = self.fd, -1
-        if fd < 0 or self.generation != _generation:
-            return -1
-        _SPARES.discard(fd)
-        return fd
-
-    def close(self) -> None:
-        fd = self.take()
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                st = os.fstat(fd)
-                # Only the file it was kept for: a number closed behind our back and
-                # reused is somebody else's descriptor now.
-                if (st.st_dev, st.st_ino) == (self.dev, self.ino):
-                    os.close(fd)
-
-    def __del__(self) -> None:  # a thread that ends drops its spare
-        with contextlib.suppress(Exception):
-            self.close()
-
-
 class _FlockHold:
     """flock on ``<id>.lock`` through a bare descriptor, for as long as it is entered."""
 
-    __slots__ = ("backend", "dev", "fd", "held", "ino", "timeout", "workflow_id")
+    __slots__ = ("backend", "fd", "held", "timeout", "workflow_id")
 
     def __init__(self, backend: FileLockBackend, workflow_id: str, timeout: float) -> None:
         self.backend = backend
         self.workflow_id = workflow_id
         self.timeout = timeout
         self.fd = -1
-        self.dev = self.ino = 0
         self.held: dict[str, int] = {}
 
     def __enter__(self) -> None:
         backend, workflow_id = self.backend, self.workflow_id
         name = f"{workflow_id}.lock"
-        local = backend._local.__dict__
-        spare: _Spare | None = local.pop("spare", None)
-        fd = -1
-        if spare is not None:
-            if spare.name == name:
-                fd = spare.take()
-            else:
-                spare.close()
-        reused = fd >= 0
-        if not reused:
-            # The mode is checked after locking, from the one fstat that also says
-            # whether the file still has a name: a checkpoint pays one fstat, not two.
-            fd = backend._open_fd(name, check_mode=False)
+        # The mode is checked after locking, from the one fstat that also says whether
+        # the file still has a name: a checkpoint pays one fstat, not two.
+        fd = backend._open_fd(name, check_mode=False)
         try:
             if not _flock_nb(fd) and not _poll(partial(_flock_nb, fd), self.timeout):
                 raise StateLocked(
@@ -309,14 +238,9 @@ class _FlockHold:
                     workflow_id=workflow_id,
                 )
             st = os.fstat(fd)
-            if reused and (st.st_dev, st.st_ino) != (spare.dev, spare.ino):  # type: ignore[union-attr]
-                # Not the file it was kept for (a descriptor closed behind our back and
-                # its number reused): not ours to keep, lock or close.
-                _funlock(fd)
-                fd = -1
-            elif st.st_nlink == 0:
-                # forget() removed the file (while we waited for it, or since we kept
-                # its descriptor): the lock that counts now is the file of that name.
+            if st.st_nlink == 0:
+                # forget() removed the file while we waited for it (rare): the lock that
+                # counts now is the file of that name, if anyone made it again.
                 _funlock(fd)
                 os.close(fd)
                 fd = -1
@@ -330,24 +254,17 @@ class _FlockHold:
         if fd < 0:
             self.__enter__()
             return
-        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+        self.fd = fd
         self.held = backend._held()
         self.held[name] = fd
 
     def __exit__(self, *exc_info: object) -> None:
         fd, self.fd = self.fd, -1
-        name = f"{self.workflow_id}.lock"
-        self.held.pop(name, None)
+        self.held.pop(f"{self.workflow_id}.lock", None)
         try:
             _funlock(fd)
-        except BaseException:
+        finally:
             os.close(fd)
-            raise
-        local = self.backend._local.__dict__
-        previous: _Spare | None = local.get("spare")
-        local["spare"] = _Spare(name, fd, self.dev, self.ino)
-        if previous is not None:
-            previous.close()
 
 
 class FileLockBackend(LockBackend):
