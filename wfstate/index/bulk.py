@@ -65,7 +65,7 @@ class SyncReport:
 # read. Large batches make few commits (each one is a disk sync on SQLite).
 SYNC_BATCH = 10_000
 # How many files a worker reads per task (small: the pipeline fills and drains fast).
-SYNC_READ_CHUNK = 2000
+SYNC_READ_CHUNK = 1000
 # How often (in files) a sync reports its progress.
 SYNC_PROGRESS_EVERY = 1000
 # From how many files a sync reads and parses them in a worker process while this one
@@ -156,7 +156,9 @@ def _walk_files(
     to_write: list[tuple[str, Values]] = []
     corrupt_updates: list[tuple[str, dict[str, Any]]] = []
     done = 0
-    for chunk, read in zip(batches, read_batches(reader, batches, parallel), strict=True):
+    left = len(batches)
+    for chunk, read in read_batches(reader, batches, parallel):
+        left -= 1
         existing = table.existing(chunk)
         for workflow_id, plain in read:
             done += 1
@@ -206,7 +208,7 @@ def _walk_files(
             to_write, corrupt_updates = [], []
         elif (
             pending >= batch_size
-            or chunk is batches[-1]
+            or not left
             # While the worker reads the last batches, write what is pending once it is
             # as many rows as are still to come (so the last write, the one nothing
             # overlaps, is a read batch or two, not a whole write batch).

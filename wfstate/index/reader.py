@@ -44,7 +44,7 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 # How many read batches a sync's worker process may be ahead of the rows written, and
 # how long a sync waits for it to send one before it reads the files itself.
-SYNC_WORKER_AHEAD = 10
+SYNC_WORKER_AHEAD = 20
 SYNC_WORKER_TIMEOUT = 60.0
 
 
@@ -251,37 +251,58 @@ def can_fork_worker() -> bool:
     )
 
 
+def _claim(claims: Any, front: bool) -> int | None:
+    """The index of the next batch nobody has taken, from the front (the worker) or the
+    back (this process), or None when all are taken. ``claims`` holds [front, back)."""
+    with claims.get_lock():
+        low, high = claims[0], claims[1]
+        if low >= high:
+            return None
+        if front:
+            claims[0] = low + 1
+            return int(low)
+        claims[1] = high - 1
+        return int(high - 1)
+
+
 def _worker_main(
     reader: PlainReader,
     batches: list[list[str]],
     results: multiprocessing.queues.Queue[Any],
     credits: Any,
+    claims: Any,
 ) -> None:
-    """The worker process of a parallel sync: reads its (inherited) batches in order and
-    queues each result, at most ``SYNC_WORKER_AHEAD`` batches ahead of its reader.
-    Ctrl-C is the parent's to handle: it stops (kills) the worker."""
+    """The worker process of a parallel sync: reads its (inherited) batches from the
+    front and queues each result with its index, at most ``SYNC_WORKER_AHEAD`` batches
+    ahead of its reader. Ctrl-C is the parent's to handle: it stops (kills) the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for batch in batches:
+    while True:
         credits.acquire()
-        results.put(reader(batch))
+        i = _claim(claims, front=True)
+        if i is None:
+            break
+        results.put((i, reader(batches[i])))
     results.close()
     results.join_thread()
 
 
 def read_batches(
     reader: PlainReader | None, batches: list[list[str]], parallel: bool
-) -> Iterator[list[tuple[str, Values | None]]]:
-    """The plain reader's results, batch by batch, in order.
+) -> Iterator[tuple[list[str], list[tuple[str, Values | None]]]]:
+    """Each batch with the plain reader's results for it (every batch once).
 
-    With ``parallel``, a forked worker process reads and parses them while this one
-    compares and writes. No thread is started here: results are received by the
-    caller's own thread when it wants the next batch (a receiving thread would contend
-    for the GIL with the database writes). If the worker fails or stalls, the remaining
-    batches are read here: a sync never fails for want of a worker.
+    With ``parallel``, a forked worker process reads and parses the batches from the
+    front while this one compares and writes, and whenever the worker has no result
+    ready this one reads a batch from the back itself (the database side leaves it
+    time: both cores read). Batches then come in no particular order. No thread is
+    started here: results are received by the caller's own thread when it wants the
+    next batch (a receiving thread would contend for the GIL with the database
+    writes). If the worker fails or stalls, the remaining batches are read here: a sync
+    never fails for want of a worker.
     """
     if reader is None:
         for batch in batches:
-            yield [(workflow_id, None) for workflow_id in batch]
+            yield batch, [(workflow_id, None) for workflow_id in batch]
         return
     worker = None
     if parallel:
@@ -289,9 +310,10 @@ def read_batches(
         try:
             results: multiprocessing.queues.Queue[Any] = context.Queue()
             credits = context.Semaphore(SYNC_WORKER_AHEAD)
+            claims = context.Array("q", [0, len(batches)])
             worker = context.Process(
                 target=_worker_main,
-                args=(reader, batches, results, credits),
+                args=(reader, batches, results, credits, claims),
                 name="wfstate-sync-reader",
                 daemon=True,
             )
@@ -299,21 +321,40 @@ def read_batches(
         except Exception:
             logger.warning("sync: no worker process; reading in this one", exc_info=True)
             worker = None
+    left = set(range(len(batches)))  # not yielded yet
+    # This process reads a batch itself only for as long as it has waited for the
+    # worker's (and not before the worker's first result): when the database side is
+    # the slower one it never waits, and reads nothing that would slow it further.
+    received = False
+    waited = reading = 0.0
     try:
-        for batch in batches:
-            if worker is not None:
-                try:
-                    result = _receive(worker, results)
-                    credits.release()
-                except Exception:
-                    logger.warning("sync: the worker process failed; reading here", exc_info=True)
-                    worker.kill()
-                    worker.join()
-                    worker = None
-                else:
-                    yield result
+        while worker is not None and left:
+            if received and reading < waited and results.empty():
+                mine = _claim(claims, front=False)
+                if mine is not None:
+                    started = time.perf_counter()
+                    result = reader(batches[mine])
+                    reading += time.perf_counter() - started
+                    left.discard(mine)
+                    yield batches[mine], result
                     continue
-            yield reader(batch)
+            try:
+                started = time.perf_counter()
+                i, result = _receive(worker, results)
+                waited += time.perf_counter() - started
+                credits.release()
+            except Exception:
+                logger.warning("sync: the worker process failed; reading here", exc_info=True)
+                worker.kill()
+                worker.join()
+                worker = None
+            else:
+                received = True
+                left.discard(i)
+                yield batches[i], result
+        for i in sorted(left):
+            left.discard(i)
+            yield batches[i], reader(batches[i])
     finally:
         if worker is not None:
             if worker.is_alive():
