@@ -7,7 +7,7 @@
   then with ``--runs``. Target: the large table at most 1.5x the small one.
 * ``sync``: ``sync_workflow_index`` over ``--runs`` state files into an empty index,
   against the floor of scanning the directory and parsing every file (``os.scandir``,
-  read, ``orjson.loads``) in one loop. Target: at most 3x the floor. Also a second sync
+  read, ``orjson.loads``) in one loop. Target: at most 1.5x the floor. Also a second sync
   over an index that is already up to date (read and compare only).
 
 Standalone: a temp SQLite database and a temp storage directory under the repository
