@@ -1,13 +1,13 @@
 """What the index costs: the admin changelist at 1,000 and 100,000 runs, and a sync.
 
-    .venv/bin/python bench/index.py [--runs 100000] [--small 1000] [--repeat 15]
+    .venv/bin/python bench/index.py [--runs 100000] [--small 1000] [--repeat 15] [--only sync]
 
 * ``changelist``: the median time to render the runs' changelist (first page, a
   status filter, a search) as a logged-in superuser, with ``--small`` runs indexed and
   then with ``--runs``. Target: the large table at most 1.5x the small one.
 * ``sync``: ``sync_workflow_index`` over ``--runs`` state files into an empty index,
   against the floor of scanning the directory and parsing every file (``os.scandir``,
-  read, ``orjson.loads``) in one loop. Target: at most 3x the floor. Also a second sync
+  read, ``orjson.loads``) in one loop. Target: at most 1.5x the floor. Also a second sync
   over an index that is already up to date (read and compare only).
 
 Standalone: a temp SQLite database and a temp storage directory under the repository
@@ -126,7 +126,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument(
+        "--only",
+        choices=("changelist", "sync"),
+        help="measure one part (the other's figures are left out)",
+    )
     args = parser.parse_args()
+    changelist, syncing = args.only != "sync", args.only != "changelist"
     try:
         setup_test_environment()
         call_command("migrate", verbosity=0)
@@ -137,47 +143,55 @@ def main() -> int:
         directory: Path = store.directory  # type: ignore[attr-defined]
 
         write_files(0, args.small)
-        index.sync(store)
-        small = changelist_times(client, args.repeat)
-
-        write_files(args.small, args.runs)
-        WorkflowRun.objects.all().delete()
-        floor_first = floor_scan(directory)
-        report = index.sync(store)
-        assert report.created == args.runs, report.as_dict()
-        sync_seconds = report.seconds
-        floor = min(floor_first, floor_scan(directory))
-        resync = index.sync(store)
-        assert resync.unchanged == args.runs
-        large = changelist_times(client, args.repeat)
-
         result: dict[str, Any] = {
             "benchmark": "index",
             "python": platform.python_version(),
             "database": "sqlite",
             "runs": args.runs,
             "small": args.small,
-            "changelist_ms": {
+        }
+        ok = True
+        if changelist:
+            index.sync(store)
+            small = changelist_times(client, args.repeat)
+
+        write_files(args.small, args.runs)
+        if syncing:
+            WorkflowRun.objects.all().delete()
+            floor_first = floor_scan(directory)
+            report = index.sync(store)
+            assert report.created == args.runs, report.as_dict()
+            sync_seconds = report.seconds
+            floor = min(floor_first, floor_scan(directory))
+            resync = index.sync(store)
+            assert resync.unchanged == args.runs
+            result.update(
+                {
+                    "sync_s": round(sync_seconds, 3),
+                    "floor_scan_parse_s": round(floor, 3),
+                    "sync_ratio": round(sync_seconds / floor, 2),
+                    "sync_target": 1.5,
+                    "resync_unchanged_s": round(resync.seconds, 3),
+                    "sync_files_per_s": round(args.runs / sync_seconds),
+                }
+            )
+            ok = ok and result["sync_ratio"] <= result["sync_target"]
+        else:
+            index.sync(store)
+        if changelist:
+            large = changelist_times(client, args.repeat)
+            result["changelist_ms"] = {
                 name: {
                     f"{args.small}": round(small[name], 2),
                     f"{args.runs}": round(large[name], 2),
                     "ratio": round(large[name] / small[name], 2),
                 }
                 for name in PAGES
-            },
-            "changelist_ratio": round(max(large[name] / small[name] for name in PAGES), 2),
-            "changelist_target": 1.5,
-            "sync_s": round(sync_seconds, 3),
-            "floor_scan_parse_s": round(floor, 3),
-            "sync_ratio": round(sync_seconds / floor, 2),
-            "sync_target": 3.0,
-            "resync_unchanged_s": round(resync.seconds, 3),
-            "sync_files_per_s": round(args.runs / sync_seconds),
-        }
-        result["ok"] = (
-            result["changelist_ratio"] <= result["changelist_target"]
-            and result["sync_ratio"] <= result["sync_target"]
-        )
+            }
+            result["changelist_ratio"] = round(max(large[name] / small[name] for name in PAGES), 2)
+            result["changelist_target"] = 1.5
+            ok = ok and result["changelist_ratio"] <= result["changelist_target"]
+        result["ok"] = ok
         print(json.dumps(result, indent=2))
         return 0
     finally:

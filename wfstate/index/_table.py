@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,9 @@ from django.utils.dateparse import parse_datetime
 
 from wfstate.index.projection import ROW_FIELDS
 from wfstate.models import WorkflowRun
+
+# The page cache of a sync's SQLite connection, in KiB (see Table.large_cache).
+SYNC_CACHE_KIB = 64 * 1024
 
 # A row's values in ``ROW_FIELDS`` order, in the form the table returns them.
 Values = tuple[Any, ...]
@@ -84,6 +88,37 @@ class Table:
         self.corrupt_at = ROW_FIELDS.index("corrupt")
         self.started_at = ROW_FIELDS.index("started_at")
 
+    @contextlib.contextmanager
+    def large_cache(self) -> Iterator[None]:
+        """A larger page cache on SQLite for the duration (a sync's), then the
+        connection's own again.
+
+        A sync's write batch touches pages all over the table's indexes (its rows'
+        times, names and statuses are anywhere in them): with SQLite's default cache of
+        2 MB, pages modified by the batch are spilled to the file before the commit,
+        each spill behind a sync of the journal. The cache only grows as pages are
+        read, up to the size of the database at most.
+        """
+        if self.connection.vendor != "sqlite":
+            yield
+            return
+        with self.connection.cursor() as cursor:
+            cursor.execute("PRAGMA cache_size")  # pages, or KiB if negative
+            (before,) = cursor.fetchone()
+            cursor.execute("PRAGMA page_size")
+            (page_size,) = cursor.fetchone()
+            kib = -before if before < 0 else before * page_size // 1024
+            if kib < SYNC_CACHE_KIB:
+                cursor.execute(f"PRAGMA cache_size = -{SYNC_CACHE_KIB}")
+            else:
+                before = None  # large enough already
+        try:
+            yield
+        finally:
+            if before is not None and self.connection.connection is not None:
+                with self.connection.cursor() as cursor:
+                    cursor.execute(f"PRAGMA cache_size = {int(before)}")
+
     @staticmethod
     def _column(name: str) -> str:
         field = WorkflowRun._meta.get_field(name)
@@ -100,12 +135,23 @@ class Table:
             f"CAST({c} AS TEXT)" if self.text_times and i in DATETIME_AT else c
             for i, c in enumerate(self.columns)
         ]
-        select = f"SELECT {self.key}, {', '.join(columns)} FROM {self.table} WHERE {self.key} IN"  # noqa: S608 - quoted names, bound values
+        select = f"SELECT {self.key}, {', '.join(columns)} FROM {self.table} WHERE {self.key}"  # noqa: S608 - quoted names, bound values
         fetched: list[Any] = []
         with self.connection.cursor() as cursor:
-            for part in chunks(ids, self.lookup):
-                cursor.execute(f"{select} ({', '.join(['%s'] * len(part))})", part)
-                fetched.extend(cursor.fetchall())
+            if self.text_times and ids:
+                # SQLite compares text as bytes, the order of Python's str: the rows of a
+                # sorted batch (a sync's, from store.list()) are one range of the unique
+                # index, read in one scan instead of a probe per id (which costs as much
+                # as the scan when the table is empty, and more when it is full). Rows
+                # between them that have no file are returned too and left unused.
+                low, high = min(ids), max(ids)
+                cursor.execute(f"{select} BETWEEN %s AND %s", [low, high])
+                wanted = set(ids)
+                fetched = [raw for raw in cursor.fetchall() if raw[0] in wanted]
+            else:
+                for part in chunks(ids, self.lookup):
+                    cursor.execute(f"{select} IN ({', '.join(['%s'] * len(part))})", part)
+                    fetched.extend(cursor.fetchall())
         if self.text_times:
             return {raw[0]: (*raw[1:-1], bool(raw[-1])) for raw in fetched}
         tz = self.tz

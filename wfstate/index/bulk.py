@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -64,7 +65,7 @@ class SyncReport:
 # read. Large batches make few commits (each one is a disk sync on SQLite).
 SYNC_BATCH = 10_000
 # How many files a worker reads per task (small: the pipeline fills and drains fast).
-SYNC_READ_CHUNK = 2000
+SYNC_READ_CHUNK = 1000
 # How often (in files) a sync reports its progress.
 SYNC_PROGRESS_EVERY = 1000
 # From how many files a sync reads and parses them in a worker process while this one
@@ -101,9 +102,41 @@ def _walk(
     started = time.perf_counter()
     report = SyncReport()
     ids = store.list()
-    total = report.files = len(ids)
+    ids.sort()  # sorted already (store.list()'s contract): a batch is a range of ids
+    report.files = len(ids)
     steps = CachedStepCounter()
     table = Table()
+    with table.large_cache() if write else contextlib.nullcontext():
+        return _walk_files(
+            store,
+            ids,
+            table,
+            steps,
+            write=write,
+            prune=prune,
+            progress=progress,
+            workers=workers,
+            batch_size=batch_size,
+            started=started,
+            report=report,
+        )
+
+
+def _walk_files(
+    store: StateStore,
+    ids: list[str],
+    table: Table,
+    steps: CachedStepCounter,
+    *,
+    write: bool,
+    prune: bool,
+    progress: Progress | None,
+    workers: int | None,
+    batch_size: int,
+    started: float,
+    report: SyncReport,
+) -> SyncReport:
+    total = report.files
     if progress:
         progress(0, total)
     reader = None
@@ -116,11 +149,16 @@ def _walk(
         parallel = workers > 0 and can_fork_worker()
     corrupt_status = corrupt_fields("")["status"]
     status_at, error_at = ROW_FIELDS.index("status"), ROW_FIELDS.index("error")
-    batches = list(chunks(ids, SYNC_READ_CHUNK))
+    # A small first batch: the worker's first result, which this process waits for,
+    # comes sooner.
+    first = max(1, SYNC_READ_CHUNK // 4) if parallel else SYNC_READ_CHUNK
+    batches = [ids[:first], *chunks(ids[first:], SYNC_READ_CHUNK)] if ids else []
     to_write: list[tuple[str, Values]] = []
     corrupt_updates: list[tuple[str, dict[str, Any]]] = []
     done = 0
-    for chunk, read in zip(batches, read_batches(reader, batches, parallel), strict=True):
+    left = len(batches)
+    for chunk, read in read_batches(reader, batches, parallel):
+        left -= 1
         existing = table.existing(chunk)
         for workflow_id, plain in read:
             done += 1
@@ -165,9 +203,17 @@ def _walk(
                 } or {"fields": sorted(diff)}
                 report.updated += write
             to_write.append((workflow_id, result))
+        pending = len(to_write) + len(corrupt_updates)
         if not write:
             to_write, corrupt_updates = [], []
-        elif len(to_write) + len(corrupt_updates) >= batch_size or chunk is batches[-1]:
+        elif (
+            pending >= batch_size
+            or not left
+            # While the worker reads the last batches, write what is pending once it is
+            # as many rows as are still to come (so the last write, the one nothing
+            # overlaps, is a read batch or two, not a whole write batch).
+            or (parallel and pending >= total - done)
+        ):
             if to_write or corrupt_updates:
                 _write_batch(table, to_write, corrupt_updates, report)
             to_write, corrupt_updates = [], []
