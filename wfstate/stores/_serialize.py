@@ -19,7 +19,7 @@ import orjson
 from wfstate.exceptions import CorruptState
 from wfstate.state import ENCODINGS_DROPPED, STEP_ENCODINGS, StepResult, StepStatus, WorkflowState
 from wfstate.stores._atomic import _CLOEXEC, _NOFOLLOW
-from wfstate.stores.base import validate_id
+from wfstate.stores.base import _UUID4
 
 DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 
@@ -206,7 +206,9 @@ def _read_plain(prefix: str, max_bytes: int, workflow_id: str) -> bytes | None:
     (missing, a link, not a regular file, too big, growing, unreadable, an odd id): the
     store's ``load()`` then says precisely what is wrong."""
     try:
-        validate_id(workflow_id)
+        # validate_id()'s check, inline: a sync reads 100,000 files through here.
+        if not _UUID4.fullmatch(workflow_id):
+            return None
         fd = os.open(f"{prefix}{workflow_id}.json", os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
     except Exception:
         return None
