@@ -38,7 +38,7 @@ lint: $(STAMP)
 test: $(STAMP) browser lint
 	$(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings $(PYTEST_ARGS)
 	WFSTATE_TEST_DB=postgres $(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings -m "not browser" \
-		$(wildcard tests/test_index.py tests/test_admin*.py tests/test_api*.py \
+		$(wildcard tests/test_index*.py tests/test_search_names.py tests/test_admin*.py tests/test_api*.py \
 			tests/test_sync_doctor.py tests/test_scale.py \
 			tests/test_schedules.py tests/test_idempotency.py tests/test_concurrency.py) $(PYTEST_ARGS)
 	WFSTATE_TEST_STORE=contract $(VENV)/bin/pytest -p no:cacheprovider --ds=tests.settings -m "not browser" \
