@@ -19,8 +19,9 @@ import pytest
 
 from tests.helpers import mounted_tmpfs
 from wfstate.exceptions import DiskFull, RunNotFound, StorageError, WFStateError
-from wfstate.state import WorkflowState
+from wfstate.state import StepResult, StepStatus, WorkflowState
 from wfstate.stores import JSONFileStore, _atomic
+from wfstate.stores._serialize import serialize, serialize_parts
 
 
 def _fail(err: int = errno.EIO) -> Callable[..., Any]:
@@ -164,3 +165,65 @@ def test_real_disk_full(tiny_disk: Path) -> None:
     assert loaded.revision == 2
     assert loaded.inputs["payload"] == "s" * 30_000
     assert _leftovers(store) == []
+
+
+# --- a big state, written in pieces -----------------------------------------------------
+
+
+def _big_saved(store: JSONFileStore) -> tuple[WorkflowState, bytes]:
+    """A state big enough for its finished steps' bytes to be written as a piece of
+    their own (``serialize_parts``), saved twice so that the second save spliced."""
+    state = WorkflowState.new("faults")
+    for i in range(40):
+        state.states[f"step{i}"] = StepResult(
+            name=f"step{i}", status=StepStatus.COMPLETED, output=f"line {i}\n" * 300
+        )
+    store.save(state)
+    store.save(state)
+    assert len(serialize_parts(state)) > 1  # the control: these saves do write pieces
+    return state, store.path_for(state.workflow_id).read_bytes()
+
+
+@pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC])
+def test_fault_in_a_pieced_write_leaves_previous_file_intact(
+    store: JSONFileStore, err: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, before = _big_saved(store)
+    path = store.path_for(state.workflow_id)
+    state.states["step3"].output = "changed\n"
+    calls: list[int] = []
+
+    def writev(fd: int, buffers: Any) -> int:
+        calls.append(len(buffers))
+        raise OSError(err, os.strerror(err))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_atomic.os, "writev", writev)
+        with pytest.raises(DiskFull if err == errno.ENOSPC else StorageError):
+            store.save(state)
+    assert calls and calls[0] > 1
+    assert path.read_bytes() == before
+    assert _leftovers(store) == []
+    store.save(state)
+    assert store.load(state.workflow_id).states["step3"].output == "changed\n"
+    assert path.read_bytes() == serialize(state)
+
+
+def test_a_short_pieced_write_is_completed(store: JSONFileStore) -> None:
+    state, _ = _big_saved(store)
+    real = os.writev
+    short: list[int] = []
+
+    def writev(fd: int, buffers: Any) -> int:
+        # What a signal or a nearly full disk may do: write part of the first piece.
+        written = real(fd, [bytes(buffers[0][:100])])
+        short.append(written)
+        return written
+
+    state.states["in_flight"] = StepResult(name="in_flight", status=StepStatus.RUNNING)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_atomic.os, "writev", writev)
+        store.save(state)
+    assert short == [100]
+    assert store.path_for(state.workflow_id).read_bytes() == serialize(state)
+    assert store.load(state.workflow_id).states["in_flight"].status == StepStatus.RUNNING

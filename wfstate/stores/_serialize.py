@@ -32,24 +32,35 @@ def serialize(state: WorkflowState) -> bytes:
     a cache when the step has not changed since they were made: a checkpoint of a long
     run re-encodes only its header and the step in flight (docs/performance.md).
     """
+    parts = serialize_parts(state)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def serialize_parts(state: WorkflowState) -> list[bytes]:
+    """``serialize(state)`` in the pieces it was made of, to be written one after the
+    other: a big document keeps its finished steps' bytes in one piece that is not
+    copied again at every checkpoint (at 100 KB, joining it anew cost more than the
+    rest of the serialisation together)."""
     document = state.shallow_dict()
     states = document["states"]
     if type(states) is not dict or not states:
-        return orjson.dumps(document, option=DUMP_OPTIONS)
+        return [orjson.dumps(document, option=DUMP_OPTIONS)]
     # Read before anything else: a step changed from now on makes the next look again.
     generation = ENCODINGS_DROPPED[0]
     memo = _MEMOS.get(id(state))
     if memo is None or memo.ref() is not state:
         memo = _Memo(state)
     # Checking a cached step costs about what orjson takes to encode a few hundred
-    # bytes: a state of tiny steps is encoded in one call, as before there was a cache.
-    if memo.average < SPLICE_MIN_STEP_BYTES:
+    # bytes, and splicing has a fixed cost of its own: a state of tiny steps, or a small
+    # document, is encoded in one call, as before there was a cache.
+    if memo.average < SPLICE_MIN_STEP_BYTES or memo.size < SPLICE_MIN_STEP_BYTES * SPLICE_STEPS:
         data = orjson.dumps(document, option=DUMP_OPTIONS)
-        memo.average = len(data) // len(states)
-        return data
+        memo.size = len(data)
+        memo.average = memo.size // len(states)
+        return [data]
     names, steps = list(states), list(states.values())
     if len(names) != len(steps):  # another thread added a step between the two copies
-        return orjson.dumps(document, option=DUMP_OPTIONS)
+        return [orjson.dumps(document, option=DUMP_OPTIONS)]
     # The leading steps whose bytes the last encoding kept in a row are taken as they
     # are, without a look at each: valid while no step whose bytes are kept changed
     # (StepResult counts those changes) and the same objects stand under the same
@@ -60,6 +71,7 @@ def serialize(state: WorkflowState) -> bytes:
         generation == memo.generation and names[:kept] == memo.names and ids[:kept] == memo.ids
     ):
         kept = 0
+        memo.names, memo.ids, memo.blob = [], [], b""
     names_after, steps_after = names[kept:], steps[kept:]
     # Every other step's entry, or _MISS, looked up in C: a step's entry exists only
     # while the step is unchanged (StepResult drops it on any attribute set or delete),
@@ -76,52 +88,68 @@ def serialize(state: WorkflowState) -> bytes:
             at = hits.index(False, at + 1)
             name, step = names_after[at], steps_after[at]
             if type(step) is not StepResult or type(name) is not str:
-                return orjson.dumps(document, option=DUMP_OPTIONS)  # odd: no splicing
+                return [orjson.dumps(document, option=DUMP_OPTIONS)]  # odd: no splicing
             pieces[at] = _step_piece(name, step)
             hits[at] = _STEP_CACHE.get(id(step), _MISS).name == name  # kept now?
         grown = hits.index(False) if False in hits else len(hits)
-    if kept:
-        pieces = memo.pieces + pieces
+    blob = memo.blob
     if grown:
+        # The kept run grows: its bytes are joined once now, not at every checkpoint.
+        blob = b",".join([blob, *pieces[:grown]] if kept else pieces[:grown])
         memo.generation = generation
         memo.names = names[: kept + grown]
         memo.ids = ids[: kept + grown]
-        memo.pieces = pieces[: kept + grown]
+        memo.blob = blob
+        del pieces[:grown]
     document["states"] = None
     head = orjson.dumps(document, option=DUMP_OPTIONS)
     # Only a top-level key follows a newline and exactly two spaces (deeper lines are
     # indented further, and a newline inside a string is escaped): the marker is unique.
     at = head.index(_STATES_MARKER) + _STATES_OFFSET
-    # One join of the whole document: the head's two halves go onto the first and the
-    # last step's bytes (copies of two steps, not of the document).
-    pieces[0] = head[:at] + b"{" + pieces[0]
-    pieces[-1] = pieces[-1] + b"\n  }" + head[at + 4 :]  # 4: len(b"null")
-    data = b",".join(pieces)
-    memo.average = len(data) // len(steps)
-    return data
+    opening = head[:at] + b"{"
+    closing = b"\n  }" + head[at + 4 :]  # 4: len(b"null")
+    rest = b",".join(pieces)
+    if blob and rest:
+        rest = b"," + rest
+    memo.size = len(head) + len(blob) + len(rest)
+    memo.average = memo.size // len(steps)
+    if len(blob) < SEPARATE_BLOB_BYTES:
+        # A small document in one piece: one write costs less than a few.
+        return [b"".join((opening, blob, rest, closing))]
+    return [opening, blob, rest + closing]
 
 
-# The average bytes per step from which serialize() splices cached steps (tests set it
-# to -1 to splice every state).
+# From how many bytes of kept steps serialize_parts() hands them over as a piece of
+# their own rather than joined into one document (a copy of this size costs about what
+# a second write() of the pieces does).
+SEPARATE_BLOB_BYTES = 32 * 1024
+
+
+# The average bytes per step from which serialize() splices cached steps, and the size
+# of document, in as many such steps, below which it never does (tests set the first to
+# -1 to splice every state). Timed right after a durable write, as a checkpoint runs,
+# one orjson call beats the splice up to 30-50 KB (5 KB: 11 against 20 us; 100 KB: 51
+# against 28 us; docs/performance.md).
 SPLICE_MIN_STEP_BYTES = 512
+SPLICE_STEPS = 96  # 48 KB
 
 
 class _Memo:
-    """What serialize() keeps of a state's last encoding: the average bytes of a step,
-    and the leading steps whose bytes were all kept (names, ids, pieces). An id stands
+    """What serialize() keeps of a state's last encoding: its size and a step's average,
+    and the leading steps whose bytes were all kept (names, ids, and their bytes). An id stands
     for its object only while the object lives: a kept step that dies counts as a
     change (``_forget_step``), so a new object at its address is never taken for it."""
 
-    __slots__ = ("average", "generation", "ids", "names", "pieces", "ref")
+    __slots__ = ("average", "blob", "generation", "ids", "names", "ref", "size")
 
     def __init__(self, state: WorkflowState) -> None:
         key = id(state)
         self.ref = weakref.ref(state, partial(_forget_memo, key))
-        self.average = 0  # unknown: encoded whole once, and measured
+        self.average = self.size = 0  # unknown: encoded whole once, and measured
         self.generation = -1
         self.names: list[str] = []
         self.ids: list[int] = []
-        self.pieces: list[bytes] = []
+        self.blob = b""  # their bytes, joined by commas
         _MEMOS[key] = self
 
 

@@ -19,7 +19,7 @@ import re
 import socket
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -75,22 +75,25 @@ def validate_name(name: str) -> str:
     return name
 
 
-def check_size(workflow_id: str, data: bytes, max_bytes: int | None) -> None:
+def check_size(workflow_id: str, data: bytes | Sequence[bytes], max_bytes: int | None) -> None:
     """Refuse a serialized state a store would refuse to read back.
 
     Called by ``save()`` before anything is written: a store never writes what its own
     ``load()`` would report corrupt.
 
     Raises:
-        StateTooLarge: ``data`` is longer than ``max_bytes``.
+        StateTooLarge: ``data`` (or its pieces together) is longer than ``max_bytes``.
     """
-    if max_bytes is not None and len(data) > max_bytes:
+    if max_bytes is None:
+        return
+    size = len(data) if isinstance(data, bytes) else sum(map(len, data))
+    if size > max_bytes:
         raise StateTooLarge(
-            f"run {workflow_id}: the state would be {len(data)} bytes, more than the "
+            f"run {workflow_id}: the state would be {size} bytes, more than the "
             f"{max_bytes} a state may be; nothing was written (keep big outputs in files, "
             "or raise the store's max_bytes option)",
             workflow_id=workflow_id,
-            size=len(data),
+            size=size,
             limit=max_bytes,
         )
 

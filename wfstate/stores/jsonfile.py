@@ -51,7 +51,7 @@ from wfstate.stores._atomic import (
     make_private_dir,
     target_of_temp,
 )
-from wfstate.stores._serialize import _read_plain, parse_state, serialize
+from wfstate.stores._serialize import _read_plain, parse_state, serialize, serialize_parts
 from wfstate.stores._sidefiles import SideFiles
 from wfstate.stores.base import (
     _UUID4,
@@ -210,7 +210,7 @@ class JSONFileStore(SideFiles, StateStore):
             state.revision += 1
             state.updated_at = utcnow()
             try:
-                data = serialize(state)
+                data = serialize_parts(state)
                 # Never write what read_bytes() would refuse as corrupt.
                 check_size(state.workflow_id, data, self.max_bytes)
                 atomic_write(path, data, mode=self.file_mode, durable=durable)

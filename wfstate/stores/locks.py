@@ -95,7 +95,9 @@ class LockBackend(ABC):
         # no guard is needed; another thread of this process still waits on the lock.
         self._local = threading.local()
 
-    def write_lock(self, workflow_id: str, timeout: float) -> _WriteLock:
+    def write_lock(
+        self, workflow_id: str, timeout: float
+    ) -> contextlib.AbstractContextManager[None]:
         """Hold the write lock of a run (a context manager, re-entrant per thread).
 
         Raises:
@@ -212,59 +214,103 @@ def _poll(try_once: Any, timeout: float) -> bool:
         delay = min(delay * 2, 0.02)
 
 
-class _FlockHold:
-    """flock on ``<id>.lock`` through a bare descriptor, for as long as it is entered."""
+class _FileWriteLock:
+    """The file backend's write lock: re-entrant per thread as ``_WriteLock`` is, with
+    the flock on ``<id>.lock`` (through a bare descriptor) taken in the same frame.
 
-    __slots__ = ("backend", "fd", "held", "timeout", "workflow_id")
+    A checkpoint takes it right after the previous one's fsync, when every Python call
+    costs several times its warm price (docs/performance.md): one object and one frame
+    here, where the generic path makes two of each and four more calls.
+    """
+
+    __slots__ = ("backend", "fd", "timeout", "workflow_id")
 
     def __init__(self, backend: FileLockBackend, workflow_id: str, timeout: float) -> None:
         self.backend = backend
         self.workflow_id = workflow_id
         self.timeout = timeout
         self.fd = -1
-        self.held: dict[str, int] = {}
+
+    @property
+    def held(self) -> _FileWriteLock | None:
+        """This lock while it holds the file (``fd`` is the locked descriptor), as
+        ``_WriteLock.held`` is the hold it took; None when an outer one holds it."""
+        return self if self.fd >= 0 else None
 
     def __enter__(self) -> None:
         backend, workflow_id = self.backend, self.workflow_id
-        name = f"{workflow_id}.lock"
-        # The mode is checked after locking, from the one fstat that also says whether
-        # the file still has a name: a checkpoint pays one fstat, not two.
-        fd = backend._open_fd(name, check_mode=False)
-        try:
-            if not _flock_nb(fd) and not _poll(partial(_flock_nb, fd), self.timeout):
-                raise StateLocked(
-                    f"run {workflow_id}: write lock not acquired within {self.timeout:g}s "
-                    f"({backend.directory / name})",
-                    workflow_id=workflow_id,
-                )
-            st = os.fstat(fd)
-            if st.st_nlink == 0:
-                # forget() removed the file while we waited for it (rare): the lock that
-                # counts now is the file of that name, if anyone made it again.
-                _funlock(fd)
-                os.close(fd)
-                fd = -1
-            elif st.st_mode & 0o7777 != backend.file_mode:
-                with contextlib.suppress(OSError):
-                    os.fchmod(fd, backend.file_mode)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            raise
-        if fd < 0:
-            self.__enter__()
+        local = backend._local.__dict__
+        depths: dict[str, int] | None = local.get("depths")
+        if depths is None:
+            depths = local["depths"] = {}
+        depth = depths.get(workflow_id, 0)
+        if depth:
+            depths[workflow_id] = depth + 1
             return
+        name = f"{workflow_id}.lock"
+        path = f"{backend._prefix}{name}"
+        while True:
+            try:
+                fd = os.open(path, _SIDECAR_FLAGS, backend.file_mode)
+            except FileNotFoundError:
+                raise StorageError(f"could not open lock file {path}: no such directory") from None
+            except OSError as exc:
+                raise StorageError(f"could not open lock file {path}: {exc.strerror}") from exc
+            try:
+                try:
+                    fcntl.flock(fd, _LOCK_EX_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        raise StorageError(f"could not lock {path}: {exc}") from exc
+                    if not _poll(partial(_flock_nb, fd), self.timeout):
+                        raise StateLocked(
+                            f"run {workflow_id}: write lock not acquired within "
+                            f"{self.timeout:g}s ({backend.directory / name})",
+                            workflow_id=workflow_id,
+                        ) from None
+                # One fstat says both whether the file still has a name and its mode.
+                st = os.fstat(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if st.st_nlink:
+                break
+            # forget() removed the file while we waited for it (rare): the lock that
+            # counts now is the file of that name, if anyone made it again.
+            _funlock(fd)
+            os.close(fd)
+        if st.st_mode & 0o7777 != backend.file_mode:
+            # Only when the umask or an old file left other bits: an fchmod every time
+            # would dirty the inode, which the next fsync then has to write out.
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, backend.file_mode)
         self.fd = fd
-        self.held = backend._held()
-        self.held[name] = fd
+        held: dict[str, int] | None = local.get("held")
+        if held is None:
+            held = local["held"] = {}
+        held[name] = fd
+        depths[workflow_id] = 1
 
     def __exit__(self, *exc_info: object) -> None:
+        local = self.backend._local.__dict__
+        depths: dict[str, int] = local["depths"]
+        workflow_id = self.workflow_id
+        remaining = depths[workflow_id] - 1
+        if remaining:
+            depths[workflow_id] = remaining
+            return
+        del depths[workflow_id]
         fd, self.fd = self.fd, -1
-        self.held.pop(f"{self.workflow_id}.lock", None)
+        if fd < 0:
+            return
+        local["held"].pop(f"{workflow_id}.lock", None)
         try:
             _funlock(fd)
         finally:
             os.close(fd)
+
+
+_SIDECAR_FLAGS = os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC
 
 
 class FileLockBackend(LockBackend):
@@ -327,8 +373,14 @@ class FileLockBackend(LockBackend):
         else:
             portalocker.unlock(fh)
 
-    def _acquire_write(self, workflow_id: str, timeout: float) -> _FlockHold:
-        return _FlockHold(self, workflow_id, timeout)
+    def write_lock(self, workflow_id: str, timeout: float) -> _FileWriteLock:
+        return _FileWriteLock(self, workflow_id, timeout)
+
+    def _acquire_write(
+        self, workflow_id: str, timeout: float
+    ) -> contextlib.AbstractContextManager[None]:
+        # Not used: write_lock() above takes the flock itself (re-entrant already).
+        return _FileWriteLock(self, workflow_id, timeout)
 
     @contextlib.contextmanager
     def run_lock(self, workflow_id: str) -> Iterator[RunLockOwner]:
