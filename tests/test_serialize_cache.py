@@ -166,6 +166,41 @@ def test_serialize_is_byte_identical_across_mutations(
         assert serialize(state) == plain(state), round_
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    state=states(),
+    rounds=st.lists(mutations(), max_size=4),
+    pick=st.integers(0, 1000),
+    head_steps=st.sampled_from([0, 1, 100]),
+    in_flight=st.integers(0, 3),
+)
+def test_steps_after_the_kept_ones_are_encoded_either_way(
+    state: WorkflowState,
+    rounds: list[list[tuple[str, Any]]],
+    pick: int,
+    head_steps: int,
+    in_flight: int,
+) -> None:
+    # The steps after the kept ones go with the head (up to HEAD_STEPS of them) or are
+    # joined as pieces: both ways, with steps in flight among them, give the same bytes.
+    saved = _serialize.HEAD_STEPS
+    _serialize.HEAD_STEPS = head_steps
+    try:
+        for i in range(in_flight):
+            state.states[f"flight{i}"] = StepResult(name=f"flight{i}", output=f"{i}" * 600)
+        assert serialize(state) == plain(state)
+        for round_ in rounds:
+            for i, (kind, value) in enumerate(round_):
+                mutate(state, kind, value, pick + i)
+            for name, step in list(state.states.items())[-in_flight:] if in_flight else []:
+                if step.status == StepStatus.RUNNING:
+                    step.output = f"{step.output}more of {name}\n"
+            state.revision += 1
+            assert serialize(state) == plain(state), round_
+    finally:
+        _serialize.HEAD_STEPS = saved
+
+
 def test_a_finished_step_is_encoded_once_and_its_bytes_reused() -> None:
     state = WorkflowState.new("cached")
     big = "x" * 10_000

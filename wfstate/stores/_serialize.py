@@ -80,6 +80,7 @@ def serialize_parts(state: WorkflowState) -> list[bytes]:
     pieces = list(map(_data_of, found))
     found_names = list(map(_name_of, found))
     grown = len(pieces)
+    deferred: list[int] = []
     if found_names != names_after:
         # The steps to encode now (in a live run, the one in flight), found in C too.
         hits = list(map(eq, found_names, names_after))
@@ -89,6 +90,9 @@ def serialize_parts(state: WorkflowState) -> list[bytes]:
             name, step = names_after[at], steps_after[at]
             if type(step) is not StepResult or type(name) is not str:
                 return [orjson.dumps(document, option=DUMP_OPTIONS)]  # odd: no splicing
+            if step.status is StepStatus.RUNNING:
+                deferred.append(at)  # never kept: encoded below, with the head if it can
+                continue
             pieces[at] = _step_piece(name, step)
             hits[at] = _STEP_CACHE.get(id(step), _MISS).name == name  # kept now?
         grown = hits.index(False) if False in hits else len(hits)
@@ -101,23 +105,42 @@ def serialize_parts(state: WorkflowState) -> list[bytes]:
         memo.ids = ids[: kept + grown]
         memo.blob = blob
         del pieces[:grown]
-    document["states"] = None
-    head = orjson.dumps(document, option=DUMP_OPTIONS)
-    # Only a top-level key follows a newline and exactly two spaces (deeper lines are
-    # indented further, and a newline inside a string is escaped): the marker is unique.
-    at = head.index(_STATES_MARKER) + _STATES_OFFSET
-    opening = head[:at] + b"{"
-    closing = b"\n  }" + head[at + 4 :]  # 4: len(b"null")
-    rest = b",".join(pieces)
-    if blob and rest:
-        rest = b"," + rest
-    memo.size = len(head) + len(blob) + len(rest)
+    if len(pieces) <= HEAD_STEPS:
+        # The few steps after the kept ones (in a live run, the one in flight) are
+        # encoded with the head, in the same orjson call, and the kept steps' bytes
+        # go in front of them: ``"states": {`` + kept + ``,`` + the rest.
+        document["states"] = dict(zip(names[kept + grown :], steps[kept + grown :], strict=True))
+        head = orjson.dumps(document, option=DUMP_OPTIONS)
+        if not blob:
+            memo.size = len(head)
+            memo.average = memo.size // len(steps)
+            return [head]
+        # Only a top-level key follows a newline and exactly two spaces (deeper lines
+        # are indented further, and a newline inside a string is escaped): unique.
+        at = head.index(_STATES_OPEN) + len(_STATES_OPEN)
+        opening = head[:at]
+        # Before the first step after the kept ones, or before the "}" of "states": {}.
+        tail = (b"," if pieces else b"\n  ") + head[at:]
+    else:
+        for at in deferred:
+            if at >= grown:
+                pieces[at - grown] = _step_piece(names_after[at], steps_after[at])
+        document["states"] = None
+        head = orjson.dumps(document, option=DUMP_OPTIONS)
+        at = head.index(_STATES_MARKER) + _STATES_OFFSET
+        opening = head[:at] + b"{"
+        rest = b",".join(pieces)
+        tail = (b"," + rest if blob else rest) + b"\n  }" + head[at + 4 :]  # 4: len(b"null")
+    memo.size = len(opening) + len(blob) + len(tail)
     memo.average = memo.size // len(steps)
     if len(blob) < SEPARATE_BLOB_BYTES:
         # A small document in one piece: one write costs less than a few.
-        return [b"".join((opening, blob, rest, closing))]
-    return [opening, blob, rest + closing]
+        return [b"".join((opening, blob, tail))]
+    return [opening, blob, tail]
 
+
+# Up to how many steps after the kept ones are encoded in the same call as the head.
+HEAD_STEPS = 4
 
 # From how many bytes of kept steps serialize_parts() hands them over as a piece of
 # their own rather than joined into one document (a copy of this size costs about what
@@ -176,6 +199,7 @@ def _forget_memo(key: int, ref: weakref.ref[WorkflowState]) -> None:
 # afresh every time. An entry goes when its step object does (weak reference).
 
 _STATES_MARKER = b'\n  "states": null'
+_STATES_OPEN = b'\n  "states": {'
 _STATES_OFFSET = len(_STATES_MARKER) - 4
 _IMMUTABLE = frozenset({str, type(None), StepStatus, int, float, bool})
 _STEP_INDENT = orjson.OPT_INDENT_2

@@ -137,6 +137,7 @@ class JSONFileStore(SideFiles, StateStore):
             self.directory, file_mode=file_mode, **(lock_options or {})
         )
         self._dir_ready = False
+        self._checked_ids: set[str] = set()
 
     def __repr__(self) -> str:
         return f"JSONFileStore({str(self.root)!r})"
@@ -196,12 +197,25 @@ class JSONFileStore(SideFiles, StateStore):
     # --- reading and writing ---------------------------------------------------------------
 
     def save(self, state: WorkflowState, *, durable: bool = True) -> None:
+        workflow_id = state.workflow_id
+        # An id is checked once per store (its regex, at every checkpoint, cost more
+        # than the lookup that finds it checked).
+        if type(workflow_id) is not str or workflow_id not in self._checked_ids:
+            validate_id(workflow_id)
+            if len(self._checked_ids) >= 10_000:
+                self._checked_ids.clear()
+            self._checked_ids.add(workflow_id)
         # A plain string: pathlib's conversions would cost more than the syscalls here.
-        path = f"{self._prefix}{validate_id(state.workflow_id)}.json"
-        self._ensure_dir()
+        path = f"{self._prefix}{workflow_id}.json"
+        if not self._dir_ready:
+            self._ensure_dir()
         # The backend's lock directly: the id is checked and the directory made above.
-        with self.locks.write_lock(state.workflow_id, self.lock_timeout):
-            if os.path.islink(path):
+        with self.locks.write_lock(workflow_id, self.lock_timeout):
+            try:
+                planted = stat.S_ISLNK(os.lstat(path).st_mode)
+            except OSError:
+                planted = False  # no file yet (or none we can see): nothing planted
+            if planted:
                 raise StorageError(
                     f"refusing to write run {state.workflow_id}: {path} is a symlink",
                     path=str(path),

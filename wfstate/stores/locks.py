@@ -305,7 +305,9 @@ class _FileWriteLock:
             return
         local["held"].pop(f"{workflow_id}.lock", None)
         try:
-            _funlock(fd)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            raise portalocker.LockException(exc) from exc  # as _funlock() raises it
         finally:
             os.close(fd)
 
