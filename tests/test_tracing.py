@@ -70,3 +70,20 @@ def test_failed_steps_and_runs_are_errors_and_a_resume_traces_only_its_steps(
     assert code == 3
     names = sorted(s.name for s in exporter.get_finished_spans())
     assert names == ["wfstate run fails", "wfstate step boom"]  # the re-run, once
+
+
+def test_no_listener_without_a_provider_and_one_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API's defaults (its proxy, before any SDK is set up; the no-op provider):
+    # spans would go nowhere, so nothing looks at the steps at every checkpoint.
+    monkeypatch.setattr(tracing, "TRACER_PROVIDER", None)
+    from opentelemetry import trace
+
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    with tracing.spans() as listeners:
+        assert listeners == []
+    monkeypatch.setattr(tracing, "TRACER_PROVIDER", trace.NoOpTracerProvider())
+    with tracing.spans() as listeners:
+        assert listeners == []
+    monkeypatch.setattr(tracing, "TRACER_PROVIDER", TracerProvider())
+    with tracing.spans() as listeners:
+        assert len(listeners) == 1

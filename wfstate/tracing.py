@@ -4,8 +4,8 @@ One span per execution of a run (``wfstate run <workflow>``) and, as its childre
 span per step that ends during it (``wfstate step <state>``), carrying the step's own
 start and end times from the state file, its attempt, exit code and status. The spans
 are made by a checkpoint listener, so the engine knows nothing of tracing; without
-``opentelemetry-api`` (``pip install wfstate[tracing]``) nothing is made at all, and
-without an SDK configured by the host the API's no-op tracer makes spans cost nothing.
+``opentelemetry-api`` (``pip install wfstate[tracing]``), or without a tracer provider
+set up by the host (an SDK's, before the run starts), there is no listener at all.
 """
 
 from __future__ import annotations
@@ -105,10 +105,24 @@ class SpanListener:
             self._end(None)
 
 
+def _configured() -> bool:
+    """Whether spans go anywhere: a provider handed to us, or one the host set. With
+    the API's defaults (its proxy before any SDK is set up, or the no-op provider) the
+    spans would cost nothing, but the listener's look at every step at every checkpoint
+    would: then there is no listener."""
+    provider = TRACER_PROVIDER if TRACER_PROVIDER is not None else trace.get_tracer_provider()
+    defaults = tuple(
+        cls
+        for cls in (getattr(trace, "ProxyTracerProvider", None), trace.NoOpTracerProvider)
+        if isinstance(cls, type)
+    )
+    return not isinstance(provider, defaults)
+
+
 @contextlib.contextmanager
 def spans() -> Iterator[list[Callable[[WorkflowState], None]]]:
     """The checkpoint listeners of one execution: a span listener, or none."""
-    if trace is None:
+    if trace is None or not _configured():
         yield []
         return
     listener = SpanListener(trace.get_tracer("wfstate", tracer_provider=TRACER_PROVIDER))
