@@ -111,12 +111,7 @@ def _configured() -> bool:
     spans would cost nothing, but the listener's look at every step at every checkpoint
     would: then there is no listener."""
     provider = TRACER_PROVIDER if TRACER_PROVIDER is not None else trace.get_tracer_provider()
-    defaults = tuple(
-        cls
-        for cls in (getattr(trace, "ProxyTracerProvider", None), trace.NoOpTracerProvider)
-        if isinstance(cls, type)
-    )
-    return not isinstance(provider, defaults)
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
 @contextlib.contextmanager

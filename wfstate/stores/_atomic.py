@@ -30,29 +30,28 @@ def temp_name(target: Path) -> Path:
     return Path(_temp_path(os.fspath(target)))
 
 
-def _temp_path(target: str, token: str | None = None) -> str:
-    # Plain strings on the checkpoint path: pathlib's conversions cost more than the
-    # system calls they wrap.
-    return f"{_split(target)[2]}{token or secrets.token_hex(6)}{TEMP_SUFFIX}"
+def _temp_path(target: str) -> str:
+    return f"{_split(target)[1]}{secrets.token_hex(6)}{TEMP_SUFFIX}"
 
 
-def _split(target: str) -> tuple[str, str, str]:
-    """``target``'s directory and name, and the start of its temp files' paths.
+def _split(target: str) -> tuple[str, str]:
+    """``target``'s directory, and the start of its temp files' paths (``.<name>.``).
 
-    Kept per target (a run's file is written at every checkpoint): ``os.path.split``
-    and ``join`` are Python functions, several microseconds each right after an fsync.
+    Plain strings, kept per target (a run's file is written at every checkpoint):
+    pathlib's conversions, and even ``os.path.split`` and ``join``, cost several
+    microseconds each right after an fsync.
     """
     found = _SPLITS.get(target)
     if found is None:
         head, name = os.path.split(target)
-        found = (head, name, os.path.join(head, f".{name}."))
+        found = (head, os.path.join(head, f".{name}."))
         if len(_SPLITS) >= 10_000:
             _SPLITS.clear()
         _SPLITS[target] = found
     return found
 
 
-_SPLITS: dict[str, tuple[str, str, str]] = {}
+_SPLITS: dict[str, tuple[str, str]] = {}
 
 
 def target_of_temp(path: Path) -> str | None:
@@ -98,7 +97,7 @@ def atomic_write(
             no temp file is left behind.
     """
     target = os.fspath(target)
-    directory, _, temp_start = _split(target)
+    directory, temp_start = _split(target)
     # One draw of randomness for both names a durable write may need (temp and backup).
     tokens = os.urandom(12).hex()
     tmp = f"{temp_start}{tokens[:12]}{TEMP_SUFFIX}"
