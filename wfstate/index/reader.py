@@ -25,7 +25,6 @@ from wfstate.index._table import Values, comparable
 from wfstate.index.projection import (
     _DONE,
     _FINAL,
-    ROW_FIELDS,
     RUN_STATUSES,
     STEP_STATUSES,
     StepCounter,
@@ -202,23 +201,6 @@ class PlainReader:
             _summary(error) if error else _summary(failed),
             False,
         )
-
-
-assert ROW_FIELDS == (  # the order PlainReader.values() returns them in
-    "workflow_name",
-    "workflow_version",
-    "status",
-    "current_state",
-    "started_at",
-    "updated_at",
-    "completed_at",
-    "duration_ms",
-    "steps_done",
-    "steps_total",
-    "revision",
-    "error",
-    "corrupt",
-)
 
 
 # A time as the engine writes it (``state.utcnow()``): UTC, to the microsecond.
