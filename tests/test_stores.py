@@ -22,6 +22,7 @@ from wfstate.stores import (
     store_options_error,
 )
 from wfstate.stores._atomic import temp_name
+from wfstate.stores._serialize import FIRST_READ_BYTES
 
 STORES = ["json", "memory", "contract"]
 
@@ -313,6 +314,32 @@ def test_raw_reader_gives_the_stored_document_or_none(kind: str, tmp_path: Path)
     assert json.loads(reader(state.workflow_id) or b"")["inputs"] == {"tag": "v1"}
     assert reader(new_workflow_id()) is None
     assert reader("../etc/passwd") is None
+
+
+def test_file_raw_reader_reads_large_files_whole_and_refuses_odd_ones(tmp_path: Path) -> None:
+    """A file read in one short read, one larger than the first read (read again with
+    its size), one over ``max_bytes`` either way, a directory and a FIFO under a state
+    file's name (None, at once: a FIFO must not block a sync)."""
+    store = JSONFileStore(tmp_path / "storage", max_bytes=1_000_000)
+    reader = store.raw_reader()
+    small, large = new_state(tag="v1"), new_state(blob="x" * (FIRST_READ_BYTES * 3))
+    for state in (small, large):
+        store.save(state)
+        path = store.directory / f"{state.workflow_id}.json"
+        assert reader(state.workflow_id) == path.read_bytes()
+    assert len(reader(large.workflow_id) or b"") > FIRST_READ_BYTES * 3
+    # max_bytes below and above the first read: both refuse what is over.
+    for limit, state in ((100, small), (FIRST_READ_BYTES + 10, large)):
+        limited = JSONFileStore(tmp_path / "storage", max_bytes=limit).raw_reader()
+        assert limited(state.workflow_id) is None
+    odd = new_workflow_id()
+    (store.directory / f"{odd}.json").mkdir()
+    assert reader(odd) is None
+    fifo = new_workflow_id()
+    os.mkfifo(store.directory / f"{fifo}.json")
+    assert not reader(fifo)  # read as empty: not a state, sync hands it to load()
+    with pytest.raises(CorruptState, match="not a regular file"):
+        store.load(fifo)  # ... which refuses it at once
 
 
 # --- options from the settings -------------------------------------------------------------

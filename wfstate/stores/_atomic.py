@@ -23,6 +23,7 @@ TEMP_SUFFIX = ".tmp"
 # O_NOFOLLOW: never open a file through a symlink planted in the storage directory.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # for reads: a FIFO must not block the reader
 
 
 def temp_name(target: Path) -> Path:

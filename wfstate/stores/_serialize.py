@@ -18,7 +18,7 @@ import orjson
 
 from wfstate.exceptions import CorruptState
 from wfstate.state import ENCODINGS_DROPPED, STEP_ENCODINGS, StepResult, StepStatus, WorkflowState
-from wfstate.stores._atomic import _CLOEXEC, _NOFOLLOW
+from wfstate.stores._atomic import _CLOEXEC, _NOFOLLOW, _NONBLOCK
 from wfstate.stores.base import _UUID4
 
 DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
@@ -253,28 +253,47 @@ def _forget_step(key: int, ref: weakref.ref[StepResult]) -> None:
         ENCODINGS_DROPPED[0] += 1  # its id may be another step's soon (see _Memo)
 
 
+# How much of a state file a sync reads before it knows the file's size: most state
+# files are smaller, and their one short read is all of them (a regular file's read
+# comes back short only at its end). No fstat for them: building its result costs a
+# sync more than the read (a fifth of the reads' time over 100,000 small files).
+FIRST_READ_BYTES = 64 * 1024
+
+# O_NONBLOCK: a FIFO in the directory is opened and read as empty instead of blocking
+# the sync until somebody writes to it (it means nothing for regular files).
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK
+
+
 def _read_plain(prefix: str, max_bytes: int, workflow_id: str) -> bytes | None:
-    """A plain state file's bytes in one ``os.read``, or None for anything unusual
-    (missing, a link, not a regular file, too big, growing, unreadable, an odd id): the
-    store's ``load()`` then says precisely what is wrong."""
+    """A plain state file's bytes, or None for anything unusual (missing, a link, not a
+    regular file, too big, growing, unreadable, an odd id): the store's ``load()`` then
+    says precisely what is wrong. Anything that is not a state document in what comes
+    back (a FIFO read as empty) fails to parse, and goes the same way."""
     try:
         # validate_id()'s check, inline: a sync reads 100,000 files through here.
         if not _UUID4.fullmatch(workflow_id):
             return None
-        fd = os.open(f"{prefix}{workflow_id}.json", os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+        fd = os.open(f"{prefix}{workflow_id}.json", _READ_FLAGS)
     except Exception:
         return None
     try:
+        first = min(FIRST_READ_BYTES, max_bytes + 1)
+        data = os.read(fd, first)  # EISDIR for a directory: None below
+        if len(data) < first:
+            return data
+        if first > max_bytes:
+            return None  # too big
+        # A large file: the rest, now that its size (and kind) is worth asking for.
         st = os.fstat(fd)
         size = st.st_size
         if not stat.S_ISREG(st.st_mode) or size > max_bytes:
             return None
-        data = os.read(fd, size + 1)
+        data += os.read(fd, size + 1 - len(data))
+        return data if len(data) <= size else None  # else it grew while read
     except OSError:
         return None
     finally:
         os.close(fd)
-    return data if len(data) <= size else None
 
 
 def parse_state(data: bytes, path: Path | str, workflow_id: str | None = None) -> WorkflowState:

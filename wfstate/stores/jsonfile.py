@@ -46,6 +46,7 @@ from wfstate.state import WorkflowState, utcnow
 from wfstate.stores._atomic import (
     _CLOEXEC,
     _NOFOLLOW,
+    _NONBLOCK,
     TEMP_SUFFIX,
     atomic_write,
     make_private_dir,
@@ -242,7 +243,9 @@ class JSONFileStore(SideFiles, StateStore):
         """
         path = self.path_for(workflow_id)
         try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            # O_NONBLOCK: a FIFO under a state file's name is opened (and refused below)
+            # instead of blocking until somebody writes to it.
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
         except FileNotFoundError:
             raise RunNotFound(f"no run {workflow_id} ({path} does not exist)") from None
         except OSError as exc:
