@@ -8,7 +8,9 @@ from django.db import connections
 
 from tests.helpers import make_state
 from wfstate import index
+from wfstate.index import bulk
 from wfstate.index._table import Table
+from wfstate.models import WorkflowRun
 from wfstate.stores import get_store
 
 pytestmark = pytest.mark.usefixtures("wfstate_settings")
@@ -46,3 +48,33 @@ def test_a_batchs_rows_by_range_are_its_rows() -> None:
         (row,) = table.existing([workflow_id]).values()
         assert got[workflow_id] == row
         assert row == table.comparable(index.row_fields(by_id[workflow_id]))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("workers", [0, 1])
+def test_rows_without_files_are_found_wherever_their_ids_sort(
+    monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Rows whose file is gone, before the first file's id, after the last, at batch
+    boundaries and inside batches, serial and through the worker (batches out of order):
+    each is found once, as a scan of the whole table finds them (any database)."""
+    monkeypatch.setattr(bulk, "SYNC_READ_CHUNK", 3)
+    store = get_store()
+    states = [make_state() for _ in range(14)]
+    states[0].workflow_id = "00000000-0000-4000-8000-000000000000"
+    states[1].workflow_id = "ffffffff-ffff-4fff-bfff-ffffffffffff"
+    for state in states:
+        store.save(state)
+    index.sync(store, workers=0)
+    ids = sorted(state.workflow_id for state in states)
+    gone = [ids[i] for i in (0, 1, 3, 4, 5, 8, 12, 13)]
+    for workflow_id in gone:
+        store.path_for(workflow_id).unlink()
+    report = index.sync(store, workers=workers)
+    assert report.stale_rows == sorted(gone)
+    assert report.unchanged == len(ids) - len(gone)
+    report = index.sync(store, workers=workers, prune=True)
+    assert report.pruned == len(gone)
+    assert sorted(WorkflowRun.objects.values_list("workflow_id", flat=True)) == sorted(
+        set(ids) - set(gone)
+    )

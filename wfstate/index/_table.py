@@ -129,13 +129,27 @@ class Table:
         """The row's values as :meth:`existing` returns them."""
         return comparable(fields, self.text_times, self.tz)
 
-    def existing(self, ids: list[str]) -> dict[str, Values]:
-        """The rows of ``ids`` that exist, as comparable to :meth:`comparable` values."""
+    def existing(
+        self,
+        ids: list[str],
+        *,
+        after: str | None = None,
+        last: bool = False,
+        unlisted: list[str] | None = None,
+    ) -> dict[str, Values]:
+        """The rows of ``ids`` that exist, as comparable to :meth:`comparable` values.
+
+        With ``unlisted`` (SQLite only, ``ids`` sorted): the rows read are those from
+        just after ``after`` (from the first row if None) to the last of ``ids`` (to the
+        last row with ``last``), and the ids of those not in ``ids`` are appended to
+        ``unlisted``. Batches read that way, each from the last id of the one before,
+        cover every row once (see ``bulk``).
+        """
         columns = [
             f"CAST({c} AS TEXT)" if self.text_times and i in DATETIME_AT else c
             for i, c in enumerate(self.columns)
         ]
-        select = f"SELECT {self.key}, {', '.join(columns)} FROM {self.table} WHERE {self.key}"  # noqa: S608 - quoted names, bound values
+        select = f"SELECT {self.key}, {', '.join(columns)} FROM {self.table}"  # noqa: S608 - quoted names, bound values
         fetched: list[Any] = []
         with self.connection.cursor() as cursor:
             if self.text_times and ids:
@@ -143,14 +157,29 @@ class Table:
                 # sorted batch (a sync's, from store.list()) are one range of the unique
                 # index, read in one scan instead of a probe per id (which costs as much
                 # as the scan when the table is empty, and more when it is full). Rows
-                # between them that have no file are returned too and left unused.
-                low, high = min(ids), max(ids)
-                cursor.execute(f"{select} BETWEEN %s AND %s", [low, high])
+                # between them that have no file are returned too: left unused, or
+                # handed back in ``unlisted``.
+                if unlisted is None:
+                    where, params = f"{self.key} BETWEEN %s AND %s", [min(ids), max(ids)]
+                else:
+                    bounds = [] if after is None else [(">", after)]
+                    if not last:
+                        bounds.append(("<=", ids[-1]))
+                    where = " AND ".join(f"{self.key} {op} %s" for op, _ in bounds)
+                    params = [value for _, value in bounds]
+                cursor.execute(f"{select} WHERE {where}" if where else select, params)
                 wanted = set(ids)
-                fetched = [raw for raw in cursor.fetchall() if raw[0] in wanted]
+                for raw in cursor.fetchall():
+                    if raw[0] in wanted:
+                        fetched.append(raw)
+                    elif unlisted is not None:
+                        unlisted.append(raw[0])
             else:
+                if unlisted is not None:
+                    raise ValueError("unlisted rows come with SQLite's range reads only")
                 for part in chunks(ids, self.lookup):
-                    cursor.execute(f"{select} IN ({', '.join(['%s'] * len(part))})", part)
+                    where = f"{self.key} IN ({', '.join(['%s'] * len(part))})"
+                    cursor.execute(f"{select} WHERE {where}", part)
                     fetched.extend(cursor.fetchall())
         if self.text_times:
             return {raw[0]: (*raw[1:-1], bool(raw[-1])) for raw in fetched}

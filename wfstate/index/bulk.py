@@ -153,13 +153,27 @@ def _walk_files(
     # comes sooner.
     first = max(1, SYNC_READ_CHUNK // 4) if parallel else SYNC_READ_CHUNK
     batches = [ids[:first], *chunks(ids[first:], SYNC_READ_CHUNK)] if ids else []
+    # On SQLite each batch's rows are read as one range of ids (Table.existing): laid end
+    # to end (each from the last id of the batch before it, the last one open-ended),
+    # the ranges cover every row once, so the rows that have no file turn up with them
+    # and the table is not scanned again at the end to find them.
+    tiled = table.text_times and bool(batches)
+    after = [None, *(batch[-1] for batch in batches[:-1])]
+    ranges = {batch[0]: low for batch, low in zip(batches, after, strict=True)}
+    last_batch = batches[-1][0] if batches else None
+    unlisted: list[str] = []
     to_write: list[tuple[str, Values]] = []
     corrupt_updates: list[tuple[str, dict[str, Any]]] = []
     done = 0
     left = len(batches)
     for chunk, read in read_batches(reader, batches, parallel):
         left -= 1
-        existing = table.existing(chunk)
+        if tiled:
+            existing = table.existing(
+                chunk, after=ranges[chunk[0]], last=chunk[0] == last_batch, unlisted=unlisted
+            )
+        else:
+            existing = table.existing(chunk)
         for workflow_id, plain in read:
             done += 1
             if progress and done % SYNC_PROGRESS_EVERY == 0 and done < total:
@@ -219,9 +233,13 @@ def _walk_files(
             to_write, corrupt_updates = [], []
     if progress and total:
         progress(total, total)
-    file_ids = set(ids)
+    if tiled:
+        candidates = unlisted
+    else:
+        file_ids = set(ids)
+        candidates = [wid for wid in table.run_ids() if wid not in file_ids]
     # A row whose file appeared after the listing (a run started meanwhile) is not stale.
-    stale = [wid for wid in table.run_ids() if wid not in file_ids and not store.exists(wid)]
+    stale = sorted(wid for wid in candidates if not store.exists(wid))
     if prune and write:
         report.pruned = _prune(stale)
     else:
