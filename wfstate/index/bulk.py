@@ -158,8 +158,10 @@ def _walk_files(
     # the ranges cover every row once, so the rows that have no file turn up with them
     # and the table is not scanned again at the end to find them.
     tiled = table.text_times and bool(batches)
-    after = [None, *(batch[-1] for batch in batches[:-1])]
-    ranges = {batch[0]: low for batch, low in zip(batches, after, strict=True)}
+    ranges: dict[str, str | None] = {}  # a batch's first id -> the id its range is after
+    low = None
+    for batch in batches:
+        ranges[batch[0]], low = low, batch[-1]
     last_batch = batches[-1][0] if batches else None
     unlisted: list[str] = []
     to_write: list[tuple[str, Values]] = []
