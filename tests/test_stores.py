@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.contract_store import ContractStore
-from wfstate.exceptions import CorruptState, RunNotFound, StateTooLarge, StillRunning
+from wfstate.exceptions import (
+    CorruptState,
+    RunNotFound,
+    StateTooLarge,
+    StillRunning,
+    StorageError,
+)
 from wfstate.state import RunStatus, StepResult, StepStatus, WorkflowState, new_workflow_id
 from wfstate.stores import (
     JSONFileStore,
@@ -340,6 +346,23 @@ def test_file_raw_reader_reads_large_files_whole_and_refuses_odd_ones(tmp_path: 
     assert not reader(fifo)  # read as empty: not a state, sync hands it to load()
     with pytest.raises(CorruptState, match="not a regular file"):
         store.load(fifo)  # ... which refuses it at once
+
+
+def test_file_store_reads_of_side_files_never_wait_on_a_fifo(tmp_path: Path) -> None:
+    """A FIFO under a step output's or a loop log's name is refused or read as empty at
+    once (opened without O_NONBLOCK, each read waited for a writer forever)."""
+    store = JSONFileStore(tmp_path / "storage")
+    state = new_state()
+    store.save(state)
+    store.save_output(state.workflow_id, "build", "stdout", b"ok\n")
+    output = store.outputs_dir(state.workflow_id) / "build.stderr"
+    os.mkfifo(output)
+    with pytest.raises(StorageError, match="not a regular file"):
+        store.load_output(state.workflow_id, "build", "stderr")
+    store.append_records(state.workflow_id, "items", b"record\n")
+    log = store.loops_dir(state.workflow_id) / "other.log"
+    os.mkfifo(log)
+    assert store.read_records(state.workflow_id, "other") == b""
 
 
 # --- options from the settings -------------------------------------------------------------

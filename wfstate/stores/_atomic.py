@@ -23,7 +23,11 @@ TEMP_SUFFIX = ".tmp"
 # O_NOFOLLOW: never open a file through a symlink planted in the storage directory.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # for reads: a FIFO must not block the reader
+# How the stores open a file they read: never through a symlink, and with O_NONBLOCK, so
+# that a FIFO planted under a file's name is opened (and refused, or read as empty) at
+# once instead of blocking the reader until somebody writes to it. O_NONBLOCK means
+# nothing for regular files.
+READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 
 
 def temp_name(target: Path) -> Path:

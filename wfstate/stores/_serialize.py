@@ -18,7 +18,7 @@ import orjson
 
 from wfstate.exceptions import CorruptState
 from wfstate.state import ENCODINGS_DROPPED, STEP_ENCODINGS, StepResult, StepStatus, WorkflowState
-from wfstate.stores._atomic import _CLOEXEC, _NOFOLLOW, _NONBLOCK
+from wfstate.stores._atomic import READ_FLAGS
 from wfstate.stores.base import _UUID4
 
 DUMP_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
@@ -259,10 +259,6 @@ def _forget_step(key: int, ref: weakref.ref[StepResult]) -> None:
 # sync more than the read (a fifth of the reads' time over 100,000 small files).
 FIRST_READ_BYTES = 64 * 1024
 
-# O_NONBLOCK: a FIFO in the directory is opened and read as empty instead of blocking
-# the sync until somebody writes to it (it means nothing for regular files).
-_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK
-
 
 def _read_plain(prefix: str, max_bytes: int, workflow_id: str) -> bytes | None:
     """A plain state file's bytes, or None for anything unusual (missing, a link, not a
@@ -273,7 +269,7 @@ def _read_plain(prefix: str, max_bytes: int, workflow_id: str) -> bytes | None:
         # validate_id()'s check, inline: a sync reads 100,000 files through here.
         if not _UUID4.fullmatch(workflow_id):
             return None
-        fd = os.open(f"{prefix}{workflow_id}.json", _READ_FLAGS)
+        fd = os.open(f"{prefix}{workflow_id}.json", READ_FLAGS)
     except Exception:
         return None
     try:

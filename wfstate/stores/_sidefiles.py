@@ -24,6 +24,7 @@ from wfstate.exceptions import StorageError
 from wfstate.stores._atomic import (
     _CLOEXEC,
     _NOFOLLOW,
+    READ_FLAGS,
     atomic_write,
     fsync_dir,
     make_private_dir,
@@ -95,7 +96,7 @@ class SideFiles:
     def read_records(self, workflow_id: str, name: str) -> bytes:
         path = self._records_path(workflow_id, name)
         try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            fd = os.open(path, READ_FLAGS)
         except FileNotFoundError:
             return b""
         except OSError as exc:
@@ -163,7 +164,7 @@ class SideFiles:
                 continue  # a write in progress (or left by a crash: swept)
             path = directory / name
             try:
-                fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+                fd = os.open(path, READ_FLAGS)
             except FileNotFoundError:
                 continue  # taken meanwhile
             except OSError as exc:

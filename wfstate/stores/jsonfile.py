@@ -44,9 +44,8 @@ from wfstate.exceptions import (
 from wfstate.records import RunLockOwner
 from wfstate.state import WorkflowState, utcnow
 from wfstate.stores._atomic import (
-    _CLOEXEC,
     _NOFOLLOW,
-    _NONBLOCK,
+    READ_FLAGS,
     TEMP_SUFFIX,
     atomic_write,
     make_private_dir,
@@ -243,9 +242,7 @@ class JSONFileStore(SideFiles, StateStore):
         """
         path = self.path_for(workflow_id)
         try:
-            # O_NONBLOCK: a FIFO under a state file's name is opened (and refused below)
-            # instead of blocking until somebody writes to it.
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+            fd = os.open(path, READ_FLAGS)  # a FIFO is refused below, not waited on
         except FileNotFoundError:
             raise RunNotFound(f"no run {workflow_id} ({path} does not exist)") from None
         except OSError as exc:
@@ -403,7 +400,7 @@ class JSONFileStore(SideFiles, StateStore):
         directory = self._checked_outputs_dir(workflow_id)
         path = directory / f"{validate_name(state_name)}.{validate_name(stream)}"
         try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            fd = os.open(path, READ_FLAGS)
         except FileNotFoundError:
             raise RunNotFound(f"no output {stream} of {state_name} in run {workflow_id}") from None
         except OSError as exc:
