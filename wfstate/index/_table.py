@@ -139,11 +139,11 @@ class Table:
     ) -> dict[str, Values]:
         """The rows of ``ids`` that exist, as comparable to :meth:`comparable` values.
 
-        With ``unlisted`` (SQLite only, ``ids`` sorted): the rows read are those from
-        just after ``after`` (from the first row if None) to the last of ``ids`` (to the
-        last row with ``last``), and the ids of those not in ``ids`` are appended to
-        ``unlisted``. Batches read that way, each from the last id of the one before,
-        cover every row once (see ``bulk``).
+        On SQLite the rows read are one range of ids: from just after ``after`` (from
+        the first row if None) to the greatest of ``ids`` (to the last row with
+        ``last``). With ``unlisted`` (SQLite only), the ids of the rows read that are
+        not in ``ids`` are appended to it: batches read each from the last id of the
+        one before cover every row once (see ``bulk``).
         """
         columns = [
             f"CAST({c} AS TEXT)" if self.text_times and i in DATETIME_AT else c
@@ -159,14 +159,11 @@ class Table:
                 # as the scan when the table is empty, and more when it is full). Rows
                 # between them that have no file are returned too: left unused, or
                 # handed back in ``unlisted``.
-                if unlisted is None:
-                    where, params = f"{self.key} BETWEEN %s AND %s", [min(ids), max(ids)]
-                else:
-                    bounds = [] if after is None else [(">", after)]
-                    if not last:
-                        bounds.append(("<=", ids[-1]))
-                    where = " AND ".join(f"{self.key} {op} %s" for op, _ in bounds)
-                    params = [value for _, value in bounds]
+                bounds = [] if after is None else [(">", after)]
+                if not last:
+                    bounds.append(("<=", max(ids)))
+                where = " AND ".join(f"{self.key} {op} %s" for op, _ in bounds)
+                params = [value for _, value in bounds]
                 cursor.execute(f"{select} WHERE {where}" if where else select, params)
                 wanted = set(ids)
                 for raw in cursor.fetchall():

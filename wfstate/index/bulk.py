@@ -175,7 +175,7 @@ def _walk_files(
                 chunk, after=ranges[chunk[0]], last=chunk[0] == last_batch, unlisted=unlisted
             )
         else:
-            existing = table.existing(chunk)
+            existing = table.existing(chunk)  # by id: not SQLite
         for workflow_id, plain in read:
             done += 1
             if progress and done % SYNC_PROGRESS_EVERY == 0 and done < total:
