@@ -38,9 +38,6 @@ from wfstate.state import REVISION_MAX, SCHEMA_VERSION
 
 logger = logging.getLogger("wfstate.index")
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
 # How many read batches a sync's worker process may be ahead of the rows written, and
 # how long a sync waits for it to send one before it reads the files itself.
 SYNC_WORKER_AHEAD = 20
