@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -68,6 +68,9 @@ SYNC_BATCH = 10_000
 SYNC_READ_CHUNK = 1000
 # How often (in files) a sync reports its progress.
 SYNC_PROGRESS_EVERY = 1000
+# From how many files a sync into an empty index table writes its rows without the
+# listing indexes and makes them at the end (SQLite; see Table.drop_listing_indexes).
+BULK_LOAD_MIN = 10_000
 # From how many files a sync reads and parses them in a worker process while this one
 # compares and writes (forking a worker costs a fraction of a second).
 SYNC_PARALLEL_MIN = 10_000
@@ -97,29 +100,46 @@ def _walk(
     prune: bool,
     progress: Progress | None,
     workers: int | None = None,
-    batch_size: int = SYNC_BATCH,
 ) -> SyncReport:
     started = time.perf_counter()
     report = SyncReport()
     ids = store.list()
     ids.sort()  # sorted already (store.list()'s contract): a batch is a range of ids
     report.files = len(ids)
-    steps = CachedStepCounter()
     table = Table()
-    with table.large_cache() if write else contextlib.nullcontext():
-        return _walk_files(
-            store,
-            ids,
-            table,
-            steps,
-            write=write,
-            prune=prune,
-            progress=progress,
-            workers=workers,
-            batch_size=batch_size,
-            started=started,
-            report=report,
-        )
+    walk = functools.partial(
+        _walk_files,
+        store,
+        ids,
+        table,
+        CachedStepCounter(),
+        write=write,
+        prune=prune,
+        progress=progress,
+        workers=workers,
+        started=started,
+        report=report,
+    )
+    if not write:
+        return walk()
+    table.restore_listing_indexes()  # what a sync killed in a bulk load left out
+    # Into an empty table (a first sync, or one after the database was lost), many rows
+    # go in faster without the listing indexes, made over them at the end (SQLite).
+    bulk_load = report.files >= BULK_LOAD_MIN and table.text_times and table.is_empty()
+    with table.large_cache():
+        remake = table.drop_listing_indexes() if bulk_load else []
+        try:
+            report = walk()
+        except BaseException:
+            # A sync that fails or is interrupted makes them again too (or the next will).
+            try:
+                table.create_indexes(remake)
+            except Exception:
+                logger.exception("sync: listing indexes not made again; the next sync will")
+            raise
+        table.create_indexes(remake)
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 def _walk_files(
@@ -132,7 +152,6 @@ def _walk_files(
     prune: bool,
     progress: Progress | None,
     workers: int | None,
-    batch_size: int,
     started: float,
     report: SyncReport,
 ) -> SyncReport:
@@ -223,7 +242,7 @@ def _walk_files(
         if not write:
             to_write, corrupt_updates = [], []
         elif (
-            pending >= batch_size
+            pending >= SYNC_BATCH
             or not left
             # While the worker reads the last batches, write what is pending once it is
             # as many rows as are still to come (so the last write, the one nothing
