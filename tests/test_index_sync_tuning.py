@@ -5,6 +5,7 @@ killed half-way."""
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -209,7 +210,10 @@ def test_a_sync_killed_in_a_bulk_load_leaves_the_indexes_to_the_next_sync(
     )
     try:
         assert child.stdout is not None
-        line = child.stdout.readline()  # the first batch is written, the second not
+        # Never a hang: the child says when the first batch is written (the second not).
+        ready, _, _ = select.select([child.stdout], [], [], 120)
+        assert ready, "the sync process never reached its bulk load"
+        line = child.stdout.readline()
         assert line == "loading\n", child.stderr.read() if child.stderr else ""
         assert _listing_indexes() == {}
     finally:
