@@ -20,7 +20,7 @@ from wfstate.models import WorkflowRun
 # The page cache of a sync's SQLite connection, in KiB (see Table.large_cache).
 SYNC_CACHE_KIB = 64 * 1024
 
-# "CREATE INDEX" or "CREATE UNIQUE INDEX" at the start of a statement (see create_indexes).
+# "CREATE INDEX" or "CREATE UNIQUE INDEX" at the start of a statement (see _create_indexes).
 _IF_NOT_EXISTS = re.compile(
     r"^(?P<create>CREATE\s+(?:UNIQUE\s+)?INDEX)\s+(?!IF\s+NOT\s+EXISTS)", re.IGNORECASE
 )
@@ -130,7 +130,39 @@ class Table:
 
     # --- the listing indexes, for a bulk load (SQLite) -----------------------------------
 
-    def is_empty(self) -> bool:
+    @contextlib.contextmanager
+    def bulk_load(self, many: bool) -> Iterator[None]:
+        """Rows written inside go into a table without its listing indexes (SQLite, and
+        only when ``many`` rows go into an empty table), which are made again at the
+        end from the SQL they had, also when the block fails or is interrupted.
+
+        Rows go into a table without them two to three times faster, and an index made
+        over the rows at the end costs a fraction of keeping it up to date row by row
+        (measured in docs/performance.md). Never the unique index of run ids (the
+        upsert needs it). Should the process die before they are made again, the next
+        sync makes them (:meth:`restore_listing_indexes`).
+        """
+        if not (many and self.connection.vendor == "sqlite" and self._is_empty()):
+            yield
+            return
+        with transaction.atomic(using=self.connection.alias):
+            found = self._index_sql()
+            with self.connection.cursor() as cursor:
+                for name in found:
+                    cursor.execute(f"DROP INDEX {self.connection.ops.quote_name(name)}")
+        if found:
+            logger.info("sync: building the listing indexes after the rows (%s)", ", ".join(found))
+        try:
+            yield
+        except BaseException:
+            try:
+                self._create_indexes(list(found.values()))
+            except Exception:
+                logger.exception("sync: listing indexes not made again; the next sync will")
+            raise
+        self._create_indexes(list(found.values()))
+
+    def _is_empty(self) -> bool:
         with self.connection.cursor() as cursor:
             cursor.execute(f"SELECT 1 FROM {self.table} LIMIT 1")  # noqa: S608 - quoted name
             return cursor.fetchone() is None
@@ -146,25 +178,7 @@ class Table:
             )
             return {name: sql for name, sql in cursor.fetchall() if name in wanted and sql}
 
-    def drop_listing_indexes(self) -> list[str]:
-        """Drop the model's listing indexes (SQLite; not the unique index of run ids) and
-        return the statements that make them again, for :meth:`create_indexes`.
-
-        Rows go into a table without them two to three times faster, and an index made
-        over the rows at the end costs a fraction of keeping it up to date row by row
-        (measured in docs/performance.md). Should the process die before they are made
-        again, the next sync makes them (:meth:`restore_listing_indexes`).
-        """
-        with transaction.atomic(using=self.connection.alias):
-            found = self._index_sql()
-            with self.connection.cursor() as cursor:
-                for name in found:
-                    cursor.execute(f"DROP INDEX {self.connection.ops.quote_name(name)}")
-        if found:
-            logger.info("sync: building the listing indexes after the rows (%s)", ", ".join(found))
-        return list(found.values())
-
-    def create_indexes(self, statements: list[str]) -> None:
+    def _create_indexes(self, statements: list[str]) -> None:
         """Make indexes from their CREATE statements, in one transaction; one made
         meanwhile by somebody else (a sync restoring it) is left as it is."""
         if not statements:
@@ -185,7 +199,7 @@ class Table:
         if not missing or not self._migrated():
             return []
         editor = self.connection.schema_editor()  # only builds the SQL (never entered)
-        self.create_indexes([str(index.create_sql(WorkflowRun, editor)) for index in missing])
+        self._create_indexes([str(index.create_sql(WorkflowRun, editor)) for index in missing])
         names = [str(index.name) for index in missing]
         logger.warning("sync: made the listing indexes a killed sync left out: %s", names)
         return names

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -69,7 +69,7 @@ SYNC_READ_CHUNK = 1000
 # How often (in files) a sync reports its progress.
 SYNC_PROGRESS_EVERY = 1000
 # From how many files a sync into an empty index table writes its rows without the
-# listing indexes and makes them at the end (SQLite; see Table.drop_listing_indexes).
+# listing indexes and makes them at the end (SQLite; see Table.bulk_load).
 BULK_LOAD_MIN = 10_000
 # From how many files a sync reads and parses them in a worker process while this one
 # compares and writes (forking a worker costs a fraction of a second).
@@ -107,37 +107,25 @@ def _walk(
     ids.sort()  # sorted already (store.list()'s contract): a batch is a range of ids
     report.files = len(ids)
     table = Table()
-    walk = functools.partial(
-        _walk_files,
-        store,
-        ids,
-        table,
-        CachedStepCounter(),
-        write=write,
-        prune=prune,
-        progress=progress,
-        workers=workers,
-        started=started,
-        report=report,
-    )
-    if not write:
-        return walk()
-    table.restore_listing_indexes()  # what a sync killed in a bulk load left out
+    if write:
+        table.restore_listing_indexes()  # what a sync killed in a bulk load left out
     # Into an empty table (a first sync, or one after the database was lost), many rows
     # go in faster without the listing indexes, made over them at the end (SQLite).
-    bulk_load = report.files >= BULK_LOAD_MIN and table.text_times and table.is_empty()
-    with table.large_cache():
-        remake = table.drop_listing_indexes() if bulk_load else []
-        try:
-            report = walk()
-        except BaseException:
-            # A sync that fails or is interrupted makes them again too (or the next will).
-            try:
-                table.create_indexes(remake)
-            except Exception:
-                logger.exception("sync: listing indexes not made again; the next sync will")
-            raise
-        table.create_indexes(remake)
+    with (
+        table.large_cache() if write else contextlib.nullcontext(),
+        table.bulk_load(write and report.files >= BULK_LOAD_MIN),
+    ):
+        _walk_files(
+            store,
+            ids,
+            table,
+            CachedStepCounter(),
+            write=write,
+            prune=prune,
+            progress=progress,
+            workers=workers,
+            report=report,
+        )
     report.seconds = time.perf_counter() - started
     return report
 
@@ -152,9 +140,8 @@ def _walk_files(
     prune: bool,
     progress: Progress | None,
     workers: int | None,
-    started: float,
     report: SyncReport,
-) -> SyncReport:
+) -> None:
     total = report.files
     if progress:
         progress(0, total)
@@ -265,8 +252,6 @@ def _walk_files(
         report.pruned = _prune(stale)
     else:
         report.stale_rows = stale
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 # What a database raises for one value it cannot hold (a NUL in text on PostgreSQL, an
